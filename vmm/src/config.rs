@@ -1,0 +1,265 @@
+//! The VM's configuration: one JSON document (file or fd), overridable from the command line,
+//! validated once before anything is created.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpuid::CpuFeature;
+
+/// Guests address vCPUs by 8-bit APIC ids in the MP table, and id 255 is broadcast.
+pub const MAX_VCPUS: u8 = 254;
+/// Below this the fixed low-memory layout (boot structures, kernel at 1 MiB) does not fit.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// A sanity bound, not a KVM limit: a typo of a few zeros should fail here, not in mmap.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("no kernel given (--kernel or \"kernel\" in the config)")]
+    NoKernel,
+    #[error("cpus must be between 1 and {MAX_VCPUS}, not {0}")]
+    Cpus(u64),
+    #[error("memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, not {0}")]
+    Memory(u64),
+    #[error("kernel {0}: no such file")]
+    KernelMissing(PathBuf),
+    #[error("initrd {0}: no such file")]
+    InitrdMissing(PathBuf),
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Console {
+    #[default]
+    Stdout,
+    /// Console output is discarded.
+    Off,
+    #[serde(untagged)]
+    File(PathBuf),
+}
+
+impl Console {
+    pub fn parse(value: &str) -> Console {
+        match value {
+            "stdout" => Console::Stdout,
+            "off" => Console::Off,
+            path => Console::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// Which CPUID features the guest must not see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuidMask {
+    /// The kvm-pvm workaround list when the host is kvm-pvm, nothing otherwise.
+    #[default]
+    Auto,
+    None,
+    #[serde(untagged)]
+    Hide(Vec<CpuFeature>),
+}
+
+/// Host-specific guest command-line workarounds (see guest-kernel/README.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Workarounds {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(default)]
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u64,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub console: Console,
+    #[serde(default)]
+    pub cpuid_mask: CpuidMask,
+    #[serde(default)]
+    pub pvm_workarounds: Workarounds,
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0".to_string()
+}
+fn default_cpus() -> u64 {
+    1
+}
+fn default_memory() -> u64 {
+    128
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            cpus: default_cpus(),
+            memory_mib: default_memory(),
+            console: Console::default(),
+            cpuid_mask: CpuidMask::default(),
+            pvm_workarounds: Workarounds::default(),
+        }
+    }
+}
+
+impl VmConfig {
+    pub fn from_json(text: &str, origin: &str) -> Result<VmConfig, ConfigError> {
+        serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_string(),
+            source,
+        })
+    }
+
+    /// Reads `PATH`, or `fd:N` for a descriptor the parent passed us.
+    pub fn from_source(source: &str) -> Result<VmConfig, ConfigError> {
+        let read_err = |err| ConfigError::Read {
+            path: source.to_string(),
+            source: err,
+        };
+        let mut text = String::new();
+        match source.strip_prefix("fd:").map(str::parse::<i32>) {
+            Some(Ok(fd)) if fd > 2 => {
+                // SAFETY: the caller handed us this descriptor for exactly this purpose; we take
+                // ownership and close it after reading.
+                let mut file = unsafe { File::from_raw_fd(fd) };
+                file.read_to_string(&mut text).map_err(read_err)?;
+            }
+            _ => {
+                File::open(source)
+                    .and_then(|mut f| f.read_to_string(&mut text))
+                    .map_err(read_err)?;
+            }
+        }
+        Self::from_json(&text, source)
+    }
+
+    /// Checks everything that can be checked before touching KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::NoKernel);
+        }
+        if self.cpus == 0 || self.cpus > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::Cpus(self.cpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        if !self.kernel.is_file() {
+            return Err(ConfigError::KernelMissing(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(ConfigError::InitrdMissing(initrd.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_fields_have_documented_defaults() {
+        let config = VmConfig::from_json(r#"{"kernel": "/k"}"#, "test").unwrap();
+        assert_eq!(config.cpus, 1);
+        assert_eq!(config.memory_mib, 128);
+        assert_eq!(config.console, Console::Stdout);
+        assert_eq!(config.cpuid_mask, CpuidMask::Auto);
+        assert_eq!(config.cmdline, "console=ttyS0");
+    }
+
+    #[test]
+    fn console_accepts_stdout_off_or_a_path() {
+        let config =
+            VmConfig::from_json(r#"{"kernel": "/k", "console": "/tmp/c.log"}"#, "t").unwrap();
+        assert_eq!(config.console, Console::File("/tmp/c.log".into()));
+        assert_eq!(Console::parse("off"), Console::Off);
+    }
+
+    #[test]
+    fn cpuid_mask_takes_a_feature_list() {
+        let config =
+            VmConfig::from_json(r#"{"kernel": "/k", "cpuid_mask": ["cx16", "avx2"]}"#, "t")
+                .unwrap();
+        assert_eq!(
+            config.cpuid_mask,
+            CpuidMask::Hide(vec![CpuFeature::Cx16, CpuFeature::Avx2])
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named_in_the_error() {
+        let err = VmConfig::from_json(r#"{"kernel": "/k", "cpu": 2}"#, "vm.json").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("config vm.json: unknown field `cpu`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn malformed_json_names_line_and_column() {
+        let err = VmConfig::from_json("{\"kernel\": ", "vm.json").unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn zero_and_too_many_cpus_are_refused() {
+        let mut config = VmConfig {
+            kernel: "/proc/self/exe".into(),
+            ..VmConfig::default()
+        };
+        config.cpus = 0;
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "cpus must be between 1 and 254, not 0"
+        );
+        config.cpus = 300;
+        assert!(matches!(config.validate(), Err(ConfigError::Cpus(300))));
+    }
+
+    #[test]
+    fn zero_memory_is_refused() {
+        let config = VmConfig {
+            kernel: "/proc/self/exe".into(),
+            memory_mib: 0,
+            ..VmConfig::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::Memory(0))));
+    }
+}

@@ -1,0 +1,18 @@
+//! Facts about the host's KVM that change how a guest must be started.
+
+use std::path::Path;
+
+/// kvm-pvm ("pagetable-based VM") runs a non-PVM guest by emulating its kernel-mode code; the
+/// guest needs CPUID masking and our kernel's workarounds there (guest-kernel/README.md).
+pub fn is_kvm_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Command-line options our guest kernel needs on kvm-pvm: no xsave and no speculation
+/// mitigations (instructions its emulator lacks), and our three patches' switches.
+pub const KVM_PVM_CMDLINE: &str = "noxsave mitigations=off vmpod_no_int3_selftest \
+     vmpod_no_fpu_drop_fwait vmpod_syscall_fault_fallback";
+
+/// What the machine model itself needs: reboot through the i8042 (there is no ACPI), a panic
+/// flagged as a warm reboot so the VMM can tell it from a normal stop, and no PCI probing.
+pub const MACHINE_CMDLINE: &str = "reboot=k,panic_warm panic=-1 pci=off";

@@ -1,0 +1,200 @@
+//! vmpod-vmm: one KVM microVM per process.
+//!
+//! `run` builds the VM from a [`VmConfig`](config::VmConfig) (memory, kernel, vCPUs, legacy
+//! devices), runs one thread per vCPU plus the calling thread as the event loop, and returns why
+//! the guest stopped. It knows nothing of containers.
+
+pub mod boot;
+pub mod config;
+pub mod cpuid;
+pub mod devices;
+mod event_loop;
+pub mod host;
+pub mod lifecycle;
+pub mod memory;
+mod signals;
+pub mod vstate;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+use vmm_sys_util::eventfd::EventFd;
+
+use boot::{BootError, BootSpec};
+use config::{Console, CpuidMask, VmConfig, Workarounds};
+use devices::boot_timer::BootTimer;
+use devices::console::ConsoleOutput;
+use devices::{PioBus, SERIAL_IRQ};
+use event_loop::StopHandler;
+use lifecycle::{ExitReason, Lifecycle};
+use memory::MemoryError;
+use vstate::vcpu::{Vcpu, VcpuError};
+use vstate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    Kvm(kvm_ioctls::Error),
+    #[error("cannot read the CPUID KVM supports: {0}")]
+    SupportedCpuid(kvm_ioctls::Error),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("cannot boot: {0}")]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("console {path}: {source}")]
+    Console {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("cannot watch for stop signals: {0}")]
+    Signals(std::io::Error),
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+/// Builds the VM and runs it until the guest stops, a vCPU fails or a stop signal arrives.
+/// `started` is the VMM's own start, which the boot timer measures from.
+pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+    let pvm = host::is_kvm_pvm();
+    let cpus = config.cpus as u8;
+
+    let mem = memory::create_guest_memory(config.memory_bytes())?;
+    let cmdline = full_cmdline(
+        &config.cmdline,
+        use_workarounds(config.pvm_workarounds, pvm),
+    );
+    let entry = boot::load(
+        &mem,
+        &BootSpec {
+            kernel: &config.kernel,
+            initrd: config.initrd.as_deref(),
+            cmdline: &cmdline,
+            cpus,
+            memory_bytes: config.memory_bytes(),
+        },
+    )?;
+
+    let vm = Vm::new(&kvm, &mem)?;
+    let console = match &config.console {
+        Console::Stdout => ConsoleOutput::stdout(),
+        Console::Off => ConsoleOutput::off(),
+        Console::File(path) => ConsoleOutput::file(path).map_err(|source| VmmError::Console {
+            path: path.display().to_string(),
+            source,
+        })?,
+    };
+    let eventfd =
+        || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmmError::EventFd);
+    let serial_irq = eventfd()?;
+    vm.register_irq(&serial_irq, SERIAL_IRQ)?;
+    let reset = eventfd()?;
+    let bus = PioBus::new(
+        serial_irq,
+        reset.try_clone().map_err(VmmError::EventFd)?,
+        console,
+        BootTimer::new(started),
+    );
+
+    let hidden = match &config.cpuid_mask {
+        CpuidMask::Auto if pvm => cpuid::KVM_PVM_HIDDEN.to_vec(),
+        CpuidMask::Auto | CpuidMask::None => Vec::new(),
+        CpuidMask::Hide(list) => list.clone(),
+    };
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::SupportedCpuid)?;
+    let mut vcpus = Vec::with_capacity(cpus as usize);
+    for index in 0..cpus {
+        let vcpu = Vcpu::new(vm.fd(), index)?;
+        let mut cpuid = supported.clone();
+        cpuid::customize(cpuid.as_mut_slice(), index, cpus, &hidden);
+        vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
+        vcpus.push(vcpu);
+    }
+
+    // Before any thread exists, so that every vCPU thread inherits the blocked mask.
+    let signals = signals::SignalFd::block_stop_signals().map_err(VmmError::Signals)?;
+    let lifecycle = Arc::new(Lifecycle::new().map_err(VmmError::EventFd)?);
+    let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> =
+        EventManager::new().map_err(VmmError::EventLoop)?;
+    events.add_subscriber(Arc::new(Mutex::new(StopHandler {
+        lifecycle: lifecycle.clone(),
+        reset,
+        signals,
+        mem: mem.clone(),
+    })));
+
+    tracing::debug!(cpus, memory_mib = config.memory_mib, ?entry, %cmdline, "starting vCPUs");
+    for vcpu in vcpus {
+        vcpu.start(bus.clone(), lifecycle.clone())?;
+    }
+
+    let reason = loop {
+        if let Some(reason) = lifecycle.reason() {
+            break reason;
+        }
+        events.run().map_err(VmmError::EventLoop)?;
+    };
+    bus.flush_console();
+    // The vCPU threads are not joined: a vCPU can sit in KVM_RUN indefinitely, and the caller's
+    // process exit releases the VM; `mem` stays mapped until then.
+    std::mem::forget(mem);
+    std::mem::forget(vm);
+    Ok(reason)
+}
+
+fn use_workarounds(setting: Workarounds, pvm: bool) -> bool {
+    match setting {
+        Workarounds::Auto => pvm,
+        Workarounds::On => true,
+        Workarounds::Off => false,
+    }
+}
+
+/// Machine options first, so that anything the caller passes overrides them.
+fn full_cmdline(user: &str, pvm_workarounds: bool) -> String {
+    let mut cmdline = String::from(host::MACHINE_CMDLINE);
+    if pvm_workarounds {
+        cmdline.push(' ');
+        cmdline.push_str(host::KVM_PVM_CMDLINE);
+    }
+    if !user.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(user);
+    }
+    cmdline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_cmdline_comes_last_so_it_can_override() {
+        let cmdline = full_cmdline("console=ttyS0 panic=5", false);
+        assert!(cmdline.starts_with(host::MACHINE_CMDLINE));
+        assert!(cmdline.ends_with("console=ttyS0 panic=5"));
+        assert!(!cmdline.contains("vmpod_syscall_fault_fallback"));
+    }
+
+    #[test]
+    fn pvm_workarounds_follow_the_setting() {
+        assert!(use_workarounds(Workarounds::Auto, true));
+        assert!(!use_workarounds(Workarounds::Auto, false));
+        assert!(use_workarounds(Workarounds::On, false));
+        assert!(full_cmdline("", true).contains("vmpod_syscall_fault_fallback"));
+    }
+}

@@ -1,0 +1,5 @@
+//! KVM state: the VM (memory slots, in-kernel irqchip and PIT) and its vCPUs, kept apart from
+//! the devices.
+
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,209 @@
+//! One vCPU: its initial state (CPUID, MSRs, registers, LAPIC) and its run loop, which hands
+//! port I/O to the device bus and reports why the guest stopped.
+
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::boot::regs::{initial_regs, initial_sregs, EntryPoint};
+use crate::devices::PioBus;
+use crate::lifecycle::{ExitReason, Lifecycle};
+
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+/// MTRRs enabled, default type write-back: without it guest RAM would be uncacheable on
+/// hardware that honours guest MTRRs.
+const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+/// x87 control word and MXCSR after FNINIT / reset.
+const FPU_CONTROL_WORD: u16 = 0x37f;
+const MXCSR_DEFAULT: u32 = 0x1f80;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {index}: {source}")]
+    Create {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot set up vCPU {index}: {what}: {source}")]
+    Configure {
+        index: u8,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot set up vCPU {index}: KVM took only {set} of {wanted} MSRs")]
+    Msrs {
+        index: u8,
+        set: usize,
+        wanted: usize,
+    },
+    #[error("cannot start the thread of vCPU {index}: {source}")]
+    Spawn { index: u8, source: std::io::Error },
+}
+
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    pub fn new(vm: &VmFd, index: u8) -> Result<Vcpu, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        Ok(Vcpu { index, fd })
+    }
+
+    /// Sets the state every vCPU starts with, and for the boot vCPU (`entry` given) the boot
+    /// protocol's registers. The other vCPUs wait for the guest's INIT/SIPI.
+    pub fn configure(&self, cpuid: &CpuId, entry: Option<EntryPoint>) -> Result<(), VcpuError> {
+        let index = self.index;
+        let err = |what| {
+            move |source| VcpuError::Configure {
+                index,
+                what,
+                source,
+            }
+        };
+        self.fd.set_cpuid2(cpuid).map_err(err("CPUID"))?;
+
+        let msrs = [
+            (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+            (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
+        ];
+        let entries: Vec<kvm_msr_entry> = msrs
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs {
+            index,
+            set: 0,
+            wanted: entries.len(),
+        })?;
+        let set = self.fd.set_msrs(&msrs).map_err(err("MSRs"))?;
+        if set != entries.len() {
+            return Err(VcpuError::Msrs {
+                index,
+                set,
+                wanted: entries.len(),
+            });
+        }
+
+        let mut lapic = self.fd.get_lapic().map_err(err("reading the LAPIC"))?;
+        set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+        self.fd.set_lapic(&lapic).map_err(err("LAPIC"))?;
+
+        if let Some(entry) = entry {
+            let fpu = kvm_fpu {
+                fcw: FPU_CONTROL_WORD,
+                mxcsr: MXCSR_DEFAULT,
+                ..Default::default()
+            };
+            self.fd.set_fpu(&fpu).map_err(err("FPU"))?;
+            let mut sregs = self.fd.get_sregs().map_err(err("reading sregs"))?;
+            initial_sregs(entry, &mut sregs);
+            self.fd.set_sregs(&sregs).map_err(err("sregs"))?;
+            self.fd
+                .set_regs(&initial_regs(entry))
+                .map_err(err("registers"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPU on its own thread until the guest stops it; the reason goes to `lifecycle`.
+    pub fn start(mut self, bus: Arc<PioBus>, lifecycle: Arc<Lifecycle>) -> Result<(), VcpuError> {
+        let index = self.index;
+        std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let reason = self.run_loop(&bus);
+                lifecycle.stop(reason);
+            })
+            .map(|_| ())
+            .map_err(|source| VcpuError::Spawn { index, source })
+    }
+
+    fn run_loop(&mut self, bus: &PioBus) -> ExitReason {
+        loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => bus.write(port, data),
+                Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
+                // Nothing is mapped there yet: reads see an empty bus, writes vanish.
+                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::SystemEvent(kind, _))
+                    if kind == KVM_SYSTEM_EVENT_RESET || kind == KVM_SYSTEM_EVENT_SHUTDOWN =>
+                {
+                    return ExitReason::GuestReset
+                }
+                Ok(VcpuExit::Shutdown) => return self.crash("triple fault"),
+                Ok(VcpuExit::InternalError) => {
+                    // SAFETY: KVM filled the `internal` member of the exit union for this exit.
+                    let suberror =
+                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    return self.crash(&format!("KVM internal error (suberror {suberror})"));
+                }
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    return self.crash(&format!("KVM entry failed (hardware reason {reason:#x})"))
+                }
+                Ok(VcpuExit::Hlt) => return self.crash("halted with no interrupt controller"),
+                Ok(other) => {
+                    let what = format!("unexpected exit {other:?}");
+                    return self.crash(&what);
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => return self.crash(&format!("KVM_RUN failed: {e}")),
+            }
+        }
+    }
+
+    fn crash(&self, what: &str) -> ExitReason {
+        let rip = match self.fd.get_regs() {
+            Ok(regs) => format!("{:#x}", regs.rip),
+            Err(_) => "unknown".to_string(),
+        };
+        ExitReason::GuestCrash(format!("vCPU {}: {what} at guest RIP {rip}", self.index))
+    }
+}
+
+/// Sets the delivery mode (bits 8..11) of a local vector table entry in the LAPIC register page.
+fn set_lvt_mode(regs: &mut [libc::c_char; 1024], offset: usize, mode: u32) {
+    let mut bytes = [0u8; 4];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = regs[offset + i] as u8;
+    }
+    let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        regs[offset + i] = *b as libc::c_char;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_mode_replaces_only_the_delivery_mode_bits() {
+        let mut regs = [0 as libc::c_char; 1024];
+        regs[APIC_LVT0] = 0x30;
+        regs[APIC_LVT0 + 1] = 0x05;
+        regs[APIC_LVT0 + 2] = 0x01;
+        set_lvt_mode(&mut regs, APIC_LVT0, APIC_MODE_EXTINT);
+        assert_eq!(regs[APIC_LVT0] as u8, 0x30);
+        assert_eq!(regs[APIC_LVT0 + 1] as u8, 0x07);
+        assert_eq!(regs[APIC_LVT0 + 2] as u8, 0x01);
+    }
+}
