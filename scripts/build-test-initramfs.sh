@@ -2,7 +2,8 @@
 # Builds the test initramfs (busybox-static from Debian) into OUT_DIR/test-initramfs.cpio.
 #
 # Its /init reports what the guest sees (vCPUs, RAM, kernel, uptime) on one line, writes the
-# boot-timer byte, and reboots; "vmpod.test=panic" on the command line makes it panic instead.
+# boot-timer byte, and reboots; "vmpod.test=panic" on the command line makes it panic instead,
+# "vmpod.test=wait" keeps it running (for memory measurements).
 set -euo pipefail
 out=${1:?usage: build-test-initramfs.sh OUT_DIR}
 busybox=/bin/busybox
@@ -15,21 +16,27 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,dev,proc,sys}
 cp "$busybox" "$root/bin/busybox"
+# Device nodes in the archive itself, so /init can signal boot-done before mounting anything.
+mknod -m 600 "$root/dev/console" c 5 1
+mknod -m 600 "$root/dev/port" c 1 4
+printf '\173' > "$root/boot-done.byte"
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
+# Boot-timer byte (123 to port 0x3f0) first: it marks "user space is running".
+/bin/busybox dd if=/boot-done.byte of=/dev/port bs=1 seek=1008 count=1 2>/dev/null
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
 # RAM as the firmware map says: the end of the last "System RAM" range, in MiB.
 ram_end=0
 while read -r range _ kind rest; do
     case "$kind $rest" in "System RAM"*) ram_end=$(( 0x${range#*-} + 1 ));; esac
 done < /proc/iomem
-echo "vmpod-init: cpus=$(nproc) ram_mib=$((ram_end >> 20)) memtotal_kb=$(awk '/MemTotal/{print $2}' /proc/meminfo) kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
-printf '\173' | dd of=/dev/port bs=1 seek=1008 count=1 2>/dev/null
+read -r uptime _ < /proc/uptime
+echo "vmpod-init: cpus=$(nproc) ram_mib=$((ram_end >> 20)) kernel=$(uname -r) uptime=$uptime"
 case " $(cat /proc/cmdline) " in
     *" vmpod.test=panic "*) echo "vmpod-init: exiting to make the kernel panic"; exit 1 ;;
+    *" vmpod.test=wait "*) echo "vmpod-init: waiting"; exec sleep 100000 ;;
 esac
 reboot -f
 INIT

@@ -35,10 +35,11 @@ case "$accel" in
         cpu=host,-arch-capabilities
         if [ -d /sys/module/kvm_pvm ]; then
             # The same mask and workarounds vmpod-vmm applies on kvm-pvm (guest-kernel/README.md).
-            for f in cx16 popcnt xsave avx rdrand fsgsbase bmi1 avx2 bmi2 invpcid rdseed smap pku; do
+            hidden="cx16 popcnt xsave avx rdrand fsgsbase bmi1 avx2 bmi2 invpcid rdseed smap pku"
+            for f in $hidden; do
                 cpu="$cpu,-$f"
             done
-            machine_cmdline="$machine_cmdline noxsave mitigations=off vmpod_no_int3_selftest vmpod_no_fpu_drop_fwait vmpod_syscall_fault_fallback"
+            machine_cmdline="$machine_cmdline noxsave mitigations=off vmpod_no_int3_selftest vmpod_no_fpu_drop_fwait vmpod_syscall_fault_fallback clearcpuid=${hidden// /,}"
         fi ;;
     *) echo "qemu-microvm: --accel must be tcg or kvm, not '$accel'" >&2; exit 2 ;;
 esac

@@ -4,6 +4,11 @@
 //! The mask exists for hosts whose KVM emulates guest kernel code (kvm-pvm running a non-PVM
 //! kernel): its emulator lacks `cmpxchg16b`, `xrstor`, `popcnt` and friends, and a guest that
 //! sees those bits uses them in kernel mode and dies with KVM_EXIT_INTERNAL_ERROR.
+//!
+//! kvm-pvm only lets the VMM's CPUID table decide the few bits it virtualises (cx16, osxsave,
+//! x2apic, ...); the rest come from the host whatever the table says (measured with the tiny
+//! guest's `tiny=cpuid`). So on kvm-pvm the same list also goes to the guest kernel as
+//! `clearcpuid=` (see `host::kvm_pvm_cmdline`).
 
 use kvm_bindings::kvm_cpuid_entry2;
 use serde::{Deserialize, Serialize};
@@ -52,6 +57,25 @@ enum Reg {
 }
 
 impl CpuFeature {
+    /// The name Linux uses for the flag (/proc/cpuinfo, `clearcpuid=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuFeature::Cx16 => "cx16",
+            CpuFeature::Popcnt => "popcnt",
+            CpuFeature::Xsave => "xsave",
+            CpuFeature::Avx => "avx",
+            CpuFeature::Rdrand => "rdrand",
+            CpuFeature::Fsgsbase => "fsgsbase",
+            CpuFeature::Bmi1 => "bmi1",
+            CpuFeature::Avx2 => "avx2",
+            CpuFeature::Bmi2 => "bmi2",
+            CpuFeature::Invpcid => "invpcid",
+            CpuFeature::Rdseed => "rdseed",
+            CpuFeature::Smap => "smap",
+            CpuFeature::Pku => "pku",
+        }
+    }
+
     /// (leaf, subleaf, register, bits) that carry this feature.
     fn location(self) -> (u32, u32, Reg, u32) {
         const OSXSAVE: u32 = 1 << 27;

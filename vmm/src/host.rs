@@ -2,16 +2,30 @@
 
 use std::path::Path;
 
+use crate::cpuid::CpuFeature;
+
 /// kvm-pvm ("pagetable-based VM") runs a non-PVM guest by emulating its kernel-mode code; the
 /// guest needs CPUID masking and our kernel's workarounds there (guest-kernel/README.md).
 pub fn is_kvm_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// Command-line options our guest kernel needs on kvm-pvm: no xsave and no speculation
-/// mitigations (instructions its emulator lacks), and our three patches' switches.
-pub const KVM_PVM_CMDLINE: &str = "noxsave mitigations=off vmpod_no_int3_selftest \
-     vmpod_no_fpu_drop_fwait vmpod_syscall_fault_fallback";
+/// Command-line options our guest kernel needs on kvm-pvm: features whose instructions its
+/// emulator lacks cleared in the kernel's own view (kvm-pvm passes most CPUID bits through from
+/// the host, so the CPUID table alone cannot hide them), no speculation mitigations, and our
+/// three patches' switches.
+pub fn kvm_pvm_cmdline(hidden: &[CpuFeature]) -> String {
+    let mut cmdline = String::from(
+        "noxsave mitigations=off vmpod_no_int3_selftest vmpod_no_fpu_drop_fwait \
+         vmpod_syscall_fault_fallback",
+    );
+    if !hidden.is_empty() {
+        let names: Vec<&str> = hidden.iter().map(|f| f.name()).collect();
+        cmdline.push_str(" clearcpuid=");
+        cmdline.push_str(&names.join(","));
+    }
+    cmdline
+}
 
 /// What the machine model itself needs: reboot through the i8042 (there is no ACPI), a panic
 /// flagged as a warm reboot so the VMM can tell it from a normal stop, and no PCI probing.

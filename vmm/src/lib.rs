@@ -71,11 +71,17 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     let pvm = host::is_kvm_pvm();
     let cpus = config.cpus as u8;
 
+    let hidden = match &config.cpuid_mask {
+        CpuidMask::Auto if pvm => cpuid::KVM_PVM_HIDDEN.to_vec(),
+        CpuidMask::Auto | CpuidMask::None => Vec::new(),
+        CpuidMask::Hide(list) => list.clone(),
+    };
+    let workarounds =
+        use_workarounds(config.pvm_workarounds, pvm).then(|| host::kvm_pvm_cmdline(&hidden));
+    let cmdline = full_cmdline(&config.cmdline, workarounds.as_deref());
+
+    step(started, "KVM opened");
     let mem = memory::create_guest_memory(config.memory_bytes())?;
-    let cmdline = full_cmdline(
-        &config.cmdline,
-        use_workarounds(config.pvm_workarounds, pvm),
-    );
     let entry = boot::load(
         &mem,
         &BootSpec {
@@ -87,7 +93,9 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         },
     )?;
 
+    step(started, "guest loaded");
     let vm = Vm::new(&kvm, &mem)?;
+    step(started, "VM created");
     let console = match &config.console {
         Console::Stdout => ConsoleOutput::stdout(),
         Console::Off => ConsoleOutput::off(),
@@ -108,11 +116,7 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         BootTimer::new(started),
     );
 
-    let hidden = match &config.cpuid_mask {
-        CpuidMask::Auto if pvm => cpuid::KVM_PVM_HIDDEN.to_vec(),
-        CpuidMask::Auto | CpuidMask::None => Vec::new(),
-        CpuidMask::Hide(list) => list.clone(),
-    };
+    step(started, "devices created");
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::SupportedCpuid)?;
@@ -120,11 +124,30 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     for index in 0..cpus {
         let vcpu = Vcpu::new(vm.fd(), index)?;
         let mut cpuid = supported.clone();
+        for e in cpuid.as_slice().iter().filter(|e| e.function == 1) {
+            tracing::debug!("raw {:#x}", e.ecx);
+        }
         cpuid::customize(cpuid.as_mut_slice(), index, cpus, &hidden);
+        for e in cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| e.function == 1 || e.function == 7)
+        {
+            tracing::debug!(
+                "cpuid {:#x}/{} flags {} ebx {:#x} ecx {:#x} edx {:#x}",
+                e.function,
+                e.index,
+                e.flags,
+                e.ebx,
+                e.ecx,
+                e.edx
+            );
+        }
         vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
         vcpus.push(vcpu);
     }
 
+    step(started, "vCPUs configured");
     // Before any thread exists, so that every vCPU thread inherits the blocked mask.
     let signals = signals::SignalFd::block_stop_signals().map_err(VmmError::Signals)?;
     let lifecycle = Arc::new(Lifecycle::new().map_err(VmmError::EventFd)?);
@@ -156,6 +179,11 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     Ok(reason)
 }
 
+/// Start-up breakdown for `RUST_LOG=debug`: where the time to the first guest instruction goes.
+fn step(started: Instant, what: &str) {
+    tracing::debug!("{what} after {} us", started.elapsed().as_micros());
+}
+
 fn use_workarounds(setting: Workarounds, pvm: bool) -> bool {
     match setting {
         Workarounds::Auto => pvm,
@@ -165,11 +193,11 @@ fn use_workarounds(setting: Workarounds, pvm: bool) -> bool {
 }
 
 /// Machine options first, so that anything the caller passes overrides them.
-fn full_cmdline(user: &str, pvm_workarounds: bool) -> String {
+fn full_cmdline(user: &str, workarounds: Option<&str>) -> String {
     let mut cmdline = String::from(host::MACHINE_CMDLINE);
-    if pvm_workarounds {
+    if let Some(workarounds) = workarounds {
         cmdline.push(' ');
-        cmdline.push_str(host::KVM_PVM_CMDLINE);
+        cmdline.push_str(workarounds);
     }
     if !user.is_empty() {
         cmdline.push(' ');
@@ -184,7 +212,7 @@ mod tests {
 
     #[test]
     fn caller_cmdline_comes_last_so_it_can_override() {
-        let cmdline = full_cmdline("console=ttyS0 panic=5", false);
+        let cmdline = full_cmdline("console=ttyS0 panic=5", None);
         assert!(cmdline.starts_with(host::MACHINE_CMDLINE));
         assert!(cmdline.ends_with("console=ttyS0 panic=5"));
         assert!(!cmdline.contains("vmpod_syscall_fault_fallback"));
@@ -195,6 +223,12 @@ mod tests {
         assert!(use_workarounds(Workarounds::Auto, true));
         assert!(!use_workarounds(Workarounds::Auto, false));
         assert!(use_workarounds(Workarounds::On, false));
-        assert!(full_cmdline("", true).contains("vmpod_syscall_fault_fallback"));
+        let workarounds = host::kvm_pvm_cmdline(cpuid::KVM_PVM_HIDDEN);
+        let cmdline = full_cmdline("", Some(&workarounds));
+        assert!(cmdline.contains("vmpod_syscall_fault_fallback"));
+        assert!(
+            cmdline.contains(" clearcpuid=cx16,popcnt,xsave,"),
+            "{cmdline}"
+        );
     }
 }

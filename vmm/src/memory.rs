@@ -33,6 +33,11 @@ pub const MMIO_GAP_END: u64 = 1 << 32;
 pub const BIOS_REBOOT_FLAG_ADDR: u64 = 0x472;
 pub const WARM_REBOOT_FLAG: u16 = 0x1234;
 
+// The boot structures must not overlap; checked when compiling.
+const _: () = assert!(PVH_MEMMAP_ADDR + 0x1000 <= PML4_ADDR);
+const _: () = assert!(PD_ADDR + 0x1000 <= CMDLINE_ADDR);
+const _: () = assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= MPTABLE_ADDR);
+
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("cannot map {mib} MiB of guest memory: {source}")]
@@ -88,13 +93,5 @@ mod tests {
             (GuestAddress(1 << 32), (4 << 30) - MMIO_GAP_START)
         );
         assert_eq!(low_ram_end(4 << 30), MMIO_GAP_START);
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        let cmdline_end = CMDLINE_ADDR + CMDLINE_MAX as u64;
-        assert!(PVH_MEMMAP_ADDR + 0x1000 <= PML4_ADDR);
-        assert!(PD_ADDR + 0x1000 <= CMDLINE_ADDR);
-        assert!(cmdline_end <= MPTABLE_ADDR);
     }
 }

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const BANNER: &str =
-    "vmpod tiny guest: hello, serial! ~`!@#$%^&*()_+-=[]{}|;':\",./<>?\n";
+const BANNER: &str = "vmpod tiny guest: hello, serial! ~`!@#$%^&*()_+-=[]{}|;':\",./<>?\n";
 
 fn boot_tiny(scratch: &Scratch, mode: &str) -> (std::process::Output, String) {
     require_kvm();
@@ -79,9 +78,14 @@ fn sigterm_stops_a_running_guest_with_status_143() {
     require_kvm();
     let scratch = Scratch::new("sigterm");
     let console = scratch.path("console.log");
-    let mut child = Command::new(vmm_binary())
+    let child = Command::new(vmm_binary())
         .args(["--kernel", tiny_guest().to_str().unwrap(), "--memory", "16"])
-        .args(["--cmdline", "tiny=wait", "--console", console.to_str().unwrap()])
+        .args([
+            "--cmdline",
+            "tiny=wait",
+            "--console",
+            console.to_str().unwrap(),
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn vmpod-vmm");
@@ -90,13 +94,21 @@ fn sigterm_stops_a_running_guest_with_status_143() {
         .unwrap_or_default()
         .contains("tiny: waiting")
     {
-        assert!(Instant::now() < deadline, "guest never reached its wait loop");
+        assert!(
+            Instant::now() < deadline,
+            "guest never reached its wait loop"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let output = child.wait_with_output().expect("wait for vmpod-vmm");
-    assert_eq!(output.status.code(), Some(143), "{:?}", output.status.signal());
+    assert_eq!(
+        output.status.code(),
+        Some(143),
+        "{:?}",
+        output.status.signal()
+    );
     assert!(stderr(&output).contains("stopped by signal 15"));
 }
 
@@ -114,7 +126,9 @@ fn json_config_from_a_file_boots_the_guest() {
     require_kvm();
     let output = run_vmm(&["--config", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
-    assert!(std::fs::read_to_string(&console).unwrap().ends_with("tiny: reset\n"));
+    assert!(std::fs::read_to_string(&console)
+        .unwrap()
+        .ends_with("tiny: reset\n"));
 }
 
 #[test]
@@ -141,7 +155,9 @@ fn json_config_from_an_inherited_fd_boots_the_guest() {
     // SAFETY: read_fd is ours; the child had its own copy.
     unsafe { libc::close(read_fd) };
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
-    assert!(std::fs::read_to_string(&console).unwrap().ends_with("tiny: reset\n"));
+    assert!(std::fs::read_to_string(&console)
+        .unwrap()
+        .ends_with("tiny: reset\n"));
 }
 
 /// Bad input: one line on stderr naming the problem, exit 1, nothing created.
@@ -153,7 +169,10 @@ fn assert_refused(scratch: &Scratch, args: &[&str], expected: &str) {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {err}");
     assert!(lines[0].starts_with("vmpod-vmm: "), "{err}");
-    assert!(lines[0].contains(expected), "expected {expected:?} in: {err}");
+    assert!(
+        lines[0].contains(expected),
+        "expected {expected:?} in: {err}"
+    );
     assert_eq!(scratch.entries(), before, "files left behind");
 }
 
@@ -177,7 +196,12 @@ fn kernel_that_is_neither_elf_nor_bzimage_is_named() {
     let console = scratch.path("console.log");
     assert_refused(
         &scratch,
-        &["--kernel", bogus.to_str().unwrap(), "--console", console.to_str().unwrap()],
+        &[
+            "--kernel",
+            bogus.to_str().unwrap(),
+            "--console",
+            console.to_str().unwrap(),
+        ],
         "not an ELF file or a bzImage",
     );
 }

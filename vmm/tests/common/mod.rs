@@ -34,7 +34,11 @@ pub fn linux_guest() -> (PathBuf, PathBuf) {
 
 /// These tests boot real VMs; a machine without KVM must fail them loudly, never skip them.
 pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!("this test boots a real VM and needs /dev/kvm, which cannot be opened: {e}");
     }
 }
@@ -61,7 +65,12 @@ impl Scratch {
     pub fn entries(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.0)
             .expect("read scratch dir")
-            .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         names.sort();
         names

@@ -6,6 +6,7 @@
  *   tiny=panic   as reset, but flags a warm reboot at 0x472 the way a panicking Linux does
  *   tiny=triple  loads an empty IDT and raises an exception: triple fault
  *   tiny=wait    boot-timer byte, banner, then halts forever (for signal and memory tests)
+ *   tiny=cpuid   prints CPUID leaf 1 ECX/EDX and leaf 7 EBX/ECX as the guest sees them, resets
  */
     .code32
     .section .text
@@ -43,6 +44,8 @@ dispatch:
     je triple
     cmpb $'w', %bl
     je wait
+    cmpb $'c', %bl
+    je cpuid_dump
 
 reset:
     leal msg_reset, %eax
@@ -67,6 +70,30 @@ triple:
     lidt null_idt
     int3
 
+cpuid_dump:
+    leal msg_cpuid, %eax
+    call puts
+    movl $1, %eax
+    xorl %ecx, %ecx
+    cpuid
+    pushl %edx
+    movl %ecx, %eax
+    call puthex
+    popl %eax
+    call puthex
+    movl $7, %eax
+    xorl %ecx, %ecx
+    cpuid
+    pushl %ecx
+    movl %ebx, %eax
+    call puthex
+    popl %eax
+    call puthex
+    movw $0x3f8, %dx
+    movb $10, %al
+    outb %al, (%dx)
+    jmp reset
+
 wait:
     leal msg_wait, %eax
     call puts
@@ -84,7 +111,29 @@ puts:
     jmp 1b
 2:  ret
 
+/* puthex: writes %eax to COM1 as a space, "0x" and 8 hex digits. */
+puthex:
+    movl %eax, %ecx
+    movw $0x3f8, %dx
+    movb $32, %al
+    outb %al, (%dx)
+    movb $48, %al
+    outb %al, (%dx)
+    movb $120, %al
+    outb %al, (%dx)
+    movl $8, %edi
+3:  roll $4, %ecx
+    movl %ecx, %eax
+    andl $0xf, %eax
+    movb hexdigits(%eax), %al
+    outb %al, (%dx)
+    decl %edi
+    jnz 3b
+    ret
+
     .section .rodata
+hexdigits:  .ascii "0123456789abcdef"
+msg_cpuid:  .asciz "tiny: cpuid"
 banner:     .asciz "vmpod tiny guest: hello, serial! ~`!@#$%^&*()_+-=[]{}|;':\",./<>?\n"
 msg_reset:  .asciz "tiny: reset\n"
 msg_panic:  .asciz "tiny: Kernel panic - not syncing: tiny guest asked for it\n"

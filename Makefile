@@ -1,0 +1,50 @@
+# vmpod: `make run` and `make test` set up a fresh machine (packages, guest kernel) on their own.
+SHELL := /bin/bash
+GUEST_DIR := build/guest
+RELEASE := target/release
+PREFIX ?= /usr/local
+SHARE := $(PREFIX)/share/vmpod
+export VMPOD_GUEST_DIR := $(CURDIR)/$(GUEST_DIR)
+
+.PHONY: all setup build guest run test bench install fmt lint clean
+
+all: build guest
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --release --workspace
+
+# The kernel build is cached outside the tree by config hash (guest-kernel/build.sh).
+guest: setup
+	@guest-kernel/build.sh $(GUEST_DIR) >/dev/null
+	@scripts/build-test-initramfs.sh $(GUEST_DIR) >/dev/null
+	@scripts/build-tiny-guest.sh $(GUEST_DIR)
+
+# Boots the tiny test guest on vmpod-vmm and prints its console.
+run: build guest
+	$(RELEASE)/vmpod-vmm --kernel $(GUEST_DIR)/tiny-guest.elf --memory 16 --console stdout
+
+test: build guest
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace --release
+
+bench: build guest
+	scripts/bench_boot.py
+
+install: build guest
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)
+	install -m 0755 $(RELEASE)/vmpod-vmm $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(GUEST_DIR)/vmlinux $(GUEST_DIR)/test-initramfs.cpio $(DESTDIR)$(SHARE)/
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf build

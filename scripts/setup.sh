@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing vmpod needs on a fresh Debian 12 machine: Debian packages
+# (only those missing) and the Rust components. Safe to run again; quiet when nothing is missing.
+set -euo pipefail
+
+packages=(
+    # guest kernel build
+    linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
+    # guests, the comparison hypervisor, the test initramfs
+    qemu-system-x86 busybox-static
+    # benchmark plots
+    gnuplot-nox
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component" >&2
+done
+
+[ -r /dev/kvm ] || echo "setup: warning: /dev/kvm is not accessible; the VMM's tests will fail" >&2

@@ -1,0 +1,118 @@
+//! Our guest kernel and the test initramfs, end to end: on vmpod-vmm (real KVM) and on QEMU's
+//! TCG through the launcher the next layers reuse. On kvm-pvm hosts the vmpod-vmm boot takes
+//! about a minute (guest kernel code is emulated there); it stays in the suite as a smoke test.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// The line the test initramfs's /init prints: `vmpod-init: cpus=N ram_mib=M kernel=...`.
+fn init_report(console: &str) -> (u32, u64) {
+    let line = console
+        .lines()
+        .find(|l| l.starts_with("vmpod-init: cpus="))
+        .unwrap_or_else(|| panic!("init never reported; console:\n{console}"));
+    let field = |name: &str| -> &str {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    (
+        field("cpus=").parse().expect("cpus"),
+        field("ram_mib=").parse().expect("ram_mib"),
+    )
+}
+
+/// vCPUs for the vmpod-vmm boot: kvm-pvm cannot start application processors (see
+/// guest-kernel/README.md), so there the guest gets one; everywhere else two.
+fn vmm_guest_cpus() -> u32 {
+    if is_kvm_pvm() {
+        1
+    } else {
+        2
+    }
+}
+
+#[test]
+fn linux_guest_on_vmpod_vmm_reaches_user_space_and_sees_its_vcpus_and_memory() {
+    require_kvm();
+    let (kernel, initrd) = linux_guest();
+    let scratch = Scratch::new("linux-vmm");
+    let console = scratch.path("console.log");
+    let cpus = vmm_guest_cpus().to_string();
+    let output = run_vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cpus",
+        &cpus,
+        "--memory",
+        "256",
+        "--cmdline",
+        "console=ttyS0",
+        "--console",
+        console.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}\nconsole:\n{text}",
+        stderr(&output)
+    );
+    assert_eq!(init_report(&text), (vmm_guest_cpus(), 256));
+    assert!(
+        stderr(&output).contains("guest boot done after"),
+        "init's boot-timer byte never arrived: {}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn linux_guest_under_qemu_tcg_reaches_user_space_with_2_vcpus_and_256_mib() {
+    let (kernel, initrd) = linux_guest();
+    let output = Command::new(repo_root().join("scripts/qemu-microvm.sh"))
+        .args(["--accel", "tcg", "--cpus", "2", "--memory", "256"])
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .output()
+        .expect("run scripts/qemu-microvm.sh");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "qemu failed: {}\n{text}",
+        stderr(&output)
+    );
+    assert_eq!(init_report(&text), (2, 256));
+}
+
+#[test]
+fn linux_guest_panic_exits_2_with_the_panic_in_the_console() {
+    require_kvm();
+    let (kernel, initrd) = linux_guest();
+    let scratch = Scratch::new("linux-panic");
+    let console = scratch.path("console.log");
+    let output = run_vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--cmdline",
+        "console=ttyS0 vmpod.test=panic",
+        "--console",
+        console.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
+    assert!(
+        text.contains("Kernel panic - not syncing: Attempted to kill init!"),
+        "console:\n{text}"
+    );
+}
