@@ -13,11 +13,11 @@ pub fn is_kvm_pvm() -> bool {
 /// Command-line options our guest kernel needs on kvm-pvm: features whose instructions its
 /// emulator lacks cleared in the kernel's own view (kvm-pvm passes most CPUID bits through from
 /// the host, so the CPUID table alone cannot hide them), no speculation mitigations, and our
-/// three patches' switches.
+/// patches' switches (the last one has APs started through the VMM's AP start port).
 pub fn kvm_pvm_cmdline(hidden: &[CpuFeature]) -> String {
     let mut cmdline = String::from(
         "noxsave mitigations=off vmpod_no_int3_selftest vmpod_no_fpu_drop_fwait \
-         vmpod_syscall_fault_fallback",
+         vmpod_syscall_fault_fallback vmpod_ap_start_port",
     );
     if !hidden.is_empty() {
         let names: Vec<&str> = hidden.iter().map(|f| f.name()).collect();

@@ -162,7 +162,11 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
 
     tracing::debug!(cpus, memory_mib = config.memory_mib, ?entry, %cmdline, "starting vCPUs");
     for vcpu in vcpus {
-        vcpu.start(bus.clone(), lifecycle.clone())?;
+        // On kvm-pvm our guest kernel asks the VMM to start its APs (real-mode SIPI cannot work
+        // there); elsewhere they wait in KVM for the usual INIT/SIPI.
+        let start_request = (workarounds.is_some() && vcpu.index() != 0)
+            .then(|| bus.ap_start.register(vcpu.index()));
+        vcpu.start(bus.clone(), lifecycle.clone(), start_request)?;
     }
 
     let reason = loop {

@@ -13,16 +13,19 @@ pub const PVH_MODLIST_ADDR: u64 = 0x6040;
 pub const PVH_MEMMAP_ADDR: u64 = 0x7000;
 /// Linux boot protocol `boot_params` (the "zero page"); used only when PVH is not.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
-/// Identity page tables for 64-bit Linux boot: PML4, PDPT, and one PD mapping 1 GiB.
-pub const PML4_ADDR: u64 = 0x9000;
-pub const PDPT_ADDR: u64 = 0xa000;
-pub const PD_ADDR: u64 = 0xb000;
+/// Identity page tables mapping the first GiB, for vCPUs the VMM starts in 64-bit mode: the boot
+/// vCPU of the Linux 64-bit protocol and application processors started through the AP start
+/// port. They sit in low memory the guest is told is reserved, so they stay valid all along.
+pub const PML4_ADDR: u64 = 0x9c000;
+pub const PDPT_ADDR: u64 = 0x9d000;
+pub const PD_ADDR: u64 = 0x9e000;
 /// Kernel command line, NUL-terminated.
 pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 4096;
 /// The MP table sits in the last KiB of base memory, where Linux scans for it.
 pub const MPTABLE_ADDR: u64 = 0x9fc00;
-pub const EBDA_START: u64 = 0x9fc00;
+/// Base memory from here up (page tables, MP table) is reserved, not RAM, in the memory map.
+pub const LOW_RESERVED_START: u64 = PML4_ADDR;
 /// The kernel is loaded at or above 1 MiB.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// 32-bit MMIO hole: IOAPIC, LAPIC and (later) virtio-mmio devices live here.
@@ -34,9 +37,9 @@ pub const BIOS_REBOOT_FLAG_ADDR: u64 = 0x472;
 pub const WARM_REBOOT_FLAG: u16 = 0x1234;
 
 // The boot structures must not overlap; checked when compiling.
-const _: () = assert!(PVH_MEMMAP_ADDR + 0x1000 <= PML4_ADDR);
-const _: () = assert!(PD_ADDR + 0x1000 <= CMDLINE_ADDR);
-const _: () = assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= MPTABLE_ADDR);
+const _: () = assert!(PVH_MEMMAP_ADDR + 0x1000 <= CMDLINE_ADDR);
+const _: () = assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= LOW_RESERVED_START);
+const _: () = assert!(PD_ADDR + 0x1000 <= MPTABLE_ADDR);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {

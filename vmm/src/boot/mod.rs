@@ -97,6 +97,7 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<EntryPoint, BootEr
         mem.write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64))?;
     }
 
+    linux::write_page_tables(mem)?;
     match (bzimage, loaded.pvh_boot_cap) {
         (false, PvhBootCapability::PvhEntryPresent(entry)) => {
             pvh::write_start_info(mem, spec.memory_bytes, initrd)?;
@@ -111,7 +112,6 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<EntryPoint, BootEr
                 cmdline_len,
                 initrd,
             )?;
-            linux::write_page_tables(mem)?;
             Ok(EntryPoint::Linux64(entry))
         }
     }

@@ -7,7 +7,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::InitrdRegion;
 use crate::memory::{
-    ram_ranges, CMDLINE_ADDR, EBDA_START, HIMEM_START, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR,
+    ram_ranges, CMDLINE_ADDR, HIMEM_START, LOW_RESERVED_START, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR,
     PVH_START_INFO_ADDR,
 };
 
@@ -16,7 +16,7 @@ const E820_RAM: u32 = 1;
 
 /// The guest's RAM as the E820-style map both boot protocols hand over.
 pub(super) fn e820_map(memory_bytes: u64) -> Vec<(u64, u64)> {
-    let mut map = vec![(0, EBDA_START)];
+    let mut map = vec![(0, LOW_RESERVED_START)];
     for (start, len) in ram_ranges(memory_bytes) {
         let (start, len) = if start.0 == 0 {
             (HIMEM_START, len - HIMEM_START)
@@ -75,7 +75,10 @@ mod tests {
     fn memory_map_leaves_out_the_legacy_hole() {
         assert_eq!(
             e820_map(128 << 20),
-            vec![(0, EBDA_START), (HIMEM_START, (128 << 20) - HIMEM_START)]
+            vec![
+                (0, LOW_RESERVED_START),
+                (HIMEM_START, (128 << 20) - HIMEM_START)
+            ]
         );
     }
 

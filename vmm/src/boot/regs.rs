@@ -38,6 +38,8 @@ pub enum EntryPoint {
     Pvh(u64),
     /// Linux 64-bit boot protocol: long mode, identity paging, %rsi → `boot_params`.
     Linux64(u64),
+    /// An application processor the guest asked the VMM to start: long mode, identity paging.
+    Ap64(u64),
 }
 
 const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -91,6 +93,11 @@ pub fn initial_regs(entry: EntryPoint) -> kvm_regs {
             rflags: RFLAGS_RESERVED,
             ..Default::default()
         },
+        EntryPoint::Ap64(rip) => kvm_regs {
+            rip,
+            rflags: RFLAGS_RESERVED,
+            ..Default::default()
+        },
     }
 }
 
@@ -98,7 +105,7 @@ pub fn initial_regs(entry: EntryPoint) -> kvm_regs {
 pub fn initial_sregs(entry: EntryPoint, sregs: &mut kvm_sregs) {
     let code = match entry {
         EntryPoint::Pvh(_) => CODE32,
-        EntryPoint::Linux64(_) => CODE64,
+        EntryPoint::Linux64(_) | EntryPoint::Ap64(_) => CODE64,
     };
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = (std::mem::size_of_val(&GDT) - 1) as u16;
@@ -118,7 +125,7 @@ pub fn initial_sregs(entry: EntryPoint, sregs: &mut kvm_sregs) {
             sregs.cr4 = 0;
             sregs.efer = 0;
         }
-        EntryPoint::Linux64(_) => {
+        EntryPoint::Linux64(_) | EntryPoint::Ap64(_) => {
             sregs.cr3 = PML4_ADDR;
             sregs.cr4 = CR4_PAE;
             sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
@@ -153,6 +160,15 @@ mod tests {
         assert_eq!(sregs.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
         assert_eq!((sregs.cs.l, sregs.cs.db), (1, 0));
         assert_eq!(initial_regs(EntryPoint::Linux64(0)).rsi, ZERO_PAGE_ADDR);
+    }
+
+    #[test]
+    fn application_processors_start_in_long_mode_at_the_requested_address() {
+        let mut sregs = kvm_sregs::default();
+        initial_sregs(EntryPoint::Ap64(0x9a0f0), &mut sregs);
+        assert_eq!(sregs.cr3, PML4_ADDR);
+        assert_eq!(sregs.cs.l, 1);
+        assert_eq!(initial_regs(EntryPoint::Ap64(0x9a0f0)).rip, 0x9a0f0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Devices the guest reaches through port I/O, and the bus that routes vCPU exits to them.
 
+pub mod ap_start;
 pub mod boot_timer;
 pub mod console;
 
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use vm_superio::{I8042Device, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use ap_start::{ApStarter, AP_START_PORT};
 use boot_timer::BootTimer;
 use console::ConsoleOutput;
 
@@ -37,6 +39,7 @@ pub struct PioBus {
     pub serial: Mutex<SerialDevice>,
     i8042: Mutex<I8042Device<EventFdTrigger>>,
     boot_timer: BootTimer,
+    pub ap_start: ApStarter,
 }
 
 impl PioBus {
@@ -50,6 +53,7 @@ impl PioBus {
             serial: Mutex::new(Serial::new(EventFdTrigger(serial_irq), console)),
             i8042: Mutex::new(I8042Device::new(EventFdTrigger(reset))),
             boot_timer,
+            ap_start: ApStarter::default(),
         })
     }
 
@@ -70,6 +74,9 @@ impl PioBus {
 
     /// Handles an OUT; writes to ports nobody owns are dropped.
     pub fn write(&self, port: u16, data: &[u8]) {
+        if port == AP_START_PORT {
+            return self.ap_start.write(data);
+        }
         let Some(&value) = data.first() else { return };
         match port {
             SERIAL_PORT..SERIAL_PORT_END => {

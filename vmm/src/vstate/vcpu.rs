@@ -1,10 +1,12 @@
 //! One vCPU: its initial state (CPUID, MSRs, registers, LAPIC) and its run loop, which hands
 //! port I/O to the device bus and reports why the guest stopped.
 
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_fpu, kvm_mp_state, kvm_msr_entry, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
@@ -60,6 +62,10 @@ impl Vcpu {
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
         Ok(Vcpu { index, fd })
+    }
+
+    pub fn index(&self) -> u8 {
+        self.index
     }
 
     /// Sets the state every vCPU starts with, and for the boot vCPU (`entry` given) the boot
@@ -124,16 +130,54 @@ impl Vcpu {
     }
 
     /// Runs the vCPU on its own thread until the guest stops it; the reason goes to `lifecycle`.
-    pub fn start(mut self, bus: Arc<PioBus>, lifecycle: Arc<Lifecycle>) -> Result<(), VcpuError> {
+    /// With `start_request`, the thread first waits for the guest to ask (through the AP start
+    /// port) for this vCPU to start, and enters 64-bit mode at the address it names.
+    pub fn start(
+        mut self,
+        bus: Arc<PioBus>,
+        lifecycle: Arc<Lifecycle>,
+        start_request: Option<Receiver<u64>>,
+    ) -> Result<(), VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                if let Some(request) = start_request {
+                    // No request before the VM ends: the sender is gone and so is the thread.
+                    let Ok(start) = request.recv() else { return };
+                    if let Err(e) = self.enter_64bit(start) {
+                        return lifecycle.stop(ExitReason::GuestCrash(e.to_string()));
+                    }
+                }
                 let reason = self.run_loop(&bus);
                 lifecycle.stop(reason);
             })
             .map(|_| ())
             .map_err(|source| VcpuError::Spawn { index, source })
+    }
+
+    /// Puts an application processor straight into 64-bit mode at `rip` and makes it runnable,
+    /// instead of the real-mode INIT/SIPI start.
+    fn enter_64bit(&self, rip: u64) -> Result<(), VcpuError> {
+        let index = self.index;
+        let err = |what| {
+            move |source| VcpuError::Configure {
+                index,
+                what,
+                source,
+            }
+        };
+        let entry = EntryPoint::Ap64(rip);
+        let mut sregs = self.fd.get_sregs().map_err(err("reading sregs"))?;
+        initial_sregs(entry, &mut sregs);
+        self.fd.set_sregs(&sregs).map_err(err("sregs"))?;
+        self.fd
+            .set_regs(&initial_regs(entry))
+            .map_err(err("registers"))?;
+        let runnable = kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        };
+        self.fd.set_mp_state(runnable).map_err(err("MP state"))
     }
 
     fn run_loop(&mut self, bus: &PioBus) -> ExitReason {
