@@ -1,4 +1,4 @@
-//! Assembles the tiny test guest so `cargo test` needs nothing prepared beforehand.
+//! Assembles the tiny test guests so `cargo test` needs nothing prepared beforehand.
 
 use std::process::Command;
 
@@ -6,8 +6,7 @@ fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let script = "../scripts/build-tiny-guest.sh";
     println!("cargo:rerun-if-changed={script}");
-    println!("cargo:rerun-if-changed=tests/guest/tiny.S");
-    println!("cargo:rerun-if-changed=tests/guest/tiny.ld");
+    println!("cargo:rerun-if-changed=tests/guest");
     let status = Command::new("bash").arg(script).arg(&out).status();
     match status {
         Ok(s) if s.success() => {}
@@ -15,5 +14,5 @@ fn main() {
             panic!("building the tiny test guest failed ({other:?}); binutils (as, ld) are needed")
         }
     }
-    println!("cargo:rustc-env=VMPOD_TINY_GUEST={out}/tiny-guest.elf");
+    println!("cargo:rustc-env=VMPOD_TINY_GUEST_DIR={out}");
 }

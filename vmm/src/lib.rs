@@ -114,6 +114,7 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         reset.try_clone().map_err(VmmError::EventFd)?,
         console,
         BootTimer::new(started),
+        mem.clone(),
     );
 
     step(started, "devices created");

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use common::*;
 
@@ -35,14 +36,10 @@ fn vmm_guest_cpus() -> u32 {
     }
 }
 
-#[test]
-fn linux_guest_on_vmpod_vmm_reaches_user_space_and_sees_its_vcpus_and_memory() {
-    require_kvm();
+fn boot_on_vmm(cpus: u32, memory_mib: u32, cmdline: &str, console: &Path) -> Output {
     let (kernel, initrd) = linux_guest();
-    let scratch = Scratch::new("linux-vmm");
-    let console = scratch.path("console.log");
-    let cpus = vmm_guest_cpus().to_string();
-    let output = run_vmm(&[
+    let (cpus, memory) = (cpus.to_string(), memory_mib.to_string());
+    run_vmm(&[
         "--kernel",
         kernel.to_str().unwrap(),
         "--initrd",
@@ -50,12 +47,20 @@ fn linux_guest_on_vmpod_vmm_reaches_user_space_and_sees_its_vcpus_and_memory() {
         "--cpus",
         &cpus,
         "--memory",
-        "256",
+        &memory,
         "--cmdline",
-        "console=ttyS0",
+        cmdline,
         "--console",
         console.to_str().unwrap(),
-    ]);
+    ])
+}
+
+#[test]
+fn linux_guest_on_vmpod_vmm_reaches_user_space_and_sees_its_vcpus_and_memory() {
+    require_kvm();
+    let scratch = Scratch::new("linux-vmm");
+    let console = scratch.path("console.log");
+    let output = boot_on_vmm(vmm_guest_cpus(), 256, "console=ttyS0", &console);
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     assert_eq!(
         output.status.code(),
@@ -94,21 +99,9 @@ fn linux_guest_under_qemu_tcg_reaches_user_space_with_2_vcpus_and_256_mib() {
 #[test]
 fn linux_guest_panic_exits_2_with_the_panic_in_the_console() {
     require_kvm();
-    let (kernel, initrd) = linux_guest();
     let scratch = Scratch::new("linux-panic");
     let console = scratch.path("console.log");
-    let output = run_vmm(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--memory",
-        "128",
-        "--cmdline",
-        "console=ttyS0 vmpod.test=panic",
-        "--console",
-        console.to_str().unwrap(),
-    ]);
+    let output = boot_on_vmm(1, 128, "console=ttyS0 vmpod.test=panic", &console);
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
     assert!(

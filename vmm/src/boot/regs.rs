@@ -24,12 +24,23 @@ const CR0_PE: u64 = 1;
 const CR0_ET: u64 = 1 << 4;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
+const CR4_PGE: u64 = 1 << 7;
+const EFER_SCE: u64 = 1;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
+const EFER_NX: u64 = 1 << 11;
 /// Bit 1 of RFLAGS is reserved and always set.
 const RFLAGS_RESERVED: u64 = 2;
 /// Stack for the 64-bit Linux entry, which needs one before it sets its own.
 const BOOT_STACK: u64 = 0x8ff0;
+
+/// What a guest names when it asks for an application processor to be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApStart {
+    pub rip: u64,
+    pub rsp: u64,
+    pub cr3: u64,
+}
 
 /// Where the first vCPU starts, by boot protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +49,9 @@ pub enum EntryPoint {
     Pvh(u64),
     /// Linux 64-bit boot protocol: long mode, identity paging, %rsi → `boot_params`.
     Linux64(u64),
-    /// An application processor the guest asked the VMM to start: long mode, identity paging.
-    Ap64(u64),
+    /// An application processor the guest asked the VMM to start: long mode on the guest
+    /// kernel's own page tables, at its 64-bit AP entry with a stack it chose.
+    Ap64(ApStart),
 }
 
 const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -93,8 +105,9 @@ pub fn initial_regs(entry: EntryPoint) -> kvm_regs {
             rflags: RFLAGS_RESERVED,
             ..Default::default()
         },
-        EntryPoint::Ap64(rip) => kvm_regs {
-            rip,
+        EntryPoint::Ap64(start) => kvm_regs {
+            rip: start.rip,
+            rsp: start.rsp,
             rflags: RFLAGS_RESERVED,
             ..Default::default()
         },
@@ -125,11 +138,19 @@ pub fn initial_sregs(entry: EntryPoint, sregs: &mut kvm_sregs) {
             sregs.cr4 = 0;
             sregs.efer = 0;
         }
-        EntryPoint::Linux64(_) | EntryPoint::Ap64(_) => {
+        EntryPoint::Linux64(_) => {
             sregs.cr3 = PML4_ADDR;
             sregs.cr4 = CR4_PAE;
             sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
             sregs.efer = EFER_LME | EFER_LMA;
+        }
+        EntryPoint::Ap64(start) => {
+            // The kernel's page tables may carry NX bits and global pages: NX and PGE must be on
+            // before the first fetch.
+            sregs.cr3 = start.cr3;
+            sregs.cr4 = CR4_PAE | CR4_PGE;
+            sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
+            sregs.efer = EFER_LME | EFER_LMA | EFER_SCE | EFER_NX;
         }
     }
 }
@@ -163,12 +184,19 @@ mod tests {
     }
 
     #[test]
-    fn application_processors_start_in_long_mode_at_the_requested_address() {
+    fn application_processors_start_in_long_mode_where_the_guest_asked() {
+        let start = ApStart {
+            rip: 0xffff_ffff_8100_0040,
+            rsp: 0xffff_c900_0001_3f58,
+            cr3: 0x200_a000,
+        };
         let mut sregs = kvm_sregs::default();
-        initial_sregs(EntryPoint::Ap64(0x9a0f0), &mut sregs);
-        assert_eq!(sregs.cr3, PML4_ADDR);
-        assert_eq!(sregs.cs.l, 1);
-        assert_eq!(initial_regs(EntryPoint::Ap64(0x9a0f0)).rip, 0x9a0f0);
+        initial_sregs(EntryPoint::Ap64(start), &mut sregs);
+        assert_eq!(sregs.cr3, 0x200_a000);
+        assert_eq!((sregs.cs.l, sregs.cs.db), (1, 0));
+        assert_eq!(sregs.efer & EFER_NX, EFER_NX);
+        let regs = initial_regs(EntryPoint::Ap64(start));
+        assert_eq!((regs.rip, regs.rsp), (start.rip, start.rsp));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod console;
 
 use std::sync::{Arc, Mutex};
 
+use vm_memory::GuestMemoryMmap;
 use vm_superio::{I8042Device, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -48,12 +49,13 @@ impl PioBus {
         reset: EventFd,
         console: ConsoleOutput,
         boot_timer: BootTimer,
+        mem: GuestMemoryMmap,
     ) -> Arc<PioBus> {
         Arc::new(PioBus {
             serial: Mutex::new(Serial::new(EventFdTrigger(serial_irq), console)),
             i8042: Mutex::new(I8042Device::new(EventFdTrigger(reset))),
             boot_timer,
-            ap_start: ApStarter::default(),
+            ap_start: ApStarter::new(mem),
         })
     }
 
@@ -121,6 +123,7 @@ mod tests {
             reset.try_clone().unwrap(),
             console,
             BootTimer::new(Instant::now()),
+            crate::memory::create_guest_memory(16 << 20).unwrap(),
         );
         (bus, reset)
     }

@@ -10,7 +10,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
-use crate::boot::regs::{initial_regs, initial_sregs, EntryPoint};
+use crate::boot::regs::{initial_regs, initial_sregs, ApStart, EntryPoint};
 use crate::devices::PioBus;
 use crate::lifecycle::{ExitReason, Lifecycle};
 
@@ -72,13 +72,7 @@ impl Vcpu {
     /// protocol's registers. The other vCPUs wait for the guest's INIT/SIPI.
     pub fn configure(&self, cpuid: &CpuId, entry: Option<EntryPoint>) -> Result<(), VcpuError> {
         let index = self.index;
-        let err = |what| {
-            move |source| VcpuError::Configure {
-                index,
-                what,
-                source,
-            }
-        };
+        let err = |what| self.error(what);
         self.fd.set_cpuid2(cpuid).map_err(err("CPUID"))?;
 
         let msrs = [
@@ -119,12 +113,7 @@ impl Vcpu {
                 ..Default::default()
             };
             self.fd.set_fpu(&fpu).map_err(err("FPU"))?;
-            let mut sregs = self.fd.get_sregs().map_err(err("reading sregs"))?;
-            initial_sregs(entry, &mut sregs);
-            self.fd.set_sregs(&sregs).map_err(err("sregs"))?;
-            self.fd
-                .set_regs(&initial_regs(entry))
-                .map_err(err("registers"))?;
+            self.set_entry_registers(entry)?;
         }
         Ok(())
     }
@@ -136,7 +125,7 @@ impl Vcpu {
         mut self,
         bus: Arc<PioBus>,
         lifecycle: Arc<Lifecycle>,
-        start_request: Option<Receiver<u64>>,
+        start_request: Option<Receiver<ApStart>>,
     ) -> Result<(), VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
@@ -156,28 +145,34 @@ impl Vcpu {
             .map_err(|source| VcpuError::Spawn { index, source })
     }
 
-    /// Puts an application processor straight into 64-bit mode at `rip` and makes it runnable,
-    /// instead of the real-mode INIT/SIPI start.
-    fn enter_64bit(&self, rip: u64) -> Result<(), VcpuError> {
-        let index = self.index;
-        let err = |what| {
-            move |source| VcpuError::Configure {
-                index,
-                what,
-                source,
-            }
-        };
-        let entry = EntryPoint::Ap64(rip);
-        let mut sregs = self.fd.get_sregs().map_err(err("reading sregs"))?;
-        initial_sregs(entry, &mut sregs);
-        self.fd.set_sregs(&sregs).map_err(err("sregs"))?;
-        self.fd
-            .set_regs(&initial_regs(entry))
-            .map_err(err("registers"))?;
+    /// Puts an application processor straight into 64-bit mode where the guest asked and makes
+    /// it runnable, instead of the real-mode INIT/SIPI start.
+    fn enter_64bit(&self, start: ApStart) -> Result<(), VcpuError> {
+        self.set_entry_registers(EntryPoint::Ap64(start))?;
         let runnable = kvm_mp_state {
             mp_state: KVM_MP_STATE_RUNNABLE,
         };
-        self.fd.set_mp_state(runnable).map_err(err("MP state"))
+        self.fd
+            .set_mp_state(runnable)
+            .map_err(self.error("MP state"))
+    }
+
+    fn set_entry_registers(&self, entry: EntryPoint) -> Result<(), VcpuError> {
+        let mut sregs = self.fd.get_sregs().map_err(self.error("reading sregs"))?;
+        initial_sregs(entry, &mut sregs);
+        self.fd.set_sregs(&sregs).map_err(self.error("sregs"))?;
+        self.fd
+            .set_regs(&initial_regs(entry))
+            .map_err(self.error("registers"))
+    }
+
+    fn error(&self, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
+        let index = self.index;
+        move |source| VcpuError::Configure {
+            index,
+            what,
+            source,
+        }
     }
 
     fn run_loop(&mut self, bus: &PioBus) -> ExitReason {

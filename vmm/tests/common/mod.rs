@@ -9,8 +9,14 @@ pub fn vmm_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vmpod-vmm"))
 }
 
+/// The 32-bit PVH tiny guest (tiny.S).
 pub fn tiny_guest() -> PathBuf {
-    PathBuf::from(env!("VMPOD_TINY_GUEST"))
+    Path::new(env!("VMPOD_TINY_GUEST_DIR")).join("tiny-guest.elf")
+}
+
+/// The 64-bit tiny guest (tiny64.S) as `tiny64-guest.elf` or `tiny64-guest.bzImage`.
+pub fn tiny64_guest(file: &str) -> PathBuf {
+    Path::new(env!("VMPOD_TINY_GUEST_DIR")).join(file)
 }
 
 pub fn repo_root() -> PathBuf {
