@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// A CPUID feature bit, named as in /proc/cpuinfo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum CpuFeature {
     Cx16,
     Popcnt,
@@ -30,10 +30,18 @@ pub enum CpuFeature {
     Rdseed,
     Smap,
     Pku,
+    /// KVM paravirtual IPIs (a `vmcall` per IPI).
+    PvSendIpi,
+    /// KVM paravirtual yield to a preempted vCPU (a `vmcall`).
+    PvSchedYield,
+    /// KVM paravirtual spinlock kick (a `vmcall`).
+    PvUnhalt,
 }
 
 /// Features hidden on kvm-pvm hosts; each one was seen to kill or stall a guest there (see
-/// guest-kernel/README.md). Hiding xsave also hides the AVX family and the 0xd leaf.
+/// guest-kernel/README.md). Hiding xsave also hides the AVX family and the 0xd leaf. The KVM
+/// paravirtual features that issue `vmcall`s go too: kvm-pvm livelocks on them (an SMP guest
+/// hung in `__send_ipi_mask`).
 pub const KVM_PVM_HIDDEN: &[CpuFeature] = &[
     CpuFeature::Cx16,
     CpuFeature::Popcnt,
@@ -48,18 +56,26 @@ pub const KVM_PVM_HIDDEN: &[CpuFeature] = &[
     CpuFeature::Rdseed,
     CpuFeature::Smap,
     CpuFeature::Pku,
+    CpuFeature::PvSendIpi,
+    CpuFeature::PvSchedYield,
+    CpuFeature::PvUnhalt,
 ];
+
+/// KVM's paravirtual feature leaf (`KVM_CPUID_FEATURES`).
+const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
 
 #[derive(Clone, Copy)]
 enum Reg {
+    Eax,
     Ebx,
     Ecx,
 }
 
 impl CpuFeature {
-    /// The name Linux uses for the flag (/proc/cpuinfo, `clearcpuid=`).
-    pub fn name(self) -> &'static str {
-        match self {
+    /// The name Linux uses for the flag (/proc/cpuinfo, `clearcpuid=`); the KVM paravirtual
+    /// features have none there.
+    pub fn linux_name(self) -> Option<&'static str> {
+        Some(match self {
             CpuFeature::Cx16 => "cx16",
             CpuFeature::Popcnt => "popcnt",
             CpuFeature::Xsave => "xsave",
@@ -73,7 +89,8 @@ impl CpuFeature {
             CpuFeature::Rdseed => "rdseed",
             CpuFeature::Smap => "smap",
             CpuFeature::Pku => "pku",
-        }
+            CpuFeature::PvSendIpi | CpuFeature::PvSchedYield | CpuFeature::PvUnhalt => return None,
+        })
     }
 
     /// (leaf, subleaf, register, bits) that carry this feature.
@@ -94,6 +111,9 @@ impl CpuFeature {
             CpuFeature::Rdseed => (7, 0, Reg::Ebx, 1 << 18),
             CpuFeature::Smap => (7, 0, Reg::Ebx, 1 << 20),
             CpuFeature::Pku => (7, 0, Reg::Ecx, (1 << 3) | OSPKE),
+            CpuFeature::PvSendIpi => (KVM_FEATURES_LEAF, 0, Reg::Eax, 1 << 11),
+            CpuFeature::PvSchedYield => (KVM_FEATURES_LEAF, 0, Reg::Eax, 1 << 13),
+            CpuFeature::PvUnhalt => (KVM_FEATURES_LEAF, 0, Reg::Eax, 1 << 7),
         }
     }
 }
@@ -137,6 +157,7 @@ pub fn customize(
             let (leaf, subleaf, reg, bits) = feature.location();
             if entry.function == leaf && entry.index == subleaf {
                 match reg {
+                    Reg::Eax => entry.eax &= !bits,
                     Reg::Ebx => entry.ebx &= !bits,
                     Reg::Ecx => entry.ecx &= !bits,
                 }
@@ -163,7 +184,13 @@ mod tests {
 
     #[test]
     fn pvm_mask_clears_every_listed_bit_and_nothing_else_in_leaf_1_ecx() {
-        let mut entries = [entry(1, 0), entry(7, 0), entry(0xd, 0), entry(0xd, 1)];
+        let mut entries = [
+            entry(1, 0),
+            entry(7, 0),
+            entry(0xd, 0),
+            entry(0xd, 1),
+            entry(KVM_FEATURES_LEAF, 0),
+        ];
         customize(&mut entries, 0, 1, KVM_PVM_HIDDEN);
         let ecx = entries[0].ecx;
         for bit in [13, 23, 26, 27, 28, 30] {
@@ -184,6 +211,13 @@ mod tests {
             (0, 0),
             "xsave leaf not emptied"
         );
+        let kvm = entries[4].eax;
+        assert_eq!(
+            kvm & ((1 << 7) | (1 << 11) | (1 << 13)),
+            0,
+            "PV vmcall features left"
+        );
+        assert_ne!(kvm & 1, 0, "kvmclock must stay");
     }
 
     #[test]
@@ -208,10 +242,16 @@ mod tests {
 
     #[test]
     fn feature_names_are_cpuinfo_names() {
-        let parsed: Vec<CpuFeature> = serde_json::from_str(r#"["cx16","rdseed","pku"]"#).unwrap();
+        let parsed: Vec<CpuFeature> =
+            serde_json::from_str(r#"["cx16","rdseed","pku","pv_send_ipi"]"#).unwrap();
         assert_eq!(
             parsed,
-            [CpuFeature::Cx16, CpuFeature::Rdseed, CpuFeature::Pku]
+            [
+                CpuFeature::Cx16,
+                CpuFeature::Rdseed,
+                CpuFeature::Pku,
+                CpuFeature::PvSendIpi
+            ]
         );
     }
 }

@@ -19,8 +19,8 @@ pub fn kvm_pvm_cmdline(hidden: &[CpuFeature]) -> String {
         "noxsave mitigations=off vmpod_no_int3_selftest vmpod_no_fpu_drop_fwait \
          vmpod_syscall_fault_fallback vmpod_ap_start_port",
     );
-    if !hidden.is_empty() {
-        let names: Vec<&str> = hidden.iter().map(|f| f.name()).collect();
+    if hidden.iter().any(|f| f.linux_name().is_some()) {
+        let names: Vec<&str> = hidden.iter().filter_map(|f| f.linux_name()).collect();
         cmdline.push_str(" clearcpuid=");
         cmdline.push_str(&names.join(","));
     }
