@@ -96,6 +96,20 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     step(started, "guest loaded");
     let vm = Vm::new(&kvm, &mem)?;
     step(started, "VM created");
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::SupportedCpuid)?;
+    let mut vcpus = Vec::with_capacity(cpus as usize);
+    for index in 0..cpus {
+        let vcpu = Vcpu::new(vm.fd(), index)?;
+        let mut cpuid = supported.clone();
+        cpuid::customize(cpuid.as_mut_slice(), index, cpus, &hidden);
+        vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
+        vcpus.push(vcpu);
+    }
+    step(started, "vCPUs configured");
+
+    // The console file comes last, so that a VM that cannot be built leaves no file behind.
     let console = match &config.console {
         Console::Stdout => ConsoleOutput::stdout(),
         Console::Off => ConsoleOutput::off(),
@@ -116,39 +130,8 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         BootTimer::new(started),
         mem.clone(),
     );
-
     step(started, "devices created");
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::SupportedCpuid)?;
-    let mut vcpus = Vec::with_capacity(cpus as usize);
-    for index in 0..cpus {
-        let vcpu = Vcpu::new(vm.fd(), index)?;
-        let mut cpuid = supported.clone();
-        for e in cpuid.as_slice().iter().filter(|e| e.function == 1) {
-            tracing::debug!("raw {:#x}", e.ecx);
-        }
-        cpuid::customize(cpuid.as_mut_slice(), index, cpus, &hidden);
-        for e in cpuid
-            .as_slice()
-            .iter()
-            .filter(|e| e.function == 1 || e.function == 7)
-        {
-            tracing::debug!(
-                "cpuid {:#x}/{} flags {} ebx {:#x} ecx {:#x} edx {:#x}",
-                e.function,
-                e.index,
-                e.flags,
-                e.ebx,
-                e.ecx,
-                e.edx
-            );
-        }
-        vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
-        vcpus.push(vcpu);
-    }
 
-    step(started, "vCPUs configured");
     // Before any thread exists, so that every vCPU thread inherits the blocked mask.
     let signals = signals::SignalFd::block_stop_signals().map_err(VmmError::Signals)?;
     let lifecycle = Arc::new(Lifecycle::new().map_err(VmmError::EventFd)?);

@@ -26,16 +26,6 @@ fn init_report(console: &str) -> (u32, u64) {
     )
 }
 
-/// vCPUs for the vmpod-vmm boot: kvm-pvm cannot start application processors (see
-/// guest-kernel/README.md), so there the guest gets one; everywhere else two.
-fn vmm_guest_cpus() -> u32 {
-    if is_kvm_pvm() {
-        1
-    } else {
-        2
-    }
-}
-
 fn boot_on_vmm(cpus: u32, memory_mib: u32, cmdline: &str, console: &Path) -> Output {
     let (kernel, initrd) = linux_guest();
     let (cpus, memory) = (cpus.to_string(), memory_mib.to_string());
@@ -56,11 +46,11 @@ fn boot_on_vmm(cpus: u32, memory_mib: u32, cmdline: &str, console: &Path) -> Out
 }
 
 #[test]
-fn linux_guest_on_vmpod_vmm_reaches_user_space_and_sees_its_vcpus_and_memory() {
+fn linux_guest_on_vmpod_vmm_reaches_user_space_with_2_vcpus_and_256_mib() {
     require_kvm();
     let scratch = Scratch::new("linux-vmm");
     let console = scratch.path("console.log");
-    let output = boot_on_vmm(vmm_guest_cpus(), 256, "console=ttyS0", &console);
+    let output = boot_on_vmm(2, 256, "console=ttyS0", &console);
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     assert_eq!(
         output.status.code(),
@@ -68,7 +58,7 @@ fn linux_guest_on_vmpod_vmm_reaches_user_space_and_sees_its_vcpus_and_memory() {
         "stderr: {}\nconsole:\n{text}",
         stderr(&output)
     );
-    assert_eq!(init_report(&text), (vmm_guest_cpus(), 256));
+    assert_eq!(init_report(&text), (2, 256));
     assert!(
         stderr(&output).contains("guest boot done after"),
         "init's boot-timer byte never arrived: {}",
