@@ -50,7 +50,7 @@ case "$console" in
 esac
 
 args=(
-    -M "microvm,acpi=off,x-option-roms=off,rtc=off,memory-backend=mem"
+    -M "microvm,acpi=off,x-option-roms=off,memory-backend=mem"
     -accel "$accel" -cpu "$cpu" -smp "$cpus"
     -object "memory-backend-memfd,id=mem,size=${memory}M,share=on" -m "${memory}M"
     -global virtio-mmio.force-legacy=false
