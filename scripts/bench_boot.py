@@ -210,7 +210,7 @@ def plot(summary, out):
     """Two bar charts: start-up times (log scale) and memory."""
     data = out / "boot.dat"
     with open(data, "w") as f:
-        f.write("label first_output_ms init_ms overhead_mib rss_mib\n")
+        f.write("# label first_output_ms init_ms overhead_mib rss_mib\n")
         for case, vmm, values in summary:
             first, _, init, _, rss, overhead, _ = values
             f.write(f"{case}/{vmm} {first or 0:.2f} {init or 0:.2f} {overhead or 0:.2f} {rss or 0:.2f}\n")
@@ -221,12 +221,14 @@ set multiplot layout 1,2 title 'vmpod-vmm vs QEMU microvm (medians)'
 set style data histograms
 set style histogram clustered
 set style fill solid 0.8
-set xtics rotate by -30
-set key top left
+set xtics rotate by 30 right nomirror
+set key outside bottom center horizontal
 set logscale y
+set yrange [1:*]
 set ylabel 'ms after spawn (log)'
 plot '{data}' using 2:xtic(1) title 'first guest output', '' using 3 title 'Run /init'
 unset logscale y
+set yrange [0:*]
 set ylabel 'MiB'
 plot '{data}' using 4:xtic(1) title 'VMM overhead (RSS outside guest memory)', '' using 5 title 'total RSS'
 unset multiplot
