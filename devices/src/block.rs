@@ -1,0 +1,451 @@
+//! virtio-blk backed by a file: read, write (unless read-only), flush and get-id.
+//!
+//! Data moves through one bounded bounce buffer, so a request's size costs time, never memory,
+//! and every request is checked against the disk's end before anything is read or written.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use crate::virtio::{
+    read_config_bytes, serve_chains, QueueError, VirtioDevice, DEVICE_TYPE_BLOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
+
+pub const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+const BOUNCE_BUFFER: usize = 64 << 10;
+/// The GET_ID answer is exactly this long (NUL-padded, not terminated when full).
+pub const ID_LEN: usize = 20;
+
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+
+const VIRTIO_BLK_T_IN: u32 = 0;
+const VIRTIO_BLK_T_OUT: u32 = 1;
+const VIRTIO_BLK_T_FLUSH: u32 = 4;
+const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+const VIRTIO_BLK_S_OK: u8 = 0;
+const VIRTIO_BLK_S_IOERR: u8 = 1;
+const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("disk {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("disk {path}: serial {serial:?} is longer than {ID_LEN} bytes")]
+    SerialTooLong { path: PathBuf, serial: String },
+}
+
+pub struct Block {
+    file: File,
+    read_only: bool,
+    capacity_sectors: u64,
+    id: [u8; ID_LEN],
+    config: Vec<u8>,
+    bounce: Vec<u8>,
+}
+
+impl Block {
+    /// Opens the disk image. `serial` is what the guest reads as the disk's id
+    /// (/sys/block/vdX/serial).
+    pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Block, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let size = file.metadata().map_err(open_err)?.len();
+        let mut id = [0u8; ID_LEN];
+        if let Some(serial) = serial {
+            if serial.len() > ID_LEN {
+                return Err(BlockError::SerialTooLong {
+                    path: path.to_path_buf(),
+                    serial: serial.to_string(),
+                });
+            }
+            id[..serial.len()].copy_from_slice(serial.as_bytes());
+        }
+        let capacity_sectors = size / SECTOR_SIZE;
+        // virtio_blk_config: capacity (u64) then size_max (u32) and seg_max (u32).
+        let mut config = Vec::with_capacity(16);
+        config.extend_from_slice(&capacity_sectors.to_le_bytes());
+        config.extend_from_slice(&0u32.to_le_bytes());
+        config.extend_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        Ok(Block {
+            file,
+            read_only,
+            capacity_sectors,
+            id,
+            config,
+            bounce: vec![0; BOUNCE_BUFFER],
+        })
+    }
+
+    /// Serves one request; returns the bytes written into the guest's buffers (status included).
+    fn serve(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+        let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem))
+        else {
+            tracing::debug!("virtio-blk: chain with unusable buffers");
+            return 0;
+        };
+        // The status byte is the last writable byte; without one nothing can be reported.
+        let Some(data_len) = writer.available_bytes().checked_sub(1) else {
+            tracing::debug!("virtio-blk: request without a status byte");
+            return 0;
+        };
+        let Ok(mut status_writer) = writer.split_at(data_len) else {
+            return 0;
+        };
+        let status = match read_header(&mut reader) {
+            Some((VIRTIO_BLK_T_IN, sector)) => self.read(sector, &mut writer),
+            Some((VIRTIO_BLK_T_OUT, sector)) => self.write(sector, &mut reader),
+            Some((VIRTIO_BLK_T_FLUSH, _)) => self.flush(),
+            Some((VIRTIO_BLK_T_GET_ID, _)) => {
+                let n = writer.available_bytes().min(ID_LEN);
+                match writer.write_all(&self.id[..n]) {
+                    Ok(()) => VIRTIO_BLK_S_OK,
+                    Err(_) => VIRTIO_BLK_S_IOERR,
+                }
+            }
+            Some(_) => VIRTIO_BLK_S_UNSUPP,
+            None => VIRTIO_BLK_S_IOERR,
+        };
+        let _ = status_writer.write_all(&[status]);
+        (writer.bytes_written() + status_writer.bytes_written()) as u32
+    }
+
+    /// The byte range of a transfer, if it lies within the disk.
+    fn range(&self, sector: u64, len: usize) -> Option<u64> {
+        let start = sector.checked_mul(SECTOR_SIZE)?;
+        let end = start.checked_add(len as u64)?;
+        (end <= self.capacity_sectors * SECTOR_SIZE).then_some(start)
+    }
+
+    fn read(&mut self, sector: u64, writer: &mut Writer) -> u8 {
+        let Some(mut offset) = self.range(sector, writer.available_bytes()) else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        while writer.available_bytes() > 0 {
+            let n = writer.available_bytes().min(self.bounce.len());
+            let chunk = &mut self.bounce[..n];
+            if self.file.read_exact_at(chunk, offset).is_err() || writer.write_all(chunk).is_err() {
+                return VIRTIO_BLK_S_IOERR;
+            }
+            offset += n as u64;
+        }
+        VIRTIO_BLK_S_OK
+    }
+
+    fn write(&mut self, sector: u64, reader: &mut Reader) -> u8 {
+        if self.read_only {
+            return VIRTIO_BLK_S_IOERR;
+        }
+        let Some(mut offset) = self.range(sector, reader.available_bytes()) else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        while reader.available_bytes() > 0 {
+            let n = reader.available_bytes().min(self.bounce.len());
+            let chunk = &mut self.bounce[..n];
+            if reader.read_exact(chunk).is_err() || self.file.write_all_at(chunk, offset).is_err() {
+                return VIRTIO_BLK_S_IOERR;
+            }
+            offset += n as u64;
+        }
+        VIRTIO_BLK_S_OK
+    }
+
+    fn flush(&mut self) -> u8 {
+        if self.read_only || self.file.sync_data().is_ok() {
+            VIRTIO_BLK_S_OK
+        } else {
+            VIRTIO_BLK_S_IOERR
+        }
+    }
+}
+
+/// The request header: type (u32), reserved (u32), sector (u64), all little-endian.
+fn read_header(reader: &mut Reader) -> Option<(u32, u64)> {
+    let mut header = [0u8; 16];
+    reader.read_exact(&mut header).ok()?;
+    let kind = u32::from_le_bytes(header[0..4].try_into().ok()?);
+    let sector = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    Some((kind, sector))
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
+        VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_SEG_MAX
+            | ro
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        serve_chains(queue, mem, |chain| self.serve(chain, mem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_support::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const HEADER: u64 = 0x10_0000;
+    const DATA: u64 = 0x20_0000;
+    const STATUS: u64 = 0x30_0000;
+
+    struct Disk {
+        path: PathBuf,
+    }
+
+    impl Disk {
+        fn new(name: &str, contents: &[u8]) -> Disk {
+            let path =
+                std::env::temp_dir().join(format!("vmpod-blk-{name}-{}.img", std::process::id()));
+            std::fs::write(&path, contents).unwrap();
+            Disk { path }
+        }
+
+        fn contents(&self) -> Vec<u8> {
+            std::fs::read(&self.path).unwrap()
+        }
+    }
+
+    impl Drop for Disk {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 512) as u8).collect()
+    }
+
+    fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&kind.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&bytes, GuestAddress(HEADER)).unwrap();
+    }
+
+    fn status(mem: &GuestMemoryMmap) -> u8 {
+        mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    fn run(block: &mut Block, mem: &GuestMemoryMmap, descs: &[Desc]) -> u32 {
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let (mut queue, mock) = queue_with_chain(mem, descs);
+        assert!(block.process_queue(0, &mut queue, mem).unwrap());
+        assert_eq!(used_idx(mem, &mock), 1, "chain not returned");
+        used_len(mem, &mock, 0)
+    }
+
+    #[test]
+    fn read_returns_the_disk_bytes_in_split_buffers() {
+        let disk = Disk::new("read", &pattern(8192));
+        let mut block = Block::open(&disk.path, true, None).unwrap();
+        let mem = guest_memory();
+        header(&mem, VIRTIO_BLK_T_IN, 2);
+        let len = run(
+            &mut block,
+            &mem,
+            &[
+                (HEADER, 16, false),
+                (DATA, 512, true),
+                (DATA + 4096, 1024, true),
+                (STATUS, 1, true),
+            ],
+        );
+        assert_eq!((len, status(&mem)), (1537, VIRTIO_BLK_S_OK));
+        let mut got = vec![0u8; 1536];
+        mem.read_slice(&mut got[..512], GuestAddress(DATA)).unwrap();
+        mem.read_slice(&mut got[512..], GuestAddress(DATA + 4096))
+            .unwrap();
+        assert_eq!(got, pattern(8192)[1024..2560]);
+    }
+
+    #[test]
+    fn write_lands_in_the_file() {
+        let disk = Disk::new("write", &[0u8; 4096]);
+        let mut block = Block::open(&disk.path, false, None).unwrap();
+        let mem = guest_memory();
+        header(&mem, VIRTIO_BLK_T_OUT, 1);
+        mem.write_slice(&pattern(1024), GuestAddress(DATA)).unwrap();
+        run(
+            &mut block,
+            &mem,
+            &[(HEADER, 16, false), (DATA, 1024, false), (STATUS, 1, true)],
+        );
+        assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
+        let contents = disk.contents();
+        assert_eq!(&contents[512..1536], &pattern(1024)[..]);
+        assert!(contents[..512].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn write_to_a_read_only_disk_fails_and_leaves_the_file_alone() {
+        let disk = Disk::new("ro", &[0u8; 4096]);
+        let mut block = Block::open(&disk.path, true, None).unwrap();
+        assert_ne!(block.features() & VIRTIO_BLK_F_RO, 0);
+        let mem = guest_memory();
+        header(&mem, VIRTIO_BLK_T_OUT, 0);
+        mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).unwrap();
+        run(
+            &mut block,
+            &mem,
+            &[(HEADER, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+        );
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR);
+        assert_eq!(disk.contents(), vec![0u8; 4096]);
+    }
+
+    #[test]
+    fn transfers_past_the_end_of_the_disk_fail() {
+        let disk = Disk::new("end", &[0u8; 4096]);
+        let mut block = Block::open(&disk.path, false, None).unwrap();
+        let mem = guest_memory();
+        for sector in [7, 8, u64::MAX / 512, u64::MAX] {
+            header(&mem, VIRTIO_BLK_T_IN, sector);
+            run(
+                &mut block,
+                &mem,
+                &[(HEADER, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
+            );
+            assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR, "sector {sector}");
+        }
+    }
+
+    #[test]
+    fn get_id_returns_the_configured_serial() {
+        let disk = Disk::new("id", &[0u8; 512]);
+        let mut block = Block::open(&disk.path, true, Some("layer-3f2a")).unwrap();
+        let mem = guest_memory();
+        header(&mem, VIRTIO_BLK_T_GET_ID, 0);
+        run(
+            &mut block,
+            &mem,
+            &[(HEADER, 16, false), (DATA, 20, true), (STATUS, 1, true)],
+        );
+        assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
+        let mut id = [0u8; 20];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id[..10], b"layer-3f2a");
+        assert!(id[10..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn serial_longer_than_twenty_bytes_is_refused_naming_the_disk() {
+        let disk = Disk::new("longid", &[0u8; 512]);
+        let err = Block::open(&disk.path, true, Some("x".repeat(21).as_str()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("is longer than 20 bytes"), "{err}");
+    }
+
+    #[test]
+    fn flush_and_unknown_types_report_their_status() {
+        let disk = Disk::new("flush", &[0u8; 512]);
+        let mut block = Block::open(&disk.path, false, None).unwrap();
+        let mem = guest_memory();
+        header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+        run(&mut block, &mem, &[(HEADER, 16, false), (STATUS, 1, true)]);
+        assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
+        header(&mem, 77, 0);
+        run(&mut block, &mem, &[(HEADER, 16, false), (STATUS, 1, true)]);
+        assert_eq!(status(&mem), VIRTIO_BLK_S_UNSUPP);
+    }
+
+    #[test]
+    fn short_header_is_an_io_error_not_a_panic() {
+        let disk = Disk::new("short", &[0u8; 512]);
+        let mut block = Block::open(&disk.path, false, None).unwrap();
+        let mem = guest_memory();
+        run(&mut block, &mem, &[(HEADER, 7, false), (STATUS, 1, true)]);
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn request_without_writable_status_is_returned_unanswered() {
+        let disk = Disk::new("nostatus", &[0u8; 512]);
+        let mut block = Block::open(&disk.path, false, None).unwrap();
+        let mem = guest_memory();
+        header(&mem, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run(&mut block, &mem, &[(HEADER, 16, false)]), 0);
+    }
+
+    #[test]
+    fn wrong_direction_buffers_fail_the_request() {
+        let disk = Disk::new("dir", &pattern(4096));
+        let mut block = Block::open(&disk.path, false, None).unwrap();
+        let mem = guest_memory();
+        // A read whose data buffer is device-readable: no writable room but the status byte.
+        header(&mem, VIRTIO_BLK_T_IN, 0);
+        let (mut queue, mock) = queue_with_chain(
+            &mem,
+            &[(HEADER, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+        );
+        block.process_queue(0, &mut queue, &mem).unwrap();
+        assert_eq!(used_len(&mem, &mock, 0), 1);
+        assert_eq!(status(&mem), VIRTIO_BLK_S_OK, "zero-length read is fine");
+        assert_eq!(disk.contents(), pattern(4096));
+    }
+
+    #[test]
+    fn capacity_is_in_the_config_space() {
+        let disk = Disk::new("cap", &[0u8; 8192]);
+        let block = Block::open(&disk.path, true, None).unwrap();
+        let mut capacity = [0u8; 8];
+        block.read_config(0, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), 16);
+        let mut past = [0xffu8; 4];
+        block.read_config(4096, &mut past);
+        assert_eq!(past, [0; 4]);
+    }
+
+    #[test]
+    fn missing_disk_is_named() {
+        let err = Block::open(Path::new("/nonexistent/disk.img"), true, None)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "disk /nonexistent/disk.img: No such file or directory (os error 2)"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! vmpod's virtio devices. Each device is plain logic over guest memory and a `virtio_queue`
+//! queue: it knows nothing of MMIO registers, KVM or vhost-user, so vmpod-vmm's virtio-mmio
+//! transport and a vhost-user backend serve the same code, and unit tests drive it with guest
+//! memory and descriptor chains they build themselves.
+
+pub mod block;
+pub mod rng;
+pub mod virtio;
