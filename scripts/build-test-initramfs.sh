@@ -3,7 +3,8 @@
 #
 # Its /init reports what the guest sees (vCPUs, RAM, kernel, uptime) on one line, writes the
 # boot-timer byte, and reboots; "vmpod.test=panic" on the command line makes it panic instead,
-# "vmpod.test=wait" keeps it running (for memory measurements).
+# "vmpod.test=wait" keeps it running (for memory measurements), "vmpod.test=devices" exercises
+# the virtio disks and rng (see vmm/tests/devices.rs).
 set -euo pipefail
 out=${1:?usage: build-test-initramfs.sh OUT_DIR}
 busybox=/bin/busybox
@@ -14,7 +15,7 @@ fi
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,dev,proc,sys}
+mkdir -p "$root"/{bin,dev,proc,sys,mnt}
 cp "$busybox" "$root/bin/busybox"
 # Device nodes in the archive itself, so /init can signal boot-done before mounting anything.
 mknod -m 600 "$root/dev/console" c 5 1
@@ -27,6 +28,7 @@ cat > "$root/init" <<'INIT'
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
 # RAM as the firmware map says: the end of the last "System RAM" range, in MiB.
 ram_end=0
 while read -r range _ kind rest; do
@@ -37,6 +39,16 @@ echo "vmpod-init: cpus=$(nproc) ram_mib=$((ram_end >> 20)) kernel=$(uname -r) up
 case " $(cat /proc/cmdline) " in
     *" vmpod.test=panic "*) echo "vmpod-init: exiting to make the kernel panic"; exit 1 ;;
     *" vmpod.test=wait "*) echo "vmpod-init: waiting"; exec sleep 100000 ;;
+    *" vmpod.test=devices "*)
+        # vda: read-only erofs with payload.bin; vdb: raw scratch disk; a virtio-rng.
+        mount -t erofs -o ro /dev/vda /mnt && echo "vmpod-init: erofs sha256 $(sha256sum /mnt/payload.bin)"
+        echo "vmpod-init: hwrng $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+        echo "written by the guest" | dd of=/dev/vdb bs=512 conv=sync,fsync 2>/dev/null && echo "vmpod-init: vdb written"
+        if dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null; then
+            echo "vmpod-init: vda written"
+        else
+            echo "vmpod-init: vda write refused"
+        fi ;;
 esac
 reboot -f
 INIT

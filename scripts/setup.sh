@@ -6,8 +6,8 @@ set -euo pipefail
 packages=(
     # guest kernel build
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
-    # guests, the comparison hypervisor, the test initramfs
-    qemu-system-x86 busybox-static
+    # guests, the comparison hypervisor, the test initramfs, test disk images
+    qemu-system-x86 busybox-static erofs-utils
     # benchmark plots
     gnuplot-nox
 )

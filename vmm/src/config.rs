@@ -14,6 +14,8 @@ use crate::cpuid::CpuFeature;
 pub const MAX_VCPUS: u8 = 254;
 /// Below this the fixed low-memory layout (boot structures, kernel at 1 MiB) does not fit.
 pub const MIN_MEMORY_MIB: u64 = 16;
+/// virtio devices take IOAPIC lines 5..=23 (4 is the serial port).
+pub const MAX_VIRTIO_DEVICES: usize = 19;
 /// A sanity bound, not a KVM limit: a typo of a few zeros should fail here, not in mmap.
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 
@@ -39,6 +41,8 @@ pub enum ConfigError {
     KernelMissing(PathBuf),
     #[error("initrd {0}: no such file")]
     InitrdMissing(PathBuf),
+    #[error("at most {MAX_VIRTIO_DEVICES} virtio devices fit the interrupt lines; {0} asked for")]
+    TooManyDevices(usize),
 }
 
 /// Where the guest's serial console goes.
@@ -104,6 +108,23 @@ pub struct VmConfig {
     pub cpuid_mask: CpuidMask,
     #[serde(default)]
     pub pvm_workarounds: Workarounds,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-rng device fed from the host's getrandom.
+    #[serde(default)]
+    pub rng: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (at most 20 bytes).
+    #[serde(default)]
+    pub serial: Option<String>,
 }
 
 fn default_cmdline() -> String {
@@ -127,6 +148,8 @@ impl Default for VmConfig {
             console: Console::default(),
             cpuid_mask: CpuidMask::default(),
             pvm_workarounds: Workarounds::default(),
+            disks: Vec::new(),
+            rng: false,
         }
     }
 }
@@ -175,6 +198,10 @@ impl VmConfig {
         }
         if !self.kernel.is_file() {
             return Err(ConfigError::KernelMissing(self.kernel.clone()));
+        }
+        let devices = self.disks.len() + usize::from(self.rng);
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
         }
         if let Some(initrd) = &self.initrd {
             if !initrd.is_file() {
@@ -251,6 +278,40 @@ mod tests {
         );
         config.cpus = 300;
         assert!(matches!(config.validate(), Err(ConfigError::Cpus(300))));
+    }
+
+    #[test]
+    fn disks_and_rng_come_from_json() {
+        let config = VmConfig::from_json(
+            r#"{"kernel": "/k", "rng": true,
+                "disks": [{"path": "/l.erofs", "read_only": true, "serial": "layer0"},
+                          {"path": "/scratch.ext4"}]}"#,
+            "t",
+        )
+        .unwrap();
+        assert!(config.rng);
+        assert_eq!(config.disks.len(), 2);
+        assert!(config.disks[0].read_only && !config.disks[1].read_only);
+        assert_eq!(config.disks[0].serial.as_deref(), Some("layer0"));
+    }
+
+    #[test]
+    fn more_devices_than_interrupt_lines_are_refused() {
+        let disk = DiskConfig {
+            path: "/d".into(),
+            read_only: true,
+            serial: None,
+        };
+        let config = VmConfig {
+            kernel: "/proc/self/exe".into(),
+            disks: vec![disk; 19],
+            rng: true,
+            ..VmConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "at most 19 virtio devices fit the interrupt lines; 20 asked for"
+        );
     }
 
     #[test]

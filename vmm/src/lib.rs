@@ -13,6 +13,7 @@ pub mod host;
 pub mod lifecycle;
 pub mod memory;
 mod signals;
+pub mod virtio;
 pub mod vstate;
 
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ use boot::{BootError, BootSpec};
 use config::{Console, CpuidMask, VmConfig, Workarounds};
 use devices::boot_timer::BootTimer;
 use devices::console::ConsoleOutput;
-use devices::{PioBus, SERIAL_IRQ};
+use devices::{Bus, SERIAL_IRQ};
 use event_loop::StopHandler;
 use lifecycle::{ExitReason, Lifecycle};
 use memory::MemoryError;
@@ -50,6 +51,8 @@ pub enum VmmError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioError),
     #[error("console {path}: {source}")]
     Console {
         path: String,
@@ -78,7 +81,14 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     };
     let workarounds =
         use_workarounds(config.pvm_workarounds, pvm).then(|| host::kvm_pvm_cmdline(&hidden));
-    let cmdline = full_cmdline(&config.cmdline, workarounds.as_deref());
+    let ap_start_port = workarounds.is_some();
+    let devices = virtio::open_devices(config)?;
+    let machine = [
+        Some(host::MACHINE_CMDLINE.to_string()),
+        workarounds,
+        Some(virtio::cmdline_entries(devices.len())),
+    ];
+    let cmdline = full_cmdline(&machine, &config.cmdline);
 
     step(started, "KVM opened");
     let mem = memory::create_guest_memory(config.memory_bytes())?;
@@ -95,6 +105,7 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
 
     step(started, "guest loaded");
     let vm = Vm::new(&kvm, &mem)?;
+    let attached = virtio::attach(&vm, &mem, devices)?;
     step(started, "VM created");
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -123,12 +134,13 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     let serial_irq = eventfd()?;
     vm.register_irq(&serial_irq, SERIAL_IRQ)?;
     let reset = eventfd()?;
-    let bus = PioBus::new(
+    let bus = Bus::new(
         serial_irq,
         reset.try_clone().map_err(VmmError::EventFd)?,
         console,
         BootTimer::new(started),
         mem.clone(),
+        attached.iter().map(|a| a.transport.clone()).collect(),
     );
     step(started, "devices created");
 
@@ -143,13 +155,16 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         signals,
         mem: mem.clone(),
     })));
+    for device in attached {
+        events.add_subscriber(Arc::new(Mutex::new(device.handler)));
+    }
 
     tracing::debug!(cpus, memory_mib = config.memory_mib, ?entry, %cmdline, "starting vCPUs");
     for vcpu in vcpus {
         // On kvm-pvm our guest kernel asks the VMM to start its APs (real-mode SIPI cannot work
         // there); elsewhere they wait in KVM for the usual INIT/SIPI.
-        let start_request = (workarounds.is_some() && vcpu.index() != 0)
-            .then(|| bus.ap_start.register(vcpu.index()));
+        let start_request =
+            (ap_start_port && vcpu.index() != 0).then(|| bus.ap_start.register(vcpu.index()));
         vcpu.start(bus.clone(), lifecycle.clone(), start_request)?;
     }
 
@@ -181,17 +196,15 @@ fn use_workarounds(setting: Workarounds, pvm: bool) -> bool {
 }
 
 /// Machine options first, so that anything the caller passes overrides them.
-fn full_cmdline(user: &str, workarounds: Option<&str>) -> String {
-    let mut cmdline = String::from(host::MACHINE_CMDLINE);
-    if let Some(workarounds) = workarounds {
-        cmdline.push(' ');
-        cmdline.push_str(workarounds);
-    }
-    if !user.is_empty() {
-        cmdline.push(' ');
-        cmdline.push_str(user);
-    }
-    cmdline
+fn full_cmdline(machine: &[Option<String>], user: &str) -> String {
+    machine
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(std::iter::once(user))
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -200,7 +213,12 @@ mod tests {
 
     #[test]
     fn caller_cmdline_comes_last_so_it_can_override() {
-        let cmdline = full_cmdline("console=ttyS0 panic=5", None);
+        let machine = [
+            Some(host::MACHINE_CMDLINE.to_string()),
+            None,
+            Some(String::new()),
+        ];
+        let cmdline = full_cmdline(&machine, "console=ttyS0 panic=5");
         assert!(cmdline.starts_with(host::MACHINE_CMDLINE));
         assert!(cmdline.ends_with("console=ttyS0 panic=5"));
         assert!(!cmdline.contains("vmpod_syscall_fault_fallback"));
@@ -212,7 +230,7 @@ mod tests {
         assert!(!use_workarounds(Workarounds::Auto, false));
         assert!(use_workarounds(Workarounds::On, false));
         let workarounds = host::kvm_pvm_cmdline(cpuid::KVM_PVM_HIDDEN);
-        let cmdline = full_cmdline("", Some(&workarounds));
+        let cmdline = full_cmdline(&[Some(workarounds)], "");
         assert!(cmdline.contains("vmpod_syscall_fault_fallback"));
         assert!(
             cmdline.contains(" clearcpuid=cx16,popcnt,xsave,"),

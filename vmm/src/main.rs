@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use vmpod_vmm::config::{Console, VmConfig};
+use vmpod_vmm::config::{Console, DiskConfig, VmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,9 +38,36 @@ struct Args {
     /// Serial console: stdout, off, or a file path.
     #[arg(long)]
     console: Option<String>,
-    /// JSON config (a file, or fd:N); flags override its fields.
+    /// A virtio-blk disk: PATH[,ro][,serial=ID]; repeat for more (vda, vdb, ... in order).
+    #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
+    /// Add a virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
+    /// JSON config (a file, or fd:N); flags override its fields, disks add to its list.
     #[arg(long)]
     config: Option<String>,
+}
+
+fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
+    let mut parts = spec.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("a disk needs a path")?;
+    let mut disk = DiskConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+        serial: None,
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "ro" => disk.read_only = true,
+            Some(("serial", id)) => disk.serial = Some(id.to_string()),
+            _ => return Err(format!("unknown disk option '{option}' (ro, serial=ID)")),
+        }
+    }
+    Ok(disk)
 }
 
 impl Args {
@@ -67,6 +94,8 @@ impl Args {
         if let Some(console) = self.console {
             config.console = Console::parse(&console);
         }
+        config.disks.extend(self.disks);
+        config.rng |= self.rng;
         Ok(config)
     }
 }
@@ -82,7 +111,15 @@ fn main() -> ExitCode {
         .without_time()
         .init();
 
-    let result = Args::parse()
+    // Usage errors exit 1 like every other failure to build the VM; 2 means a guest panic.
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.use_stderr()));
+        }
+    };
+    let result = args
         .into_config()
         .map_err(vmpod_vmm::VmmError::from)
         .and_then(|config| vmpod_vmm::run(&config, started));

@@ -1,8 +1,10 @@
-//! Devices the guest reaches through port I/O, and the bus that routes vCPU exits to them.
+//! The devices a guest reaches through port I/O and MMIO, and the bus that routes vCPU exits
+//! to them.
 
 pub mod ap_start;
 pub mod boot_timer;
 pub mod console;
+pub mod virtio_mmio;
 
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +15,12 @@ use vmm_sys_util::eventfd::EventFd;
 use ap_start::{ApStarter, AP_START_PORT};
 use boot_timer::BootTimer;
 use console::ConsoleOutput;
+use virtio_mmio::{MmioTransport, MMIO_WINDOW};
+
+use crate::memory::MMIO_GAP_START;
+
+/// virtio-mmio windows start at the bottom of the 32-bit MMIO hole.
+pub const MMIO_BASE: u64 = MMIO_GAP_START;
 
 pub const SERIAL_PORT: u16 = 0x3f8;
 const SERIAL_PORT_END: u16 = SERIAL_PORT + 8;
@@ -35,32 +43,36 @@ impl Trigger for EventFdTrigger {
 
 pub type SerialDevice = Serial<EventFdTrigger, vm_superio::serial::NoEvents, ConsoleOutput>;
 
-/// The legacy PC devices every vmpod guest has.
-pub struct PioBus {
+/// The legacy PC devices every vmpod guest has, and the virtio-mmio devices it was given.
+pub struct Bus {
     pub serial: Mutex<SerialDevice>,
     i8042: Mutex<I8042Device<EventFdTrigger>>,
     boot_timer: BootTimer,
     pub ap_start: ApStarter,
+    /// Device `i` answers at `MMIO_BASE + i * MMIO_WINDOW`.
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
-impl PioBus {
+impl Bus {
     pub fn new(
         serial_irq: EventFd,
         reset: EventFd,
         console: ConsoleOutput,
         boot_timer: BootTimer,
         mem: GuestMemoryMmap,
-    ) -> Arc<PioBus> {
-        Arc::new(PioBus {
+        virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    ) -> Arc<Bus> {
+        Arc::new(Bus {
             serial: Mutex::new(Serial::new(EventFdTrigger(serial_irq), console)),
             i8042: Mutex::new(I8042Device::new(EventFdTrigger(reset))),
             boot_timer,
             ap_start: ApStarter::new(mem),
+            virtio,
         })
     }
 
     /// Fills `data` for an IN; ports nobody owns read as all ones, like an empty ISA bus.
-    pub fn read(&self, port: u16, data: &mut [u8]) {
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) {
         let value = match port {
             SERIAL_PORT..SERIAL_PORT_END => lock(&self.serial).read((port - SERIAL_PORT) as u8),
             I8042_DATA_PORT | I8042_COMMAND_PORT => {
@@ -75,7 +87,7 @@ impl PioBus {
     }
 
     /// Handles an OUT; writes to ports nobody owns are dropped.
-    pub fn write(&self, port: u16, data: &[u8]) {
+    pub fn pio_write(&self, port: u16, data: &[u8]) {
         if port == AP_START_PORT {
             return self.ap_start.write(data);
         }
@@ -93,6 +105,33 @@ impl PioBus {
             }
             BOOT_TIMER_PORT => self.boot_timer.write(value),
             _ => {}
+        }
+    }
+
+    /// The virtio device whose window holds `addr`, and the offset into it.
+    fn virtio_at(&self, addr: u64) -> Option<(&Mutex<MmioTransport>, u64)> {
+        let offset = addr.checked_sub(MMIO_BASE)?;
+        let device = self
+            .virtio
+            .get(usize::try_from(offset / MMIO_WINDOW).ok()?)?;
+        Some((device, offset % MMIO_WINDOW))
+    }
+
+    /// An MMIO read; addresses no device owns read as all ones.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.virtio_at(addr) {
+            Some((device, offset)) => lock(device).read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    /// An MMIO write. A queue notification that no ioeventfd caught is served right here.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let Some((device, offset)) = self.virtio_at(addr) {
+            let mut device = lock(device);
+            if let Some(queue) = device.write(offset, data) {
+                device.process_queue(queue);
+            }
         }
     }
 
@@ -115,15 +154,16 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    fn bus(console: ConsoleOutput) -> (Arc<PioBus>, EventFd) {
+    fn bus(console: ConsoleOutput) -> (Arc<Bus>, EventFd) {
         let reset = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let bus = PioBus::new(
+        let bus = Bus::new(
             irq,
             reset.try_clone().unwrap(),
             console,
             BootTimer::new(Instant::now()),
             crate::memory::create_guest_memory(16 << 20).unwrap(),
+            Vec::new(),
         );
         (bus, reset)
     }
@@ -131,14 +171,14 @@ mod tests {
     #[test]
     fn reset_command_on_port_0x64_signals_reset() {
         let (bus, reset) = bus(ConsoleOutput::off());
-        bus.write(0x64, &[0xfe]);
+        bus.pio_write(0x64, &[0xfe]);
         assert_eq!(reset.read().unwrap(), 1);
     }
 
     #[test]
     fn other_i8042_commands_do_not_reset() {
         let (bus, reset) = bus(ConsoleOutput::off());
-        bus.write(0x64, &[0xd1]);
+        bus.pio_write(0x64, &[0xd1]);
         assert!(reset.read().is_err(), "no reset event expected");
     }
 
@@ -146,7 +186,7 @@ mod tests {
     fn unowned_ports_read_as_all_ones() {
         let (bus, _) = bus(ConsoleOutput::off());
         let mut data = [0u8; 2];
-        bus.read(0x80, &mut data);
+        bus.pio_read(0x80, &mut data);
         assert_eq!(data, [0xff, 0xff]);
     }
 
@@ -157,7 +197,7 @@ mod tests {
         let path = dir.join("console.log");
         let (bus, _) = bus(ConsoleOutput::file(&path).unwrap());
         for b in b"hi\n" {
-            bus.write(SERIAL_PORT, &[*b]);
+            bus.pio_write(SERIAL_PORT, &[*b]);
         }
         bus.flush_console();
         let text = std::fs::read(&path).unwrap();

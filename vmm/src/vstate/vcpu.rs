@@ -11,7 +11,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::boot::regs::{initial_regs, initial_sregs, ApStart, EntryPoint};
-use crate::devices::PioBus;
+use crate::devices::Bus;
 use crate::lifecycle::{ExitReason, Lifecycle};
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
@@ -123,7 +123,7 @@ impl Vcpu {
     /// port) for this vCPU to start, and enters 64-bit mode at the address it names.
     pub fn start(
         mut self,
-        bus: Arc<PioBus>,
+        bus: Arc<Bus>,
         lifecycle: Arc<Lifecycle>,
         start_request: Option<Receiver<ApStart>>,
     ) -> Result<(), VcpuError> {
@@ -175,14 +175,13 @@ impl Vcpu {
         }
     }
 
-    fn run_loop(&mut self, bus: &PioBus) -> ExitReason {
+    fn run_loop(&mut self, bus: &Bus) -> ExitReason {
         loop {
             match self.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => bus.write(port, data),
-                Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
-                // Nothing is mapped there yet: reads see an empty bus, writes vanish.
-                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::IoOut(port, data)) => bus.pio_write(port, data),
+                Ok(VcpuExit::IoIn(port, data)) => bus.pio_read(port, data),
+                Ok(VcpuExit::MmioRead(addr, data)) => bus.mmio_read(addr, data),
+                Ok(VcpuExit::MmioWrite(addr, data)) => bus.mmio_write(addr, data),
                 Ok(VcpuExit::SystemEvent(kind, _))
                     if kind == KVM_SYSTEM_EVENT_RESET || kind == KVM_SYSTEM_EVENT_SHUTDOWN =>
                 {

@@ -1,0 +1,452 @@
+//! The virtio-mmio transport (virtio 1.x "modern" register layout): feature negotiation, queue
+//! setup and device status over a 4 KiB MMIO window, in front of any `VirtioDevice`.
+//!
+//! Register access is plain logic over this struct; the vCPU threads call `read`/`write` for
+//! MMIO exits, the event loop calls `process_queue` when a queue's ioeventfd fires, and used
+//! buffers raise the device's interrupt through an irqfd.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+use vmpod_devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+
+/// Each device's window in guest-physical memory.
+pub const MMIO_WINDOW: u64 = 0x1000;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION_MODERN: u32 = 2;
+const VENDOR_ID: u32 = 0x4d50_5676; // "vVPM": ours
+
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
+const STATUS_FAILED: u32 = 0x80;
+
+const INTERRUPT_USED_RING: u32 = 1;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt_status: AtomicU32,
+    /// Raises the device's interrupt line (an irqfd).
+    irq: EventFd,
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, irq: EventFd) -> MmioTransport {
+        let queues = new_queues(device.as_ref());
+        MmioTransport {
+            device,
+            mem,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            interrupt_status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn driver_ok(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_DEVICE_NEEDS_RESET == 0
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        // Queue layout may change only while the driver has not said DRIVER_OK.
+        if self.status & STATUS_DRIVER_OK != 0 {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// An MMIO read of `data.len()` bytes at `offset` into the window. Registers are 32-bit;
+    /// other sizes outside the config space read as zero.
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            return self.device.read_config(offset - CONFIG_SPACE, data);
+        }
+        data.fill(0);
+        if data.len() != 4 {
+            return;
+        }
+        let value = match offset {
+            REG_MAGIC => MAGIC,
+            REG_VERSION => VERSION_MODERN,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => 0,
+            _ => 0,
+        };
+        data.copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// An MMIO write. Returns the queue index for a QueueNotify write (when no ioeventfd took
+    /// it), so the caller can have that queue served.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            return None;
+        }
+        let value = u32::from_le_bytes(<[u8; 4]>::try_from(data).ok()?);
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            REG_DRIVER_FEATURES if self.status & STATUS_FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            REG_QUEUE_SEL => self.queue_sel = value,
+            REG_QUEUE_NUM => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(value as u16);
+                }
+            }
+            REG_QUEUE_READY => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            REG_QUEUE_DESC_LOW => {
+                self.set_queue_addr(|q, v| q.set_desc_table_address(Some(v), None), value)
+            }
+            REG_QUEUE_DESC_HIGH => {
+                self.set_queue_addr(|q, v| q.set_desc_table_address(None, Some(v)), value)
+            }
+            REG_QUEUE_DRIVER_LOW => {
+                self.set_queue_addr(|q, v| q.set_avail_ring_address(Some(v), None), value)
+            }
+            REG_QUEUE_DRIVER_HIGH => {
+                self.set_queue_addr(|q, v| q.set_avail_ring_address(None, Some(v)), value)
+            }
+            REG_QUEUE_DEVICE_LOW => {
+                self.set_queue_addr(|q, v| q.set_used_ring_address(Some(v), None), value)
+            }
+            REG_QUEUE_DEVICE_HIGH => {
+                self.set_queue_addr(|q, v| q.set_used_ring_address(None, Some(v)), value)
+            }
+            REG_QUEUE_NOTIFY => return Some(value as usize),
+            REG_INTERRUPT_ACK => {
+                self.interrupt_status.fetch_and(!value, Ordering::SeqCst);
+            }
+            REG_STATUS => self.set_status(value),
+            _ => tracing::debug!("virtio-mmio: write of {value:#x} to {offset:#x} ignored"),
+        }
+        None
+    }
+
+    fn set_queue_addr(&mut self, set: impl FnOnce(&mut Queue, u32), value: u32) {
+        if let Some(q) = self.selected_queue() {
+            set(q, value);
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            return self.reset();
+        }
+        let mut status = value;
+        if status & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            // Only features we offered, and only the modern interface.
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
+                status &= !STATUS_FEATURES_OK;
+            }
+        }
+        if status & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0 {
+            let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+            for queue in &mut self.queues {
+                queue.set_event_idx(event_idx);
+            }
+            let broken = self
+                .queues
+                .iter()
+                .any(|q| q.ready() && !q.is_valid(&self.mem));
+            if broken {
+                tracing::warn!("virtio-mmio: driver set up an invalid queue; device needs reset");
+                status |= STATUS_DEVICE_NEEDS_RESET;
+            }
+        }
+        let known = STATUS_ACKNOWLEDGE
+            | STATUS_DRIVER
+            | STATUS_DRIVER_OK
+            | STATUS_FEATURES_OK
+            | STATUS_DEVICE_NEEDS_RESET
+            | STATUS_FAILED;
+        self.status = status & known;
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        self.queues = new_queues(self.device.as_ref());
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt_status.store(0, Ordering::SeqCst);
+    }
+
+    /// Serves queue `index` if the driver has set the device up; interrupts the guest when
+    /// buffers were used and the queue wants to hear about it. A queue the guest corrupted
+    /// marks the device as needing a reset instead of stopping the VMM.
+    pub fn process_queue(&mut self, index: usize) {
+        if !self.driver_ok() {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        match self.device.process_queue(index, queue, &self.mem) {
+            Ok(false) => {}
+            Ok(true) => {
+                if queue.needs_notification(&self.mem).unwrap_or(true) {
+                    self.interrupt_status
+                        .fetch_or(INTERRUPT_USED_RING, Ordering::SeqCst);
+                    if let Err(e) = self.irq.write(1) {
+                        tracing::warn!("virtio-mmio: cannot raise interrupt: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "virtio-mmio: device type {}: {e}",
+                    self.device.device_type()
+                );
+                self.status |= STATUS_DEVICE_NEEDS_RESET;
+            }
+        }
+    }
+}
+
+fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+    device
+        .queue_max_sizes()
+        .iter()
+        .filter_map(|&size| Queue::new(size).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmpod_devices::rng::Rng;
+
+    fn transport() -> (MmioTransport, EventFd) {
+        let mem = crate::memory::create_guest_memory(16 << 20).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let transport = MmioTransport::new(Box::new(Rng::new()), mem, irq.try_clone().unwrap());
+        (transport, irq)
+    }
+
+    fn read32(t: &MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write32(t: &mut MmioTransport, offset: u64, value: u32) -> Option<usize> {
+        t.write(offset, &value.to_le_bytes())
+    }
+
+    /// What Linux's virtio_mmio driver does, up to DRIVER_OK, with queue 0 at `base`.
+    fn bring_up(t: &mut MmioTransport, base: u32, features_hi: u32) {
+        write32(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        write32(t, REG_DRIVER_FEATURES_SEL, 1);
+        write32(t, REG_DRIVER_FEATURES, features_hi);
+        write32(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        write32(t, REG_QUEUE_SEL, 0);
+        write32(t, REG_QUEUE_NUM, 16);
+        write32(t, REG_QUEUE_DESC_LOW, base);
+        write32(t, REG_QUEUE_DRIVER_LOW, base + 0x1000);
+        write32(t, REG_QUEUE_DEVICE_LOW, base + 0x2000);
+        write32(t, REG_QUEUE_READY, 1);
+        write32(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+    }
+
+    #[test]
+    fn identifies_as_a_modern_virtio_device() {
+        let (t, _) = transport();
+        assert_eq!(read32(&t, REG_MAGIC), MAGIC);
+        assert_eq!(read32(&t, REG_VERSION), 2);
+        assert_eq!(read32(&t, REG_DEVICE_ID), 4);
+        assert_eq!(read32(&t, REG_QUEUE_NUM_MAX), 256);
+    }
+
+    #[test]
+    fn device_features_are_paged_by_the_select_register() {
+        let (mut t, _) = transport();
+        write32(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(read32(&t, REG_DEVICE_FEATURES), 1, "VERSION_1 is bit 32");
+        write32(&mut t, REG_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(
+            read32(&t, REG_DEVICE_FEATURES),
+            VIRTIO_RING_F_EVENT_IDX as u32
+        );
+    }
+
+    #[test]
+    fn driver_without_version_1_does_not_get_features_ok() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 0x10_0000, 0);
+        assert_eq!(read32(&t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn features_we_did_not_offer_are_refused() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 0x10_0000, 1 | 2);
+        assert_eq!(read32(&t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn a_well_set_up_queue_reaches_driver_ok() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 0x10_0000, 1);
+        let status = read32(&t, REG_STATUS);
+        assert_ne!(status & STATUS_DRIVER_OK, 0);
+        assert_eq!(status & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert_eq!(read32(&t, REG_QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn a_queue_outside_guest_memory_marks_the_device_for_reset() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 0xf000_0000, 1);
+        assert_ne!(read32(&t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        t.process_queue(0); // must not touch memory or panic
+    }
+
+    #[test]
+    fn queue_notify_names_the_queue_and_status_zero_resets() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 0x10_0000, 1);
+        assert_eq!(write32(&mut t, REG_QUEUE_NOTIFY, 0), Some(0));
+        write32(&mut t, REG_STATUS, 0);
+        assert_eq!(read32(&t, REG_STATUS), 0);
+        assert_eq!(read32(&t, REG_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn queue_layout_is_frozen_after_driver_ok() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 0x10_0000, 1);
+        write32(&mut t, REG_QUEUE_READY, 0);
+        assert_eq!(read32(&t, REG_QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn odd_sized_and_unknown_register_accesses_are_harmless() {
+        let (mut t, _) = transport();
+        let mut two = [0xffu8; 2];
+        t.read(REG_MAGIC, &mut two);
+        assert_eq!(two, [0, 0]);
+        assert_eq!(t.write(REG_STATUS, &[1, 2]), None);
+        assert_eq!(write32(&mut t, 0x0f0, 5), None);
+        write32(&mut t, REG_QUEUE_SEL, 9);
+        assert_eq!(read32(&t, REG_QUEUE_NUM_MAX), 0);
+        write32(&mut t, REG_QUEUE_NUM, 8); // no such queue: ignored
+    }
+
+    #[test]
+    fn used_buffers_raise_the_interrupt_and_ack_clears_it() {
+        use vm_memory::{Bytes, GuestAddress};
+        let (mut t, irq) = transport();
+        bring_up(&mut t, 0x10_0000, 1);
+        // One 16-byte writable descriptor at 0x20_0000, made available.
+        let mem = t.mem.clone();
+        let desc_table = GuestAddress(0x10_0000);
+        mem.write_obj(0x20_0000u64, desc_table).unwrap();
+        mem.write_obj(16u32, GuestAddress(0x10_0008)).unwrap();
+        mem.write_obj(2u16, GuestAddress(0x10_000c)).unwrap(); // WRITE
+        mem.write_obj(0u16, GuestAddress(0x10_1004)).unwrap(); // avail ring[0] = 0
+        mem.write_obj(1u16, GuestAddress(0x10_1002)).unwrap(); // avail idx = 1
+        t.process_queue(0);
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(read32(&t, REG_INTERRUPT_STATUS), INTERRUPT_USED_RING);
+        write32(&mut t, REG_INTERRUPT_ACK, INTERRUPT_USED_RING);
+        assert_eq!(read32(&t, REG_INTERRUPT_STATUS), 0);
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(0x10_2002)).unwrap(),
+            1,
+            "used idx"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The VM's virtio devices: opening their backends from the config, placing them in the MMIO
+//! hole with an interrupt line each, telling the guest kernel where they are, and serving their
+//! queues from the event loop when the guest kicks them.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use kvm_ioctls::IoEventAddress;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+use vmpod_devices::block::{Block, BlockError};
+use vmpod_devices::rng::Rng;
+use vmpod_devices::virtio::VirtioDevice;
+
+use crate::config::VmConfig;
+use crate::devices::virtio_mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
+use crate::devices::MMIO_BASE;
+use crate::vstate::vm::{Vm, VmError};
+
+/// The first interrupt line for virtio devices; the serial port has 4.
+const FIRST_IRQ: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error("cannot create an eventfd for a virtio device: {0}")]
+    EventFd(std::io::Error),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("cannot register the queue notification of device {device}: {source}")]
+    IoEvent {
+        device: usize,
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Opens every device the config asks for, disks first (so they are vda, vdb, ... in order).
+pub fn open_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.disks {
+        devices.push(Box::new(Block::open(
+            &disk.path,
+            disk.read_only,
+            disk.serial.as_deref(),
+        )?));
+    }
+    if config.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    Ok(devices)
+}
+
+fn slot(index: usize) -> (u64, u32) {
+    (
+        MMIO_BASE + index as u64 * MMIO_WINDOW,
+        FIRST_IRQ + index as u32,
+    )
+}
+
+/// The kernel command-line entries that announce `count` devices.
+pub fn cmdline_entries(count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            let (base, irq) = slot(i);
+            format!("virtio_mmio.device=4K@{base:#x}:{irq}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A device on the bus, with the eventfds KVM signals when the guest kicks its queues.
+pub struct Attached {
+    pub transport: Arc<Mutex<MmioTransport>>,
+    pub handler: QueueHandler,
+}
+
+/// Puts the devices behind their MMIO windows: an irqfd for the interrupt line and one
+/// ioeventfd per queue, so neither a kick nor an interrupt passes through a vCPU thread.
+pub fn attach(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vec<Attached>, VirtioError> {
+    let eventfd =
+        || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VirtioError::EventFd);
+    let mut attached = Vec::with_capacity(devices.len());
+    for (index, device) in devices.into_iter().enumerate() {
+        let (base, irq) = slot(index);
+        let irq_event = eventfd()?;
+        vm.register_irq(&irq_event, irq)?;
+        let transport = MmioTransport::new(device, mem.clone(), irq_event);
+        let mut queue_events = Vec::with_capacity(transport.queue_count());
+        for queue in 0..transport.queue_count() {
+            let event = eventfd()?;
+            vm.fd()
+                .register_ioevent(
+                    &event,
+                    &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
+                    queue as u32,
+                )
+                .map_err(|source| VirtioError::IoEvent {
+                    device: index,
+                    source,
+                })?;
+            queue_events.push(event);
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        attached.push(Attached {
+            handler: QueueHandler {
+                transport: transport.clone(),
+                queue_events,
+            },
+            transport,
+        });
+    }
+    Ok(attached)
+}
+
+/// Serves a device's queues on the event-loop thread.
+pub struct QueueHandler {
+    transport: Arc<Mutex<MmioTransport>>,
+    queue_events: Vec<EventFd>,
+}
+
+impl MutEventSubscriber for QueueHandler {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if let Some(queue) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
+            let _ = self.queue_events[queue].read();
+            self.transport
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .process_queue(queue);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for event in &self.queue_events {
+            if let Err(e) = ops.add(Events::new(event, EventSet::IN)) {
+                tracing::error!("virtio: cannot watch a queue eventfd: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_are_announced_in_order_with_their_own_window_and_line() {
+        assert_eq!(
+            cmdline_entries(2),
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        assert_eq!(cmdline_entries(0), "");
+    }
+}
