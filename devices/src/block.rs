@@ -12,7 +12,7 @@ use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use crate::virtio::{
-    read_config_bytes, serve_chains, QueueError, VirtioDevice, DEVICE_TYPE_BLOCK,
+    read_config_bytes, serve_queue, QueueError, UsedQueues, VirtioDevice, DEVICE_TYPE_BLOCK,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -211,11 +211,11 @@ impl VirtioDevice for Block {
 
     fn process_queue(
         &mut self,
-        _index: usize,
-        queue: &mut Queue,
+        index: usize,
+        queues: &mut [Queue],
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, QueueError> {
-        serve_chains(queue, mem, |chain| self.serve(chain, mem))
+    ) -> Result<UsedQueues, QueueError> {
+        serve_queue(index, queues, mem, |chain| self.serve(chain, mem))
     }
 }
 
@@ -271,7 +271,10 @@ mod tests {
     fn run(block: &mut Block, mem: &GuestMemoryMmap, descs: &[Desc]) -> u32 {
         mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         let (mut queue, mock) = queue_with_chain(mem, descs);
-        assert!(block.process_queue(0, &mut queue, mem).unwrap());
+        assert!(!block
+            .process_queue(0, std::slice::from_mut(&mut queue), mem)
+            .unwrap()
+            .is_empty());
         assert_eq!(used_idx(mem, &mock), 1, "chain not returned");
         used_len(mem, &mock, 0)
     }
@@ -420,7 +423,9 @@ mod tests {
             &mem,
             &[(HEADER, 16, false), (DATA, 512, false), (STATUS, 1, true)],
         );
-        block.process_queue(0, &mut queue, &mem).unwrap();
+        block
+            .process_queue(0, std::slice::from_mut(&mut queue), &mem)
+            .unwrap();
         assert_eq!(used_len(&mem, &mock, 0), 1);
         assert_eq!(status(&mem), VIRTIO_BLK_S_OK, "zero-length read is fine");
         assert_eq!(disk.contents(), pattern(4096));

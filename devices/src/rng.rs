@@ -4,8 +4,8 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use crate::virtio::{
-    read_config_bytes, serve_chains, QueueError, VirtioDevice, DEVICE_TYPE_RNG, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, serve_queue, QueueError, UsedQueues, VirtioDevice, DEVICE_TYPE_RNG,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -83,12 +83,12 @@ impl<E: EntropySource> VirtioDevice for Rng<E> {
 
     fn process_queue(
         &mut self,
-        _index: usize,
-        queue: &mut Queue,
+        index: usize,
+        queues: &mut [Queue],
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<UsedQueues, QueueError> {
         let mut buf = [0u8; 4096];
-        serve_chains(queue, mem, |chain| {
+        serve_queue(index, queues, mem, |chain| {
             let Ok(mut writer) = chain.writer(mem) else {
                 tracing::debug!("virtio-rng: chain with unusable buffers");
                 return 0;
@@ -134,7 +134,10 @@ mod tests {
         let (mut queue, mock) =
             queue_with_chain(&mem, &[(0x10_0000, 8, true), (0x20_0000, 4, true)]);
         let mut rng = Rng::with_source(Counting(0));
-        assert!(rng.process_queue(0, &mut queue, &mem).unwrap());
+        assert!(!rng
+            .process_queue(0, std::slice::from_mut(&mut queue), &mem)
+            .unwrap()
+            .is_empty());
         assert_eq!(used_len(&mem, &mock, 0), 12);
         let mut first = [0u8; 8];
         mem.read_slice(&mut first, GuestAddress(0x10_0000)).unwrap();
@@ -159,7 +162,8 @@ mod tests {
         let mem = guest_memory();
         let (mut queue, mock) = queue_with_chain(&mem, &[(0x10_0000, 8 << 20, true)]);
         let mut rng = Rng::with_source(Counting(0));
-        rng.process_queue(0, &mut queue, &mem).unwrap();
+        rng.process_queue(0, std::slice::from_mut(&mut queue), &mem)
+            .unwrap();
         assert_eq!(used_len(&mem, &mock, 0) as usize, MAX_BYTES_PER_REQUEST);
     }
 
@@ -168,7 +172,10 @@ mod tests {
         let mem = guest_memory();
         let (mut queue, mock) = queue_with_chain(&mem, &[(0x10_0000, 16, false)]);
         let mut rng = Rng::with_source(Counting(0));
-        assert!(rng.process_queue(0, &mut queue, &mem).unwrap());
+        assert!(!rng
+            .process_queue(0, std::slice::from_mut(&mut queue), &mem)
+            .unwrap()
+            .is_empty());
         assert_eq!(used_idx(&mem, &mock), 1);
         assert_eq!(used_len(&mem, &mock, 0), 0);
     }
@@ -178,7 +185,10 @@ mod tests {
         let mem = guest_memory();
         let (mut queue, mock) = queue_with_chain(&mem, &[(0xffff_0000_0000, 16, true)]);
         let mut rng = Rng::with_source(Counting(0));
-        assert!(rng.process_queue(0, &mut queue, &mem).unwrap());
+        assert!(!rng
+            .process_queue(0, std::slice::from_mut(&mut queue), &mem)
+            .unwrap()
+            .is_empty());
         assert_eq!((used_idx(&mem, &mock), used_len(&mem, &mock, 0)), (1, 0));
     }
 
@@ -192,7 +202,10 @@ mod tests {
         ];
         let (mut queue, mock) = queue_with_raw(&mem, &raw);
         let mut rng = Rng::with_source(Counting(0));
-        assert!(rng.process_queue(0, &mut queue, &mem).unwrap());
+        assert!(!rng
+            .process_queue(0, std::slice::from_mut(&mut queue), &mem)
+            .unwrap()
+            .is_empty());
         assert_eq!(used_idx(&mem, &mock), 1);
         assert!(used_len(&mem, &mock, 0) <= 16 * QUEUE_SIZE as u32);
     }

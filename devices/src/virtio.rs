@@ -1,5 +1,7 @@
 //! What every device offers a transport, and the queue walk they share.
 
+use std::os::fd::RawFd;
+
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -19,6 +21,50 @@ pub enum QueueError {
     Used(String),
 }
 
+/// The set of queues that got used buffers and may need an interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UsedQueues(pub u64);
+
+impl UsedQueues {
+    pub const NONE: UsedQueues = UsedQueues(0);
+
+    pub fn queue(index: usize) -> UsedQueues {
+        UsedQueues(1 << index)
+    }
+
+    pub fn add(&mut self, index: usize) {
+        self.0 |= 1 << index;
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        self.0 & (1 << index) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Runs `serve_chains` on queue `index` of `queues` (a missing queue serves nothing).
+pub fn serve_queue<F>(
+    index: usize,
+    queues: &mut [Queue],
+    mem: &GuestMemoryMmap,
+    serve: F,
+) -> Result<UsedQueues, QueueError>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+{
+    let Some(queue) = queues.get_mut(index) else {
+        return Ok(UsedQueues::NONE);
+    };
+    Ok(if serve_chains(queue, mem, serve)? {
+        UsedQueues::queue(index)
+    } else {
+        UsedQueues::NONE
+    })
+}
+
 /// A virtio device as a transport sees it.
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
@@ -30,14 +76,27 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes to the configuration space; devices with nothing writable ignore them.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// Serves what the guest made available on queue `index`. Returns whether any chain was
-    /// returned to the used ring (the transport then decides whether to interrupt).
+    /// Serves what the guest made available on queue `index` (all queues are handed over, as a
+    /// device may answer on another queue). Returns the queues that got used buffers.
     fn process_queue(
         &mut self,
         index: usize,
-        queue: &mut Queue,
+        queues: &mut [Queue],
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, QueueError>;
+    ) -> Result<UsedQueues, QueueError>;
+    /// A descriptor the transport watches for the device (e.g. its own epoll set of sockets);
+    /// when it is readable the transport calls `process_backend`.
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Serves the device's host side (sockets, files) when `backend_fd` is readable.
+    fn process_backend(
+        &mut self,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+    ) -> Result<UsedQueues, QueueError> {
+        Ok(UsedQueues::NONE)
+    }
     /// Back to the state after creation (the guest reset the device).
     fn reset(&mut self) {}
 }

@@ -2,7 +2,7 @@
 //! hole with an interrupt line each, telling the guest kernel where they are, and serving their
 //! queues from the event loop when the guest kicks them.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -106,11 +106,13 @@ pub fn attach(
                 })?;
             queue_events.push(event);
         }
+        let backend = transport.backend_fd();
         let transport = Arc::new(Mutex::new(transport));
         attached.push(Attached {
             handler: QueueHandler {
                 transport: transport.clone(),
                 queue_events,
+                backend,
             },
             transport,
         });
@@ -118,21 +120,23 @@ pub fn attach(
     Ok(attached)
 }
 
-/// Serves a device's queues on the event-loop thread.
+/// Serves a device's queues, and its host side if it has one, on the event-loop thread.
 pub struct QueueHandler {
     transport: Arc<Mutex<MmioTransport>>,
     queue_events: Vec<EventFd>,
+    /// The device's own descriptor (e.g. vsock's epoll set), owned by the device.
+    backend: Option<RawFd>,
 }
 
 impl MutEventSubscriber for QueueHandler {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let fd = events.fd();
+        let mut transport = self.transport.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(queue) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
             let _ = self.queue_events[queue].read();
-            self.transport
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .process_queue(queue);
+            transport.process_queue(queue);
+        } else if Some(fd) == self.backend {
+            transport.process_backend();
         }
     }
 
@@ -140,6 +144,11 @@ impl MutEventSubscriber for QueueHandler {
         for event in &self.queue_events {
             if let Err(e) = ops.add(Events::new(event, EventSet::IN)) {
                 tracing::error!("virtio: cannot watch a queue eventfd: {e:?}");
+            }
+        }
+        if let Some(fd) = self.backend {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                tracing::error!("virtio: cannot watch a device's backend: {e:?}");
             }
         }
     }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-use vmpod_devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use vmpod_devices::virtio::{
+    QueueError, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 
 /// Each device's window in guest-physical memory.
 pub const MMIO_WINDOW: u64 = 0x1000;
@@ -257,19 +259,36 @@ impl MmioTransport {
     /// buffers were used and the queue wants to hear about it. A queue the guest corrupted
     /// marks the device as needing a reset instead of stopping the VMM.
     pub fn process_queue(&mut self, index: usize) {
+        let ready = self.queues.get(index).is_some_and(|q| q.ready());
+        if !self.driver_ok() || !ready {
+            return;
+        }
+        let result = self
+            .device
+            .process_queue(index, &mut self.queues, &self.mem);
+        self.finish(result);
+    }
+
+    /// Serves the device's host side (its `backend_fd` became readable).
+    pub fn process_backend(&mut self) {
         if !self.driver_ok() {
             return;
         }
-        let Some(queue) = self.queues.get_mut(index) else {
-            return;
-        };
-        if !queue.ready() {
-            return;
-        }
-        match self.device.process_queue(index, queue, &self.mem) {
-            Ok(false) => {}
-            Ok(true) => {
-                if queue.needs_notification(&self.mem).unwrap_or(true) {
+        let result = self.device.process_backend(&mut self.queues, &self.mem);
+        self.finish(result);
+    }
+
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
+    fn finish(&mut self, result: Result<UsedQueues, QueueError>) {
+        match result {
+            Ok(used) => {
+                let notify = self.queues.iter_mut().enumerate().any(|(i, queue)| {
+                    used.contains(i) && queue.needs_notification(&self.mem).unwrap_or(true)
+                });
+                if notify {
                     self.interrupt_status
                         .fetch_or(INTERRUPT_USED_RING, Ordering::SeqCst);
                     if let Err(e) = self.irq.write(1) {
