@@ -4,7 +4,7 @@
 # Its /init reports what the guest sees (vCPUs, RAM, kernel, uptime) on one line, writes the
 # boot-timer byte, and reboots; "vmpod.test=panic" on the command line makes it panic instead,
 # "vmpod.test=wait" keeps it running (for memory measurements), "vmpod.test=devices" exercises
-# the virtio disks and rng (see vmm/tests/devices.rs).
+# the virtio disks and rng, "vmpod.test=vsock" the vsock device (see vmm/tests/devices.rs).
 set -euo pipefail
 out=${1:?usage: build-test-initramfs.sh OUT_DIR}
 busybox=/bin/busybox
@@ -17,6 +17,8 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,dev,proc,sys,mnt}
 cp "$busybox" "$root/bin/busybox"
+# The guest side of the vsock tests (static glibc: no musl here).
+gcc -static -O2 -Wall -o "$root/bin/vsock-test" "$(dirname "$0")/../vmm/tests/guest/vsock-test.c"
 # Device nodes in the archive itself, so /init can signal boot-done before mounting anything.
 mknod -m 600 "$root/dev/console" c 5 1
 mknod -m 600 "$root/dev/port" c 1 4
@@ -39,6 +41,11 @@ echo "vmpod-init: cpus=$(nproc) ram_mib=$((ram_end >> 20)) kernel=$(uname -r) up
 case " $(cat /proc/cmdline) " in
     *" vmpod.test=panic "*) echo "vmpod-init: exiting to make the kernel panic"; exit 1 ;;
     *" vmpod.test=wait "*) echo "vmpod-init: waiting"; exec sleep 100000 ;;
+    *" vmpod.test=vsock "*)
+        # Guest-initiated first (the host listens on <socket>_5000), then an echo server on
+        # port 1024 for a host-initiated connection.
+        vsock-test connect 5000 "hello from the guest"
+        vsock-test echo 1024 ;;
     *" vmpod.test=devices "*)
         # vda: read-only erofs with payload.bin; vdb: raw scratch disk; a virtio-rng.
         mount -t erofs -o ro /dev/vda /mnt && echo "vmpod-init: erofs sha256 $(sha256sum /mnt/payload.bin)"

@@ -6,3 +6,4 @@
 pub mod block;
 pub mod rng;
 pub mod virtio;
+pub mod vsock;

@@ -41,6 +41,8 @@ pub enum ConfigError {
     KernelMissing(PathBuf),
     #[error("initrd {0}: no such file")]
     InitrdMissing(PathBuf),
+    #[error("vsock guest_cid must be 3 or more, not {0}")]
+    GuestCid(u32),
     #[error("at most {MAX_VIRTIO_DEVICES} virtio devices fit the interrupt lines; {0} asked for")]
     TooManyDevices(usize),
 }
@@ -114,6 +116,19 @@ pub struct VmConfig {
     /// A virtio-rng device fed from the host's getrandom.
     #[serde(default)]
     pub rng: bool,
+    /// A virtio-vsock device, reachable from the host through a Unix socket.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id: 3 or more (0-2 are reserved).
+    pub guest_cid: u32,
+    /// The host end (hybrid vsock): `CONNECT <port>` here reaches the guest; the guest's
+    /// connections to port P arrive at `<uds_path>_P`. Must not exist yet.
+    pub uds_path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +165,7 @@ impl Default for VmConfig {
             pvm_workarounds: Workarounds::default(),
             disks: Vec::new(),
             rng: false,
+            vsock: None,
         }
     }
 }
@@ -199,7 +215,12 @@ impl VmConfig {
         if !self.kernel.is_file() {
             return Err(ConfigError::KernelMissing(self.kernel.clone()));
         }
-        let devices = self.disks.len() + usize::from(self.rng);
+        if let Some(vsock) = &self.vsock {
+            if vsock.guest_cid < 3 {
+                return Err(ConfigError::GuestCid(vsock.guest_cid));
+            }
+        }
+        let devices = self.disks.len() + usize::from(self.rng) + usize::from(self.vsock.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }

@@ -175,6 +175,10 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         events.run().map_err(VmmError::EventLoop)?;
     };
     bus.flush_console();
+    // The device threads are never joined (see below), so the vsock socket would outlive us.
+    if let Some(vsock) = &config.vsock {
+        let _ = std::fs::remove_file(&vsock.uds_path);
+    }
     // The vCPU threads are not joined: a vCPU can sit in KVM_RUN indefinitely, and the caller's
     // process exit releases the VM; `mem` stays mapped until then.
     std::mem::forget(mem);

@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmpod_devices::block::{Block, BlockError};
 use vmpod_devices::rng::Rng;
 use vmpod_devices::virtio::VirtioDevice;
+use vmpod_devices::vsock::{MuxerError, Vsock};
 
 use crate::config::VmConfig;
 use crate::devices::virtio_mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
@@ -25,6 +26,8 @@ const FIRST_IRQ: u32 = 5;
 pub enum VirtioError {
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Vsock(#[from] MuxerError),
     #[error("cannot create an eventfd for a virtio device: {0}")]
     EventFd(std::io::Error),
     #[error(transparent)]
@@ -48,6 +51,12 @@ pub fn open_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Vir
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));
+    }
+    if let Some(vsock) = &config.vsock {
+        devices.push(Box::new(Vsock::new(
+            u64::from(vsock.guest_cid),
+            &vsock.uds_path,
+        )?));
     }
     Ok(devices)
 }

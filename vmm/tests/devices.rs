@@ -126,3 +126,91 @@ fn missing_disk_image_is_named_and_nothing_is_left_behind() {
     );
     assert_eq!(scratch.entries(), before);
 }
+
+#[test]
+fn vsock_carries_guest_and_host_initiated_streams_byte_exact() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::time::{Duration, Instant};
+
+    require_kvm();
+    let (kernel, initrd) = linux_guest();
+    let scratch = Scratch::new("vsock");
+    let uds = scratch.path("vsock.sock");
+    let console = scratch.path("console.log");
+
+    // The guest connects to host port 5000 first.
+    let guest_port = UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
+    let guest_side = std::thread::spawn(move || {
+        let (mut stream, _) = guest_port.accept().expect("guest connection");
+        let mut message = String::new();
+        stream.read_to_string(&mut message).expect("guest message");
+        stream.write_all(b"hello from the host").unwrap();
+        message
+    });
+
+    let config = scratch.path("vm.json");
+    let json = format!(
+        r#"{{"kernel": "{}", "initrd": "{}", "memory_mib": 256,
+            "cmdline": "console=ttyS0 vmpod.test=vsock", "console": "{}",
+            "vsock": {{"guest_cid": 3, "uds_path": "{}"}}}}"#,
+        kernel.display(),
+        initrd.display(),
+        console.display(),
+        uds.display()
+    );
+    std::fs::write(&config, json).unwrap();
+    let child = Command::new(vmm_binary())
+        .args(["--config", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vmpod-vmm");
+
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("vsock-test: listening on 1024")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "guest never listened on vsock port 1024"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stream = UnixStream::connect(&uds).expect("connect to the VM's vsock socket");
+    stream.write_all(b"CONNECT 1024\n").unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ok = String::new();
+    reader.read_line(&mut ok).unwrap();
+    assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
+    let payload: Vec<u8> = (0..64u32 << 10).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        let payload = payload.clone();
+        std::thread::spawn(move || {
+            stream.write_all(&payload).unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut echoed = Vec::new();
+    reader.read_to_end(&mut echoed).unwrap();
+    writer.join().unwrap();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "echo differs");
+
+    let output = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}\n{text}",
+        stderr(&output)
+    );
+    assert_eq!(guest_side.join().unwrap(), "hello from the guest");
+    assert!(
+        text.contains("vsock-test: received hello from the host"),
+        "{text}"
+    );
+    assert!(text.contains("vsock-test: echoed 65536 bytes"), "{text}");
+    assert!(!uds.exists(), "vsock socket left behind");
+}
