@@ -47,14 +47,21 @@ case " $(cat /proc/cmdline) " in
         vsock-test connect 5000 "hello from the guest"
         vsock-test echo 1024 ;;
     *" vmpod.test=devices "*)
-        # vda: read-only erofs with payload.bin; vdb: raw scratch disk; a virtio-rng.
-        mount -t erofs -o ro /dev/vda /mnt && echo "vmpod-init: erofs sha256 $(sha256sum /mnt/payload.bin)"
+        # Disks found by serial: "layer0" a read-only erofs with payload.bin, "scratch" a raw
+        # disk; and a virtio-rng.
+        for d in /sys/block/vd*; do
+            case "$(cat "$d/serial" 2>/dev/null)" in
+                layer0) layer=/dev/${d##*/} ;;
+                scratch) scratch=/dev/${d##*/} ;;
+            esac
+        done
+        mount -t erofs -o ro "$layer" /mnt && echo "vmpod-init: erofs sha256 $(sha256sum /mnt/payload.bin)"
         echo "vmpod-init: hwrng $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
-        echo "written by the guest" | dd of=/dev/vdb bs=512 conv=sync,fsync 2>/dev/null && echo "vmpod-init: vdb written"
-        if dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null; then
-            echo "vmpod-init: vda written"
+        echo "written by the guest" | dd of="$scratch" bs=512 conv=sync,fsync 2>/dev/null && echo "vmpod-init: scratch written"
+        if dd if=/dev/zero of="$layer" bs=512 count=1 conv=fsync 2>/dev/null; then
+            echo "vmpod-init: layer written"
         else
-            echo "vmpod-init: vda write refused"
+            echo "vmpod-init: layer write refused"
         fi ;;
 esac
 reboot -f

@@ -12,8 +12,8 @@ use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use crate::virtio::{
-    read_config_bytes, serve_queue, QueueError, UsedQueues, VirtioDevice, DEVICE_TYPE_BLOCK,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, serve_queue, QueueError, UsedQueues, VirtioDevice, COMMON_FEATURES,
+    DEVICE_TYPE_BLOCK,
 };
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -198,11 +198,7 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
-        VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_EVENT_IDX
-            | VIRTIO_BLK_F_FLUSH
-            | VIRTIO_BLK_F_SEG_MAX
-            | ro
+        COMMON_FEATURES | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | ro
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

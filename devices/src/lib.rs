@@ -5,5 +5,7 @@
 
 pub mod block;
 pub mod rng;
+#[cfg(feature = "vhost-user")]
+pub mod vhost_user;
 pub mod virtio;
 pub mod vsock;

@@ -4,8 +4,8 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use crate::virtio::{
-    read_config_bytes, serve_queue, QueueError, UsedQueues, VirtioDevice, DEVICE_TYPE_RNG,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, serve_queue, QueueError, UsedQueues, VirtioDevice, COMMON_FEATURES,
+    DEVICE_TYPE_RNG,
 };
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -74,7 +74,7 @@ impl<E: EntropySource> VirtioDevice for Rng<E> {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
+        COMMON_FEATURES
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

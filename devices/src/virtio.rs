@@ -8,6 +8,11 @@ use vm_memory::GuestMemoryMmap;
 /// Feature bits every vmpod device offers.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// Indirect descriptor tables; `virtio_queue` walks them (bounded like direct chains).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// What every device offers about its rings and interface.
+pub const COMMON_FEATURES: u64 =
+    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC;
 
 pub const DEVICE_TYPE_BLOCK: u32 = 2;
 pub const DEVICE_TYPE_RNG: u32 = 4;

@@ -13,7 +13,10 @@ use vm_memory::GuestMemoryMmap;
 pub use muxer::MuxerError;
 use muxer::{Muxer, TX};
 
-use crate::virtio::{read_config_bytes, QueueError, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{
+    read_config_bytes, QueueError, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_INDIRECT_DESC,
+};
 
 const DEVICE_TYPE_VSOCK: u32 = 19;
 /// rx, tx, event.
@@ -44,7 +47,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -319,6 +319,7 @@ fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
 mod tests {
     use super::*;
     use vmpod_devices::rng::Rng;
+    use vmpod_devices::virtio::VIRTIO_RING_F_INDIRECT_DESC;
 
     fn transport() -> (MmioTransport, EventFd) {
         let mem = crate::memory::create_guest_memory(16 << 20).unwrap();
@@ -377,7 +378,7 @@ mod tests {
         write32(&mut t, REG_DEVICE_FEATURES_SEL, 0);
         assert_eq!(
             read32(&t, REG_DEVICE_FEATURES),
-            VIRTIO_RING_F_EVENT_IDX as u32
+            (VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC) as u32
         );
     }
 

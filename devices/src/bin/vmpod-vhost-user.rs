@@ -1,0 +1,98 @@
+//! `vmpod-vhost-user`: serves one vmpod device to a vhost-user front end (QEMU) on a Unix
+//! socket, until the front end disconnects.
+//!
+//!   vmpod-vhost-user --socket blk.sock --blk disk.img[,ro][,serial=ID]
+//!   vmpod-vhost-user --socket rng.sock --rng
+//!   vmpod-vhost-user --socket vsock.sock --vsock CID,UDS_PATH
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmpod_devices::block::Block;
+use vmpod_devices::rng::Rng;
+use vmpod_devices::virtio::VirtioDevice;
+use vmpod_devices::vsock::Vsock;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmpod-vhost-user",
+    version,
+    about = "Serves a vmpod virtio device over vhost-user"
+)]
+struct Args {
+    /// The vhost-user socket to listen on (the front end connects to it).
+    #[arg(long)]
+    socket: PathBuf,
+    /// virtio-blk backed by a file: PATH[,ro][,serial=ID].
+    #[arg(long, conflicts_with_all = ["rng", "vsock"])]
+    blk: Option<String>,
+    /// virtio-rng fed from the host's getrandom.
+    #[arg(long, conflicts_with = "vsock")]
+    rng: bool,
+    /// virtio-vsock: CID,UDS_PATH (hybrid vsock host socket, as vmpod-vmm's "vsock").
+    #[arg(long)]
+    vsock: Option<String>,
+}
+
+fn device(args: &Args) -> Result<(&'static str, Box<dyn VirtioDevice>), String> {
+    if let Some(spec) = &args.blk {
+        let mut parts = spec.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or("--blk needs a path")?;
+        let (mut read_only, mut serial) = (false, None);
+        for option in parts {
+            match option.split_once('=') {
+                None if option == "ro" => read_only = true,
+                Some(("serial", id)) => serial = Some(id),
+                _ => return Err(format!("unknown --blk option '{option}' (ro, serial=ID)")),
+            }
+        }
+        let block = Block::open(path.as_ref(), read_only, serial).map_err(|e| e.to_string())?;
+        return Ok(("vmpod-blk", Box::new(block)));
+    }
+    if args.rng {
+        return Ok(("vmpod-rng", Box::new(Rng::new())));
+    }
+    if let Some(spec) = &args.vsock {
+        let (cid, path) = spec.split_once(',').ok_or("--vsock takes CID,UDS_PATH")?;
+        let cid: u64 = cid
+            .parse()
+            .ok()
+            .filter(|c| *c >= 3)
+            .ok_or_else(|| format!("--vsock CID must be a number of 3 or more, not '{cid}'"))?;
+        let vsock = Vsock::new(cid, path.as_ref()).map_err(|e| e.to_string())?;
+        return Ok(("vmpod-vsock", Box::new(vsock)));
+    }
+    Err("name a device: --blk, --rng or --vsock".to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.use_stderr()));
+        }
+    };
+    let result = device(&args).and_then(|(name, device)| {
+        vmpod_devices::vhost_user::serve(name, device, &args.socket).map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmpod-vhost-user: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

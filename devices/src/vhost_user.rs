@@ -1,0 +1,178 @@
+//! Any vmpod device served as a vhost-user backend (rust-vmm's `vhost-user-backend`), so QEMU
+//! can use the same device logic vmpod-vmm runs in process: `-device vhost-user-blk`,
+//! `vhost-user-rng`, `vhost-user-vsock-device` with a shared-memory guest.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::virtio::{UsedQueues, VirtioDevice};
+
+const FRONT_END_MAX_QUEUE_SIZE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    #[error("vhost-user backend: {0}")]
+    Daemon(String),
+    #[error("vhost-user backend: cannot watch the device's sockets: {0}")]
+    Listener(io::Error),
+}
+
+pub struct VhostUserDevice {
+    /// Only the one worker thread uses it; the lock makes the backend `Sync` as the library
+    /// requires.
+    device: Mutex<Box<dyn VirtioDevice>>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    event_idx: bool,
+    /// Stops the worker thread when the front end goes away (without it the daemon never
+    /// finishes).
+    exit: (EventConsumer, EventNotifier),
+}
+
+impl VhostUserDevice {
+    fn device(&self) -> MutexGuard<'_, Box<dyn VirtioDevice>> {
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn num_queues(&self) -> usize {
+        self.device().queue_max_sizes().len()
+    }
+
+    /// The event id the device's backend fd is registered under: past the queues and the
+    /// library's own exit event.
+    fn backend_event(&self) -> u16 {
+        self.num_queues() as u16 + 1
+    }
+}
+
+impl VhostUserBackendMut for VhostUserDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        VhostUserDevice::num_queues(self)
+    }
+
+    /// QEMU's front ends pick their own queue sizes (up to 1024) and our devices work with any
+    /// size, so the backend accepts what a front end may ask for.
+    fn max_queue_size(&self) -> usize {
+        let own = self.device().queue_max_sizes().iter().copied().max();
+        usize::from(own.unwrap_or(0)).max(FRONT_END_MAX_QUEUE_SIZE)
+    }
+
+    fn features(&self) -> u64 {
+        self.device().features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut data = vec![0u8; size as usize];
+        self.device().read_config(u64::from(offset), &mut data);
+        data
+    }
+
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.mem = mem;
+        Ok(())
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let mem = self.mem.memory();
+        // The device wants all its queues at once; they are lent out of the vrings for the call
+        // and put back, so the library's own view stays the one true state.
+        let mut queues: Vec<Queue> = vrings
+            .iter()
+            .map(|vring| {
+                let mut state = vring.get_mut();
+                // Any valid size will do: the placeholder is swapped back out below.
+                let placeholder = Queue::new(1).expect("1 is a valid queue size");
+                std::mem::replace(state.get_queue_mut(), placeholder)
+            })
+            .collect();
+        for queue in &mut queues {
+            queue.set_event_idx(self.event_idx);
+        }
+        let backend_event = self.backend_event();
+        let mut device = self.device();
+        let result = if usize::from(device_event) < queues.len() {
+            device.process_queue(usize::from(device_event), &mut queues, &mem)
+        } else if device_event == backend_event {
+            device.process_backend(&mut queues, &mem)
+        } else {
+            Ok(UsedQueues::NONE)
+        };
+        let used = result.unwrap_or_else(|e| {
+            tracing::warn!("vhost-user: {e}");
+            UsedQueues::NONE
+        });
+        for (index, (vring, mut queue)) in vrings.iter().zip(queues).enumerate() {
+            let notify = used.contains(index) && queue.needs_notification(&*mem).unwrap_or(true);
+            *vring.get_mut().get_queue_mut() = queue;
+            if notify {
+                vring.signal_used_queue()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `device` to one vhost-user front end (QEMU) on `socket` until it disconnects.
+pub fn serve(
+    name: &str,
+    device: Box<dyn VirtioDevice>,
+    socket: &Path,
+) -> Result<(), VhostUserError> {
+    let backend_fd = device.backend_fd();
+    let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
+        .map_err(|e| VhostUserError::Daemon(format!("cannot create the exit event: {e}")))?;
+    let backend = VhostUserDevice {
+        device: Mutex::new(device),
+        mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        event_idx: false,
+        exit,
+    };
+    let backend_event = backend.backend_event();
+    let backend = std::sync::Arc::new(std::sync::RwLock::new(backend));
+    let mut daemon = VhostUserDaemon::new(
+        name.to_string(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| VhostUserError::Daemon(e.to_string()))?;
+    if let Some(fd) = backend_fd {
+        for handler in daemon.get_epoll_handlers() {
+            handler
+                .register_listener(fd, EventSet::IN, u64::from(backend_event))
+                .map_err(VhostUserError::Listener)?;
+        }
+    }
+    daemon
+        .serve(socket)
+        .map_err(|e| VhostUserError::Daemon(e.to_string()))
+}

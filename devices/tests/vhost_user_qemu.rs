@@ -1,0 +1,135 @@
+//! Our devices served over vhost-user to QEMU (microvm, TCG) with a real Linux guest: the path
+//! the full stack takes on hosts whose KVM cannot run the guest at speed.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A `vmpod-vhost-user` process serving one device; killed if the test ends early.
+struct Backend(Child);
+
+impl Backend {
+    fn start(socket: &Path, device_args: &[&str]) -> Backend {
+        let child = Command::new(env!("CARGO_BIN_EXE_vmpod-vhost-user"))
+            .arg("--socket")
+            .arg(socket)
+            .args(device_args)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vmpod-vhost-user");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "backend never created {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Backend(child)
+    }
+
+    /// The backend serves one front end and exits when it goes away.
+    fn wait(mut self) -> std::process::ExitStatus {
+        let status = self.0.wait().expect("wait for the backend");
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `-chardev`/`-device` pairs for QEMU, one per (socket, device model).
+fn vhost_user_args(devices: &[(&Path, &str)]) -> Vec<String> {
+    let mut args = Vec::new();
+    for (i, (socket, model)) in devices.iter().enumerate() {
+        args.push("-chardev".to_string());
+        args.push(format!("socket,id=vu{i},path={}", socket.display()));
+        args.push("-device".to_string());
+        args.push(format!("{model},chardev=vu{i}"));
+    }
+    args
+}
+
+fn qemu(cmdline: &str, console: &Path, extra: &[String]) -> Command {
+    let (kernel, initrd) = linux_guest();
+    let mut cmd = Command::new(repo_root().join("scripts/qemu-microvm.sh"));
+    cmd.args(["--accel", "tcg", "--memory", "256", "--cmdline", cmdline])
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .arg("--console")
+        .arg(console)
+        .arg("--")
+        .args(extra)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn finish(output: Output, console: &Path) -> String {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    assert!(output.status.success(), "qemu: {}\n{text}", stderr(&output));
+    text
+}
+
+#[test]
+fn blk_and_rng_over_vhost_user_serve_a_qemu_guest() {
+    let scratch = Scratch::new("vu-blk");
+    let disks = DiskFixture::new(&scratch);
+    let sockets: Vec<PathBuf> = ["layer.sock", "scratch.sock", "rng.sock"]
+        .iter()
+        .map(|s| scratch.path(s))
+        .collect();
+    let layer_spec = format!("{},ro,serial=layer0", disks.erofs.display());
+    let scratch_spec = format!("{},serial=scratch", disks.scratch.display());
+    let backends = [
+        Backend::start(&sockets[0], &["--blk", &layer_spec]),
+        Backend::start(&sockets[1], &["--blk", &scratch_spec]),
+        Backend::start(&sockets[2], &["--rng"]),
+    ];
+    let console = scratch.path("console.log");
+    let extra = vhost_user_args(&[
+        (&sockets[0], "vhost-user-blk"),
+        (&sockets[1], "vhost-user-blk"),
+        (&sockets[2], "vhost-user-rng"),
+    ]);
+    let output = qemu("console=ttyS0 vmpod.test=devices", &console, &extra)
+        .output()
+        .expect("run qemu");
+    let text = finish(output, &console);
+    disks.check(&text);
+    for backend in backends {
+        assert!(backend.wait().success(), "a backend failed");
+    }
+}
+
+#[test]
+fn vsock_over_vhost_user_carries_both_directions() {
+    let scratch = Scratch::new("vu-vsock");
+    let socket = scratch.path("vhost-vsock.sock");
+    let uds = scratch.path("vsock.sock");
+    let exercise = VsockExercise::listen_for_guest(&uds);
+    let backend = Backend::start(&socket, &["--vsock", &format!("3,{}", uds.display())]);
+    let console = scratch.path("console.log");
+    let extra = vhost_user_args(&[(&socket, "vhost-user-vsock-device")]);
+    let mut child = qemu("console=ttyS0 vmpod.test=vsock", &console, &extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run qemu");
+    exercise.echo_through_guest(&uds, &console, &mut child);
+    let text = finish(child.wait_with_output().unwrap(), &console);
+    exercise.check(&text);
+    assert!(backend.wait().success());
+    assert!(!uds.exists(), "vsock socket left behind");
+}

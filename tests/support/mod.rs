@@ -1,0 +1,233 @@
+//! Helpers every crate's end-to-end tests share (included with `#[path]`): the Linux test
+//! guest, KVM checks, scratch directories that clean up after failures, and the host side of
+//! the device exercises the test initramfs runs in the guest.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The guest kernel and test initramfs, as `make guest` builds them into build/guest.
+pub fn linux_guest() -> (PathBuf, PathBuf) {
+    let dir = std::env::var_os("VMPOD_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build/guest"));
+    let kernel = dir.join("vmlinux");
+    let initrd = dir.join("test-initramfs.cpio");
+    assert!(
+        kernel.is_file() && initrd.is_file(),
+        "the Linux guest is missing from {}: run `make guest` (or `make test`) first",
+        dir.display()
+    );
+    (kernel, initrd)
+}
+
+/// These tests boot real VMs; a machine without KVM must fail them loudly, never skip them.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("this test boots a real VM and needs /dev/kvm, which cannot be opened: {e}");
+    }
+}
+
+pub fn is_kvm_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("vmpod-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read scratch dir")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// What the test init reported as `vmpod-init: <key>...`.
+pub fn report<'a>(console: &'a str, key: &str) -> Option<&'a str> {
+    console
+        .lines()
+        .find_map(|l| l.strip_prefix("vmpod-init: ")?.strip_prefix(key))
+        .map(str::trim)
+}
+
+/// The disks of the test init's "devices" mode: a read-only erofs image (serial "layer0")
+/// holding 1 MiB of pseudo-random `payload.bin`, and a 1 MiB raw scratch disk ("scratch").
+pub struct DiskFixture {
+    pub payload_sha256: String,
+    pub erofs: PathBuf,
+    pub erofs_bytes: Vec<u8>,
+    pub scratch: PathBuf,
+}
+
+impl DiskFixture {
+    pub fn new(dir: &Scratch) -> DiskFixture {
+        let tree = dir.path("tree");
+        std::fs::create_dir(&tree).unwrap();
+        let payload: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(tree.join("payload.bin"), &payload).unwrap();
+        let erofs = dir.path("layer.erofs");
+        let status = Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg(&erofs)
+            .arg(&tree)
+            .status()
+            .expect("run mkfs.erofs (erofs-utils)");
+        assert!(status.success(), "mkfs.erofs failed");
+        let out = Command::new("sha256sum")
+            .arg(tree.join("payload.bin"))
+            .output()
+            .expect("run sha256sum");
+        let payload_sha256 = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("sha256sum output")
+            .to_string();
+        let scratch = dir.path("scratch.img");
+        std::fs::write(&scratch, vec![0u8; 1 << 20]).unwrap();
+        DiskFixture {
+            payload_sha256,
+            erofs_bytes: std::fs::read(&erofs).unwrap(),
+            erofs,
+            scratch,
+        }
+    }
+
+    /// Checks what the guest reported and what it left on the disks.
+    pub fn check(&self, console: &str) {
+        let erofs_line =
+            report(console, "erofs sha256 ").unwrap_or_else(|| panic!("no erofs line:\n{console}"));
+        assert!(erofs_line.starts_with(&self.payload_sha256), "{erofs_line}");
+        let hwrng =
+            report(console, "hwrng ").unwrap_or_else(|| panic!("no hwrng line:\n{console}"));
+        assert_eq!(hwrng.len(), 32, "16 bytes in hex: {hwrng}");
+        assert_ne!(hwrng, "0".repeat(32));
+        assert!(report(console, "scratch written").is_some(), "{console}");
+        let written = std::fs::read(&self.scratch).unwrap();
+        assert_eq!(&written[..21], b"written by the guest\n");
+        assert!(written[21..512].iter().all(|&b| b == 0));
+        assert!(
+            report(console, "layer write refused").is_some(),
+            "{console}"
+        );
+        assert_eq!(
+            std::fs::read(&self.erofs).unwrap(),
+            self.erofs_bytes,
+            "read-only disk changed"
+        );
+    }
+}
+
+/// The host side of the test init's "vsock" mode, against the VM's hybrid vsock socket `uds`.
+/// Call `listen_for_guest` before the guest boots, then `echo_through_guest` while it runs.
+pub struct VsockExercise {
+    guest_side: JoinHandle<String>,
+}
+
+impl VsockExercise {
+    /// The guest connects to host port 5000, says hello and reads our answer.
+    pub fn listen_for_guest(uds: &Path) -> VsockExercise {
+        let listener = UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
+        let guest_side = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("guest connection");
+            let mut message = String::new();
+            stream.read_to_string(&mut message).expect("guest message");
+            stream.write_all(b"hello from the host").unwrap();
+            message
+        });
+        VsockExercise { guest_side }
+    }
+
+    /// Waits for the guest's echo server on port 1024 and sends 64 KiB through it.
+    /// `vm` runs the guest: if it ends first, the test fails at once instead of waiting.
+    pub fn echo_through_guest(&self, uds: &Path, console: &Path, vm: &mut Child) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !std::fs::read_to_string(console)
+            .unwrap_or_default()
+            .contains("vsock-test: listening on 1024")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "guest never listened on vsock port 1024"
+            );
+            if let Ok(Some(status)) = vm.try_wait() {
+                let text = std::fs::read_to_string(console).unwrap_or_default();
+                panic!("the VM ended ({status}) before the guest listened:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let stream = UnixStream::connect(uds).expect("connect to the VM's vsock socket");
+        let mut writer = stream.try_clone().unwrap();
+        writer.write_all(b"CONNECT 1024\n").unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut ok = String::new();
+        reader.read_line(&mut ok).unwrap();
+        assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
+        let payload: Vec<u8> = (0..64u32 << 10).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let sender = std::thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            writer.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let mut echoed = Vec::new();
+        reader.read_to_end(&mut echoed).unwrap();
+        sender.join().unwrap();
+        assert_eq!(echoed.len(), payload.len());
+        assert!(echoed == payload, "echo differs");
+    }
+
+    pub fn check(self, console: &str) {
+        assert_eq!(self.guest_side.join().unwrap(), "hello from the guest");
+        assert!(
+            console.contains("vsock-test: received hello from the host"),
+            "{console}"
+        );
+        assert!(
+            console.contains("vsock-test: echoed 65536 bytes"),
+            "{console}"
+        );
+    }
+}
