@@ -36,7 +36,7 @@ bench: build guest
 
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)
-	install -m 0755 $(RELEASE)/vmpod-vmm $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(RELEASE)/vmpod-vmm $(RELEASE)/vmpod-vhost-user $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 $(GUEST_DIR)/vmlinux $(GUEST_DIR)/test-initramfs.cpio $(DESTDIR)$(SHARE)/
 
 fmt:
