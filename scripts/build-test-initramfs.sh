@@ -4,7 +4,8 @@
 # Its /init reports what the guest sees (vCPUs, RAM, kernel, uptime) on one line, writes the
 # boot-timer byte, and reboots; "vmpod.test=panic" on the command line makes it panic instead,
 # "vmpod.test=wait" keeps it running (for memory measurements), "vmpod.test=devices" exercises
-# the virtio disks and rng, "vmpod.test=vsock" the vsock device (see vmm/tests/devices.rs).
+# the virtio disks and rng, "vmpod.test=vsock" the vsock device, "vmpod.test=net" the network
+# (see vmm/tests/devices.rs).
 set -euo pipefail
 out=${1:?usage: build-test-initramfs.sh OUT_DIR}
 busybox=/bin/busybox
@@ -46,6 +47,12 @@ case " $(cat /proc/cmdline) " in
         # port 1024 for a host-initiated connection.
         vsock-test connect 5000 "hello from the guest"
         vsock-test echo 1024 ;;
+    *" vmpod.test=net "*)
+        # The host side is 10.77.0.1 on the tap, with a file server on port 8080.
+        ip link set eth0 up && ip addr add 10.77.0.2/24 dev eth0
+        ping -c 1 -W 20 10.77.0.1 >/dev/null && echo "vmpod-init: ping ok"
+        wget -q -O /payload.bin http://10.77.0.1:8080/payload.bin &&
+            echo "vmpod-init: fetched sha256 $(sha256sum /payload.bin)" ;;
     *" vmpod.test=devices "*)
         # Disks found by serial: "layer0" a read-only erofs with payload.bin, "scratch" a raw
         # disk; and a virtio-rng.

@@ -231,3 +231,138 @@ impl VsockExercise {
         );
     }
 }
+
+/// A network namespace with a tap at 10.77.0.1/24 and an HTTP server there handing out
+/// `payload` as /payload.bin, for the test init's "net" mode. Removed on drop.
+pub struct NetFixture {
+    pub name: String,
+    pub tap: String,
+    pub payload_sha256: String,
+    server: Option<JoinHandle<()>>,
+}
+
+impl NetFixture {
+    pub fn new(tag: &str) -> NetFixture {
+        let name = format!("vmpod-{tag}-{}", std::process::id());
+        let tap = "vmtap0".to_string();
+        let ip = |args: &[&str]| {
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("run ip (iproute2)");
+            assert!(status.success(), "ip {args:?} failed");
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        let fixture = NetFixture {
+            name: name.clone(),
+            tap: tap.clone(),
+            payload_sha256: String::new(),
+            server: None,
+        };
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&["-n", &name, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+        ip(&["-n", &name, "addr", "add", "10.77.0.1/24", "dev", &tap]);
+        ip(&["-n", &name, "link", "set", &tap, "up"]);
+        fixture.with_server()
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    fn with_server(mut self) -> NetFixture {
+        let payload: Vec<u8> = (0..256u32 << 10)
+            .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+            .collect();
+        self.payload_sha256 = sha256_of(&payload);
+        let netns = std::fs::File::open(self.netns_path()).expect("open the test netns");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        self.server = Some(std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: moves only this thread into the test's own network namespace.
+            assert_eq!(
+                unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            // The tap has no carrier until the VM attaches, so the address may not be
+            // bindable at once.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let listener = loop {
+                match std::net::TcpListener::bind("10.77.0.1:8080") {
+                    Ok(l) => break l,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Err(e) => panic!("bind 10.77.0.1:8080 in the test netns: {e}"),
+                }
+            };
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let mut request = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !request.ends_with(b"\r\n\r\n")
+                            && stream.read(&mut byte).unwrap_or(0) == 1
+                        {
+                            request.push(byte[0]);
+                        }
+                        let head = format!(
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            payload.len()
+                        );
+                        let _ = stream.write_all(head.as_bytes());
+                        let _ = stream.write_all(&payload);
+                        return;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }));
+        ready_rx
+            .recv_timeout(Duration::from_secs(40))
+            .expect("test HTTP server did not start");
+        self
+    }
+
+    /// Checks what the guest reported.
+    pub fn check(&mut self, console: &str) {
+        assert!(
+            report(console, "ping ok").is_some(),
+            "guest could not ping the host:\n{console}"
+        );
+        let fetched =
+            report(console, "fetched sha256 ").unwrap_or_else(|| panic!("no fetch:\n{console}"));
+        assert!(fetched.starts_with(&self.payload_sha256), "{fetched}");
+        if let Some(server) = self.server.take() {
+            server.join().expect("HTTP server");
+        }
+    }
+}
+
+impl Drop for NetFixture {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

@@ -43,6 +43,10 @@ pub enum ConfigError {
     InitrdMissing(PathBuf),
     #[error("vsock guest_cid must be 3 or more, not {0}")]
     GuestCid(u32),
+    #[error("net needs exactly one of \"tap\" (a name) or \"fd\"")]
+    NetBackend,
+    #[error("net mac {0:?} is not of the form aa:bb:cc:dd:ee:ff")]
+    Mac(String),
     #[error("at most {MAX_VIRTIO_DEVICES} virtio devices fit the interrupt lines; {0} asked for")]
     TooManyDevices(usize),
 }
@@ -119,6 +123,39 @@ pub struct VmConfig {
     /// A virtio-vsock device, reachable from the host through a Unix socket.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// A virtio-net device on a tap.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap to attach to, by name (created if missing)...
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// ...or an fd of an attached tap the VMM inherited.
+    #[serde(default)]
+    pub fd: Option<i32>,
+    /// The network namespace the named tap lives in (e.g. /run/netns/pod1).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The guest's MAC, `aa:bb:cc:dd:ee:ff`; default 06:00:ac:10:00:02.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+pub const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
+
+impl NetConfig {
+    pub fn mac(&self) -> Result<[u8; 6], ConfigError> {
+        match &self.mac {
+            None => Ok(DEFAULT_MAC),
+            Some(text) => {
+                vmpod_devices::net::parse_mac(text).ok_or_else(|| ConfigError::Mac(text.clone()))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +203,7 @@ impl Default for VmConfig {
             disks: Vec::new(),
             rng: false,
             vsock: None,
+            net: None,
         }
     }
 }
@@ -220,7 +258,16 @@ impl VmConfig {
                 return Err(ConfigError::GuestCid(vsock.guest_cid));
             }
         }
-        let devices = self.disks.len() + usize::from(self.rng) + usize::from(self.vsock.is_some());
+        if let Some(net) = &self.net {
+            if net.tap.is_some() == net.fd.is_some() {
+                return Err(ConfigError::NetBackend);
+            }
+            net.mac()?;
+        }
+        let devices = self.disks.len()
+            + usize::from(self.rng)
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.net.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -314,6 +361,30 @@ mod tests {
         assert_eq!(config.disks.len(), 2);
         assert!(config.disks[0].read_only && !config.disks[1].read_only);
         assert_eq!(config.disks[0].serial.as_deref(), Some("layer0"));
+    }
+
+    #[test]
+    fn net_needs_one_backend_and_a_well_formed_mac() {
+        let mut config = VmConfig {
+            kernel: "/proc/self/exe".into(),
+            net: Some(NetConfig {
+                tap: None,
+                fd: None,
+                netns: None,
+                mac: None,
+            }),
+            ..VmConfig::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::NetBackend)));
+        let net = config.net.as_mut().unwrap();
+        net.tap = Some("tap0".into());
+        net.mac = Some("06:00:ac:10:00".into());
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "net mac \"06:00:ac:10:00\" is not of the form aa:bb:cc:dd:ee:ff"
+        );
+        config.net.as_mut().unwrap().mac = None;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

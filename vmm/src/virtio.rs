@@ -10,6 +10,7 @@ use kvm_ioctls::IoEventAddress;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmpod_devices::block::{Block, BlockError};
+use vmpod_devices::net::{Net, NetError, Tap, TapError};
 use vmpod_devices::rng::Rng;
 use vmpod_devices::virtio::VirtioDevice;
 use vmpod_devices::vsock::{MuxerError, Vsock};
@@ -28,6 +29,12 @@ pub enum VirtioError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Vsock(#[from] MuxerError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot create an eventfd for a virtio device: {0}")]
     EventFd(std::io::Error),
     #[error(transparent)]
@@ -39,7 +46,8 @@ pub enum VirtioError {
     },
 }
 
-/// Opens every device the config asks for, disks first (so they are vda, vdb, ... in order).
+/// Opens every device the config asks for, disks first (so they are vda, vdb, ... in order),
+/// then the network, rng and vsock.
 pub fn open_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
@@ -48,6 +56,15 @@ pub fn open_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Vir
             disk.read_only,
             disk.serial.as_deref(),
         )?));
+    }
+    if let Some(net) = &config.net {
+        let tap = match (&net.tap, net.fd) {
+            (Some(name), _) => Tap::open(name, net.netns.as_deref())?,
+            (None, Some(fd)) => Tap::from_fd(fd)?,
+            (None, None) => unreachable!("validated: a net has a tap or an fd"),
+        };
+        let mac = net.mac()?;
+        devices.push(Box::new(Net::new(tap, mac)?));
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));

@@ -102,3 +102,56 @@ fn missing_disk_image_is_named_and_nothing_is_left_behind() {
     );
     assert_eq!(scratch.entries(), before);
 }
+
+#[test]
+fn guest_on_a_tap_in_a_netns_pings_the_host_and_fetches_a_file_byte_exact() {
+    require_kvm();
+    let (kernel, initrd) = linux_guest();
+    let scratch = Scratch::new("net");
+    let mut net = NetFixture::new("net");
+    let console = scratch.path("console.log");
+    let config = scratch.path("vm.json");
+    let json = format!(
+        r#"{{"kernel": "{}", "initrd": "{}", "memory_mib": 256,
+            "cmdline": "console=ttyS0 vmpod.test=net", "console": "{}",
+            "net": {{"tap": "{}", "netns": "{}", "mac": "06:00:ac:10:00:02"}}}}"#,
+        kernel.display(),
+        initrd.display(),
+        console.display(),
+        net.tap,
+        net.netns_path().display()
+    );
+    std::fs::write(&config, json).unwrap();
+    let output = run_vmm(&["--config", config.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}\n{text}",
+        stderr(&output)
+    );
+    net.check(&text);
+}
+
+#[test]
+fn tap_in_a_missing_netns_is_named_and_nothing_is_left_behind() {
+    let scratch = Scratch::new("nonetns");
+    let config = scratch.path("vm.json");
+    let json = format!(
+        r#"{{"kernel": "{}", "memory_mib": 16, "console": "{}",
+            "net": {{"tap": "vmtap0", "netns": "/run/netns/vmpod-no-such-ns"}}}}"#,
+        tiny_guest().display(),
+        scratch.path("console.log").display()
+    );
+    std::fs::write(&config, json).unwrap();
+    let before = scratch.entries();
+    require_kvm();
+    let output = run_vmm(&["--config", config.to_str().unwrap()]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("network namespace /run/netns/vmpod-no-such-ns: No such file"),
+        "{err}"
+    );
+    assert_eq!(scratch.entries(), before);
+}
