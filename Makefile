@@ -6,7 +6,9 @@ PREFIX ?= /usr/local
 SHARE := $(PREFIX)/share/vmpod
 export VMPOD_GUEST_DIR := $(CURDIR)/$(GUEST_DIR)
 
-.PHONY: all setup build guest run test bench install fmt lint clean
+FUZZ_SECONDS ?= 60
+
+.PHONY: all setup build guest run test fuzz bench install fmt lint clean
 
 all: build guest
 
@@ -30,6 +32,11 @@ test: build guest
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --release
+	scripts/fuzz.sh 20
+
+# Every fuzz target for FUZZ_SECONDS each.
+fuzz: setup
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 bench: build guest
 	scripts/bench_boot.py
@@ -47,4 +54,4 @@ lint:
 
 clean:
 	cargo clean
-	rm -rf build
+	rm -rf build fuzz/target

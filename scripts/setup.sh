@@ -27,5 +27,6 @@ command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rus
 for component in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component" >&2
 done
+command -v cargo-fuzz >/dev/null || { echo "setup: installing cargo-fuzz" >&2; cargo install --quiet --locked cargo-fuzz >&2; }
 
 [ -r /dev/kvm ] || echo "setup: warning: /dev/kvm is not accessible; the VMM's tests will fail" >&2
