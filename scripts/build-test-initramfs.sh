@@ -47,6 +47,9 @@ case " $(cat /proc/cmdline) " in
         # port 1024 for a host-initiated connection.
         vsock-test connect 5000 "hello from the guest"
         vsock-test echo 1024 ;;
+    *" vmpod.test=vsock-bulk "*)
+        # One 64 MiB full-duplex stream, then 32 concurrent ones.
+        vsock-test echo 1024 33 ;;
     *" vmpod.test=net "*)
         # The host side is 10.77.0.1 on the tap, with a file server on port 8080.
         ip link set eth0 up && ip addr add 10.77.0.2/24 dev eth0

@@ -133,3 +133,37 @@ fn vsock_over_vhost_user_carries_both_directions() {
     assert!(backend.wait().success());
     assert!(!uds.exists(), "vsock socket left behind");
 }
+
+#[test]
+fn vsock_over_vhost_user_moves_64_mib_each_way_and_32_concurrent_streams() {
+    let scratch = Scratch::new("vu-bulk");
+    let socket = scratch.path("vhost-vsock.sock");
+    let uds = scratch.path("vsock.sock");
+    let backend = Backend::start(&socket, &["--vsock", &format!("3,{}", uds.display())]);
+    let console = scratch.path("console.log");
+    let extra = vhost_user_args(&[(&socket, "vhost-user-vsock-device")]);
+    let mut child = qemu("console=ttyS0 vmpod.test=vsock-bulk", &console, &extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run qemu");
+    wait_for_guest_listener(&console, &mut child);
+    let started = Instant::now();
+    echo_stream(&uds, 64 << 20, 0);
+    eprintln!("64 MiB echoed (each way) in {:?}", started.elapsed());
+    let streams: Vec<_> = (1..=32u64)
+        .map(|seed| {
+            let uds = uds.clone();
+            std::thread::spawn(move || echo_stream(&uds, 64 << 10, seed))
+        })
+        .collect();
+    for stream in streams {
+        stream.join().expect("a concurrent stream failed");
+    }
+    let text = finish(child.wait_with_output().unwrap(), &console);
+    let total = (64u64 << 20) + 32 * (64 << 10);
+    assert!(
+        text.contains(&format!("echoed {total} bytes on 33 connections")),
+        "{text}"
+    );
+    assert!(backend.wait().success());
+}

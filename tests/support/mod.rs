@@ -184,39 +184,8 @@ impl VsockExercise {
     /// Waits for the guest's echo server on port 1024 and sends 64 KiB through it.
     /// `vm` runs the guest: if it ends first, the test fails at once instead of waiting.
     pub fn echo_through_guest(&self, uds: &Path, console: &Path, vm: &mut Child) {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while !std::fs::read_to_string(console)
-            .unwrap_or_default()
-            .contains("vsock-test: listening on 1024")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "guest never listened on vsock port 1024"
-            );
-            if let Ok(Some(status)) = vm.try_wait() {
-                let text = std::fs::read_to_string(console).unwrap_or_default();
-                panic!("the VM ended ({status}) before the guest listened:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let stream = UnixStream::connect(uds).expect("connect to the VM's vsock socket");
-        let mut writer = stream.try_clone().unwrap();
-        writer.write_all(b"CONNECT 1024\n").unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut ok = String::new();
-        reader.read_line(&mut ok).unwrap();
-        assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
-        let payload: Vec<u8> = (0..64u32 << 10).map(|i| (i % 251) as u8).collect();
-        let sent = payload.clone();
-        let sender = std::thread::spawn(move || {
-            writer.write_all(&sent).unwrap();
-            writer.shutdown(std::net::Shutdown::Write).unwrap();
-        });
-        let mut echoed = Vec::new();
-        reader.read_to_end(&mut echoed).unwrap();
-        sender.join().unwrap();
-        assert_eq!(echoed.len(), payload.len());
-        assert!(echoed == payload, "echo differs");
+        wait_for_guest_listener(console, vm);
+        echo_stream(uds, 64 << 10, 0);
     }
 
     pub fn check(self, console: &str) {
@@ -226,7 +195,7 @@ impl VsockExercise {
             "{console}"
         );
         assert!(
-            console.contains("vsock-test: echoed 65536 bytes"),
+            console.contains("vsock-test: echoed 65536 bytes on 1 connections"),
             "{console}"
         );
     }
@@ -365,4 +334,75 @@ fn sha256_of(bytes: &[u8]) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Waits until the guest's `vsock-test echo` listens on port 1024; fails at once if `vm` ends.
+pub fn wait_for_guest_listener(console: &Path, vm: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .contains("vsock-test: listening on 1024")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "guest never listened on vsock port 1024"
+        );
+        if let Ok(Some(status)) = vm.try_wait() {
+            let text = std::fs::read_to_string(console).unwrap_or_default();
+            panic!("the VM ended ({status}) before the guest listened:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The byte at `offset` of stream number `seed`: every stream differs, none repeats quickly.
+fn pattern_byte(seed: u64, offset: u64) -> u8 {
+    (offset
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(seed.wrapping_mul(97))
+        >> 11) as u8
+}
+
+/// Connects to guest port 1024 through the VM's socket, sends `len` pattern bytes while reading
+/// the echo, and checks every byte that comes back; returns once the guest closed its end.
+pub fn echo_stream(uds: &Path, len: u64, seed: u64) {
+    let stream = UnixStream::connect(uds).expect("connect to the VM's vsock socket");
+    let mut writer = stream.try_clone().unwrap();
+    writer.write_all(b"CONNECT 1024\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut ok = String::new();
+    reader.read_line(&mut ok).unwrap();
+    assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
+    let sender = std::thread::spawn(move || {
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut sent = 0u64;
+        while sent < len {
+            let n = chunk.len().min((len - sent) as usize);
+            for (i, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern_byte(seed, sent + i as u64);
+            }
+            writer.write_all(&chunk[..n]).unwrap();
+            sent += n as u64;
+        }
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut received = 0u64;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut chunk).expect("read the echo");
+        if n == 0 {
+            break;
+        }
+        for (i, b) in chunk[..n].iter().enumerate() {
+            assert_eq!(
+                *b,
+                pattern_byte(seed, received + i as u64),
+                "stream {seed}: byte {} differs",
+                received + i as u64
+            );
+        }
+        received += n as u64;
+    }
+    sender.join().unwrap();
+    assert_eq!(received, len, "stream {seed}: echo length");
 }
