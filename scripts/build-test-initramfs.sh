@@ -56,6 +56,11 @@ case " $(cat /proc/cmdline) " in
         ping -c 1 -W 20 10.77.0.1 >/dev/null && echo "vmpod-init: ping ok"
         wget -q -O /payload.bin http://10.77.0.1:8080/payload.bin &&
             echo "vmpod-init: fetched sha256 $(sha256sum /payload.bin)" ;;
+    *" vmpod.test=ext4-write "*)
+        mount -t ext4 /dev/vda /mnt && echo "survives a reboot" > /mnt/note.txt && umount /mnt &&
+            echo "vmpod-init: ext4 written" ;;
+    *" vmpod.test=ext4-read "*)
+        mount -t ext4 -o ro /dev/vda /mnt && echo "vmpod-init: ext4 note: $(cat /mnt/note.txt)" ;;
     *" vmpod.test=devices "*)
         # Disks found by serial: "layer0" a read-only erofs with payload.bin, "scratch" a raw
         # disk; and a virtio-rng.

@@ -7,7 +7,7 @@ packages=(
     # guest kernel build
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
     # guests, the comparison hypervisor, the test initramfs, test disk images
-    qemu-system-x86 busybox-static erofs-utils
+    qemu-system-x86 busybox-static erofs-utils e2fsprogs iproute2
     # benchmark plots
     gnuplot-nox
 )

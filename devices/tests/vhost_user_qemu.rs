@@ -167,3 +167,43 @@ fn vsock_over_vhost_user_moves_64_mib_each_way_and_32_concurrent_streams() {
     );
     assert!(backend.wait().success());
 }
+
+#[test]
+fn a_file_written_to_an_ext4_disk_survives_a_reboot() {
+    let scratch = Scratch::new("vu-ext4");
+    let image = scratch.path("data.ext4");
+    std::fs::write(&image, vec![0u8; 16 << 20]).unwrap();
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&image)
+        .status()
+        .expect("run mkfs.ext4 (e2fsprogs)");
+    assert!(status.success());
+    let mut reports = Vec::new();
+    for mode in ["ext4-write", "ext4-read"] {
+        let socket = scratch.path(&format!("{mode}.sock"));
+        let backend = Backend::start(&socket, &["--blk", image.to_str().unwrap()]);
+        let console = scratch.path(&format!("{mode}.log"));
+        let extra = vhost_user_args(&[(&socket, "vhost-user-blk")]);
+        let output = qemu(
+            &format!("console=ttyS0 vmpod.test={mode}"),
+            &console,
+            &extra,
+        )
+        .output()
+        .expect("run qemu");
+        reports.push(finish(output, &console));
+        assert!(backend.wait().success());
+    }
+    assert!(
+        report(&reports[0], "ext4 written").is_some(),
+        "{}",
+        reports[0]
+    );
+    assert_eq!(
+        report(&reports[1], "ext4 note: "),
+        Some("survives a reboot"),
+        "{}",
+        reports[1]
+    );
+}
