@@ -4,15 +4,20 @@
 //!   vmpod-vhost-user --socket blk.sock --blk disk.img[,ro][,serial=ID]
 //!   vmpod-vhost-user --socket rng.sock --rng
 //!   vmpod-vhost-user --socket vsock.sock --vsock CID,UDS_PATH
+//!   vmpod-vhost-user --socket net.sock --net TAP[,netns=PATH]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use vmpod_devices::block::Block;
+use vmpod_devices::net::{Net, Tap};
 use vmpod_devices::rng::Rng;
 use vmpod_devices::virtio::VirtioDevice;
 use vmpod_devices::vsock::Vsock;
+
+/// The config space (and so the MAC) belongs to the vhost-user front end; ours goes unused.
+const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,8 +36,11 @@ struct Args {
     #[arg(long, conflicts_with = "vsock")]
     rng: bool,
     /// virtio-vsock: CID,UDS_PATH (hybrid vsock host socket, as vmpod-vmm's "vsock").
-    #[arg(long)]
+    #[arg(long, conflicts_with = "net")]
     vsock: Option<String>,
+    /// virtio-net on a tap: TAP[,netns=PATH] (the front end keeps the MAC).
+    #[arg(long)]
+    net: Option<String>,
 }
 
 fn device(args: &Args) -> Result<(&'static str, Box<dyn VirtioDevice>), String> {
@@ -66,7 +74,24 @@ fn device(args: &Args) -> Result<(&'static str, Box<dyn VirtioDevice>), String> 
         let vsock = Vsock::new(cid, path.as_ref()).map_err(|e| e.to_string())?;
         return Ok(("vmpod-vsock", Box::new(vsock)));
     }
-    Err("name a device: --blk, --rng or --vsock".to_string())
+    if let Some(spec) = &args.net {
+        let mut parts = spec.split(',');
+        let name = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or("--net needs a tap name")?;
+        let mut netns = None;
+        for option in parts {
+            match option.split_once('=') {
+                Some(("netns", path)) => netns = Some(PathBuf::from(path)),
+                _ => return Err(format!("unknown --net option '{option}' (netns=PATH)")),
+            }
+        }
+        let tap = Tap::open(name, netns.as_deref()).map_err(|e| e.to_string())?;
+        let net = Net::new(tap, DEFAULT_MAC).map_err(|e| e.to_string())?;
+        return Ok(("vmpod-net", Box::new(net)));
+    }
+    Err("name a device: --blk, --rng, --vsock or --net".to_string())
 }
 
 fn main() -> ExitCode {

@@ -102,7 +102,7 @@ impl Net {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> Result<UsedQueues, QueueError> {
-        let Some(rx) = queues.get_mut(RX) else {
+        let Some(rx) = queues.get_mut(RX).filter(|q| q.ready()) else {
             return Ok(UsedQueues::NONE);
         };
         let mut used = false;
@@ -273,9 +273,9 @@ mod tests {
         let mem = guest_memory();
         peer.send(b"frame one").unwrap();
         let mut queues = vec![Queue::new(16).unwrap(), Queue::new(16).unwrap()];
-        // No RX queue set up yet: nothing to deliver into, nothing lost.
+        // No RX queue set up yet: the frame stays in the tap, nothing is lost.
         assert!(net.process_backend(&mut queues, &mem).unwrap().is_empty());
-        assert_eq!(net.rx_pending, Some(9));
+        assert_eq!(net.rx_pending, None);
         let (rx, mock) = queue_with_chain(&mem, &[(0x20_0000, 1526, true)]);
         queues[RX] = rx;
         assert!(net

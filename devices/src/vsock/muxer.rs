@@ -337,7 +337,8 @@ impl Muxer {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> Result<UsedQueues, QueueError> {
-        let Some(rx) = queues.get_mut(RX) else {
+        // Before the driver set RX up, whatever waits stays queued.
+        let Some(rx) = queues.get_mut(RX).filter(|q| q.ready()) else {
             return Ok(UsedQueues::NONE);
         };
         let mut used = false;
