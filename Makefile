@@ -40,6 +40,7 @@ fuzz: setup
 
 bench: build guest
 	scripts/bench_boot.py
+	scripts/bench_devices.py
 
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)

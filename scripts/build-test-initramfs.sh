@@ -61,6 +61,12 @@ case " $(cat /proc/cmdline) " in
             echo "vmpod-init: ext4 written" ;;
     *" vmpod.test=ext4-read "*)
         mount -t ext4 -o ro /dev/vda /mnt && echo "vmpod-init: ext4 note: $(cat /mnt/note.txt)" ;;
+    *" vmpod.test=blk-read "*)
+        # Sequential read of the whole first disk, timed by the guest's clock.
+        read -r t0 _ < /proc/uptime
+        dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null
+        read -r t1 _ < /proc/uptime
+        echo "vmpod-init: blk-read $(cat /sys/block/vda/size) sectors in $t0 $t1" ;;
     *" vmpod.test=devices "*)
         # Disks found by serial: "layer0" a read-only erofs with payload.bin, "scratch" a raw
         # disk; and a virtio-rng.
