@@ -221,7 +221,11 @@ impl NetFixture {
                 .expect("run ip (iproute2)");
             assert!(status.success(), "ip {args:?} failed");
         };
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left by an earlier, killed run of the same pid would be in the way.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         ip(&["netns", "add", &name]);
         let fixture = NetFixture {
             name: name.clone(),
