@@ -9,6 +9,10 @@ seconds=${1:-60}
 cd "$(dirname "$0")/../fuzz"
 command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo-fuzz is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 export RUSTC_BOOTSTRAP=1
+# The targets keep a scratch disk and a socket directory under TMPDIR; give them their own.
+TMPDIR=$(mktemp -d -t vmpod-fuzz.XXXXXX)
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 for target in $(cargo fuzz list); do
     echo "fuzz: $target for ${seconds}s" >&2
     log=$(mktemp)
