@@ -32,7 +32,6 @@ pub struct VhostUserDevice {
     /// requires.
     device: Mutex<Box<dyn VirtioDevice>>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
-    event_idx: bool,
     /// Stops the worker thread when the front end goes away (without it the daemon never
     /// finishes).
     exit: (EventConsumer, EventNotifier),
@@ -81,9 +80,8 @@ impl VhostUserBackendMut for VhostUserDevice {
         Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
     }
 
-    fn set_event_idx(&mut self, enabled: bool) {
-        self.event_idx = enabled;
-    }
+    /// The library sets EVENT_IDX on the vrings' queues itself when features are acked.
+    fn set_event_idx(&mut self, _enabled: bool) {}
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut data = vec![0u8; size as usize];
@@ -115,9 +113,6 @@ impl VhostUserBackendMut for VhostUserDevice {
                 std::mem::replace(state.get_queue_mut(), placeholder)
             })
             .collect();
-        for queue in &mut queues {
-            queue.set_event_idx(self.event_idx);
-        }
         let backend_event = self.backend_event();
         let mut device = self.device();
         let result = if usize::from(device_event) < queues.len() {
@@ -154,7 +149,6 @@ pub fn serve(
     let backend = VhostUserDevice {
         device: Mutex::new(device),
         mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        event_idx: false,
         exit,
     };
     let backend_event = backend.backend_event();
