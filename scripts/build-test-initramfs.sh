@@ -77,7 +77,14 @@ case " $(cat /proc/cmdline) " in
             esac
         done
         mount -t erofs -o ro "$layer" /mnt && echo "vmpod-init: erofs sha256 $(sha256sum /mnt/payload.bin)"
-        echo "vmpod-init: hwrng $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+        # Under kvm-pvm a fresh process now and then starts with a zero FS base and dies on
+        # its first TLS access (guest-kernel/README.md); such a try is retried, and said so.
+        for try in 1 2 3; do
+            rng=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')
+            [ ${#rng} = 32 ] && break
+            echo "vmpod-init: retrying the hwrng read (try $try failed)"
+        done
+        echo "vmpod-init: hwrng $rng"
         echo "written by the guest" | dd of="$scratch" bs=512 conv=sync,fsync 2>/dev/null && echo "vmpod-init: scratch written"
         if dd if=/dev/zero of="$layer" bs=512 count=1 conv=fsync 2>/dev/null; then
             echo "vmpod-init: layer written"

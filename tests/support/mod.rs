@@ -143,7 +143,7 @@ impl DiskFixture {
         assert!(erofs_line.starts_with(&self.payload_sha256), "{erofs_line}");
         let hwrng =
             report(console, "hwrng ").unwrap_or_else(|| panic!("no hwrng line:\n{console}"));
-        assert_eq!(hwrng.len(), 32, "16 bytes in hex: {hwrng}");
+        assert_eq!(hwrng.len(), 32, "16 bytes in hex: {hwrng}\n{console}");
         assert_ne!(hwrng, "0".repeat(32));
         assert!(report(console, "scratch written").is_some(), "{console}");
         let written = std::fs::read(&self.scratch).unwrap();
