@@ -5,7 +5,7 @@
 # boot-timer byte, and reboots; "vmpod.test=panic" on the command line makes it panic instead,
 # "vmpod.test=wait" keeps it running (for memory measurements), "vmpod.test=devices" exercises
 # the virtio disks and rng, "vmpod.test=vsock" the vsock device, "vmpod.test=net" the network
-# (see vmm/tests/devices.rs).
+# (see vmm/tests/devices.rs); "blk-read", "vsock-bulk" and "net-bulk" serve the device benchmark.
 set -euo pipefail
 out=${1:?usage: build-test-initramfs.sh OUT_DIR}
 busybox=/bin/busybox
@@ -56,6 +56,18 @@ case " $(cat /proc/cmdline) " in
         ping -c 1 -W 20 10.77.0.1 >/dev/null && echo "vmpod-init: ping ok"
         wget -q -O /payload.bin http://10.77.0.1:8080/payload.bin &&
             echo "vmpod-init: fetched sha256 $(sha256sum /payload.bin)" ;;
+    *" vmpod.test=net-bulk "*)
+        # TCP throughput: the host (10.77.0.1) sends on port 5001 until it closes, then
+        # receives vmpod.mib MiB on port 5002; the host times both.
+        mib=16
+        for word in $(cat /proc/cmdline); do
+            case "$word" in vmpod.mib=*) mib=${word#vmpod.mib=} ;; esac
+        done
+        ip link set eth0 up && ip addr add 10.77.0.2/24 dev eth0
+        ping -c 1 -W 20 10.77.0.1 >/dev/null && echo "vmpod-init: ping ok"
+        nc 10.77.0.1 5001 </dev/null >/dev/null && echo "vmpod-init: net download done"
+        dd if=/dev/zero bs=64k count=$((mib * 16)) 2>/dev/null | nc 10.77.0.1 5002 >/dev/null &&
+            echo "vmpod-init: net upload done" ;;
     *" vmpod.test=ext4-write "*)
         mount -t ext4 /dev/vda /mnt && echo "survives a reboot" > /mnt/note.txt && umount /mnt &&
             echo "vmpod-init: ext4 written" ;;
@@ -63,6 +75,7 @@ case " $(cat /proc/cmdline) " in
         mount -t ext4 -o ro /dev/vda /mnt && echo "vmpod-init: ext4 note: $(cat /mnt/note.txt)" ;;
     *" vmpod.test=blk-read "*)
         # Sequential read of the whole first disk, timed by the guest's clock.
+        echo "vmpod-init: blk-read starting"
         read -r t0 _ < /proc/uptime
         dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null
         read -r t1 _ < /proc/uptime
