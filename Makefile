@@ -2,13 +2,16 @@
 SHELL := /bin/bash
 GUEST_DIR := build/guest
 RELEASE := target/release
+# The agent is the guest's only program: static, glibc (there is no musl target here).
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT := target/$(AGENT_TARGET)/release/vmpod-agent
 PREFIX ?= /usr/local
 SHARE := $(PREFIX)/share/vmpod
 export VMPOD_GUEST_DIR := $(CURDIR)/$(GUEST_DIR)
 
 FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build guest run test fuzz bench install fmt lint clean
+.PHONY: all setup build agent guest run test fuzz bench install fmt lint clean
 
 all: build guest
 
@@ -18,9 +21,14 @@ setup:
 build: setup
 	cargo build --release --workspace
 
+agent: setup
+	RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p vmpod-agent --target $(AGENT_TARGET)
+
 # The kernel build is cached outside the tree by config hash (guest-kernel/build.sh).
-guest: setup
+guest: setup agent
 	@guest-kernel/build.sh $(GUEST_DIR) >/dev/null
+	@scripts/build-agent-initramfs.sh $(AGENT) $(GUEST_DIR) >/dev/null
+	@scripts/build-busybox-rootfs.sh $(GUEST_DIR) >/dev/null
 	@scripts/build-test-initramfs.sh $(GUEST_DIR) >/dev/null
 	@scripts/build-tiny-guest.sh $(GUEST_DIR)
 
@@ -45,7 +53,7 @@ bench: build guest
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)
 	install -m 0755 $(RELEASE)/vmpod-vmm $(RELEASE)/vmpod-vhost-user $(DESTDIR)$(PREFIX)/bin/
-	install -m 0644 $(GUEST_DIR)/vmlinux $(GUEST_DIR)/test-initramfs.cpio $(DESTDIR)$(SHARE)/
+	install -m 0644 $(GUEST_DIR)/vmlinux $(GUEST_DIR)/initramfs.cpio $(DESTDIR)$(SHARE)/
 
 fmt:
 	cargo fmt --all

@@ -1,0 +1,79 @@
+//! vmpod-agent: PID 1 of a vmpod guest. Sets the guest up, then serves the vmpod protocol on
+//! vsock until the host asks it to power off.
+//!
+//! Not PID 1 (a test on the host), it serves on two Unix sockets instead:
+//!   vmpod-agent --listen-unix CONTROL_PATH STDIO_PATH
+
+mod cgroup;
+mod container;
+mod init;
+mod net;
+mod relay;
+mod rootfs;
+mod server;
+mod sys;
+
+use std::os::fd::OwnedFd;
+use vmpod_protocol::{AGENT_PORT, STDIO_PORT};
+
+/// An error with its causes, as one line for the console.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text += ": ";
+        text += &c.to_string();
+        cause = c.source();
+    }
+    text
+}
+
+fn unix_listener(path: &str) -> std::io::Result<OwnedFd> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener.into())
+}
+
+fn serve(control: OwnedFd, stdio: OwnedFd) -> Result<(), String> {
+    let mut server =
+        server::Server::new(control, stdio).map_err(|e| format!("start the server: {e}"))?;
+    server.run().map_err(|e| format!("event loop: {e}"))
+}
+
+fn run_as_init() -> Result<(), String> {
+    init::boot().map_err(|e| format!("guest set-up: {}", chain(&e)))?;
+    let control = sys::vsock_listen(AGENT_PORT)
+        .map_err(|e| format!("listen on vsock port {AGENT_PORT}: {e}"))?;
+    let stdio = sys::vsock_listen(STDIO_PORT)
+        .map_err(|e| format!("listen on vsock port {STDIO_PORT}: {e}"))?;
+    init::signal_ready();
+    eprintln!("vmpod-agent: ready on vsock port {AGENT_PORT}");
+    serve(control, stdio)
+}
+
+fn main() {
+    if std::process::id() == 1 {
+        if let Err(why) = run_as_init() {
+            // Said on the console; PID 1 then exits, the kernel panics and the VMM reports it.
+            eprintln!("vmpod-agent: {why}");
+            std::process::exit(1);
+        }
+        init::power_off();
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.as_slice() {
+        [_, flag, control, stdio] if flag == "--listen-unix" => unix_listener(control)
+            .and_then(|c| Ok((c, unix_listener(stdio)?)))
+            .map_err(|e| format!("listen: {e}"))
+            .and_then(|(c, s)| serve(c, s)),
+        _ => Err(
+            "runs as PID 1 of a vmpod guest; for tests: --listen-unix CONTROL_PATH STDIO_PATH"
+                .into(),
+        ),
+    };
+    if let Err(why) = result {
+        eprintln!("vmpod-agent: {why}");
+        std::process::exit(1);
+    }
+}
