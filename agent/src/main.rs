@@ -16,6 +16,18 @@ mod sys;
 use std::os::fd::OwnedFd;
 use vmpod_protocol::{AGENT_PORT, STDIO_PORT};
 
+/// Set by `vmpod.debug` on the kernel command line: the agent narrates on the console.
+pub(crate) static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+macro_rules! debug {
+    ($($arg:tt)*) => {
+        if $crate::DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("vmpod-agent: {}", format!($($arg)*));
+        }
+    };
+}
+pub(crate) use debug;
+
 /// An error with its causes, as one line for the console.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -43,6 +55,10 @@ fn serve(control: OwnedFd, stdio: OwnedFd) -> Result<(), String> {
 
 fn run_as_init() -> Result<(), String> {
     init::boot().map_err(|e| format!("guest set-up: {}", chain(&e)))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == "vmpod.debug") {
+        DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let control = sys::vsock_listen(AGENT_PORT)
         .map_err(|e| format!("listen on vsock port {AGENT_PORT}: {e}"))?;
     let stdio = sys::vsock_listen(STDIO_PORT)

@@ -491,6 +491,7 @@ impl Server {
                 ),
             };
         }
+        crate::debug!("request {id}: {:?}", std::mem::discriminant(&request.body));
         let reply = self.handle(request.body);
         self.respond(conn, id, reply);
     }
@@ -773,11 +774,18 @@ impl Server {
                 _ => continue,
             };
             let Some(key) = self.pids.remove(&pid.as_raw()) else {
+                crate::debug!("reaped pid {pid} ({status:?})");
                 continue;
             };
+            crate::debug!("{} exited: {status:?}", proc_name(&key));
             let mut oom_killed = false;
             if let Some(c) = self.containers.get_mut(&key.0) {
                 let kills = cgroup::oom_kills(&c.container.cgroup);
+                crate::debug!(
+                    "{}: {kills} OOM kills in {}",
+                    proc_name(&key),
+                    c.container.cgroup.display()
+                );
                 if kills > c.oom_kills {
                     c.oom_kills = kills;
                     oom_killed = signal == Some(libc::SIGKILL);
@@ -817,6 +825,7 @@ impl Server {
         }
         let busy = |r: Option<u64>| r.is_some_and(|id| self.relays.contains_key(&id));
         if busy(p.stdout) || busy(p.stderr) {
+            crate::debug!("{} exited; its output is still flowing", proc_name(key));
             return;
         }
         p.reported = true;

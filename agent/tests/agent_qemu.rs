@@ -5,6 +5,7 @@ mod common;
 
 use common::{read_all, AgentVm};
 use oci_spec::runtime::Spec;
+use std::io::Write;
 use vmpod_protocol::{
     ClientError, CreateContainer, ExecProcess, RequestBody, ResponseBody, Rootfs, StdStream,
     StdioWiring, Upper,
@@ -18,6 +19,10 @@ fn spec(args: &[&str]) -> Spec {
         .expect("the default spec has a process");
     process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
     spec.set_process(Some(process));
+    // Writable, as docker and containerd make it (the OCI default is read-only).
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
     spec
 }
 
@@ -149,5 +154,292 @@ fn echo_exit_codes_signals_and_separate_streams() {
         (status, out.as_slice(), err.as_slice()),
         (0, &b"to-out\nmore-out\n"[..], &b"to-err\n"[..])
     );
+    vm.shutdown(&mut client);
+}
+
+type AgentClient = vmpod_protocol::Client<std::os::unix::net::UnixStream>;
+
+fn start(client: &mut AgentClient, id: &str) {
+    client
+        .call(RequestBody::StartContainer {
+            container_id: id.into(),
+        })
+        .expect("start");
+}
+
+fn remove(client: &mut AgentClient, id: &str) {
+    client
+        .call_done(RequestBody::RemoveContainer {
+            container_id: id.into(),
+        })
+        .expect("remove");
+}
+
+fn exec_request(container: &str, exec_id: &str, script: &str, stdio: StdioWiring) -> RequestBody {
+    let process = spec(&["sh", "-c", script]).process().clone().unwrap();
+    RequestBody::ExecProcess(ExecProcess {
+        container_id: container.into(),
+        exec_id: exec_id.into(),
+        process: Box::new(process),
+        stdio,
+    })
+}
+
+/// Runs `script` as an exec in a running container; returns (status, stdout).
+fn exec_output(
+    vm: &AgentVm,
+    client: &mut AgentClient,
+    container: &str,
+    exec_id: &str,
+    script: &str,
+) -> (i32, String) {
+    client
+        .call(exec_request(container, exec_id, script, OUT))
+        .expect("exec");
+    let out = vm.stream(container, Some(exec_id), StdStream::Stdout);
+    let err = vm.stream(container, Some(exec_id), StdStream::Stderr);
+    let reader = std::thread::spawn(move || {
+        let _ = read_all(err);
+    });
+    let stdout = read_all(out);
+    reader.join().unwrap();
+    let exit = client
+        .wait(container, Some(exec_id))
+        .expect("wait for the exec");
+    (exit.status, String::from_utf8_lossy(&stdout).into_owned())
+}
+
+#[test]
+fn ten_mib_through_cat_come_back_byte_equal() {
+    let vm = AgentVm::boot("agent-stdin", &[]);
+    let mut client = vm.client();
+    let wiring = StdioWiring {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+    };
+    create(&mut client, "cat", spec(&["cat"]), wiring).expect("create");
+    let mut stdin = vm.stream("cat", None, StdStream::Stdin);
+    let stdout = vm.stream("cat", None, StdStream::Stdout);
+    start(&mut client, "cat");
+    let payload: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let sent = payload.clone();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&sent).unwrap();
+        stdin.shutdown(std::net::Shutdown::Write).unwrap();
+        stdin
+    });
+    let echoed = read_all(stdout);
+    let _stdin = writer.join().unwrap();
+    let exit = client.wait("cat", None).expect("wait");
+    assert_eq!(exit.status, 0);
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "the bytes differ");
+    remove(&mut client, "cat");
+    vm.shutdown(&mut client);
+}
+
+#[test]
+fn exec_shares_files_and_pids_two_containers_share_only_the_network() {
+    let vm = AgentVm::boot("agent-exec", &[]);
+    let mut client = vm.client();
+    for id in ["a", "b"] {
+        let script = format!("echo {id} > /tmp/mine; hostname; exec sleep 1000");
+        create(
+            &mut client,
+            id,
+            spec(&["sh", "-c", &script]),
+            StdioWiring::default(),
+        )
+        .expect("create");
+        start(&mut client, id);
+    }
+    // The exec sees the container's files and its pid namespace (sleep is PID 1 there).
+    let (status, out) = exec_output(
+        &vm,
+        &mut client,
+        "a",
+        "look",
+        "sleep 0.2; cat /tmp/mine; cat /proc/1/cmdline | tr '\\0' ' '",
+    );
+    assert_eq!(status, 0);
+    assert_eq!(out, "a\nsleep 1000 ", "exec output");
+    let (_, out_b) = exec_output(&vm, &mut client, "b", "look", "cat /tmp/mine");
+    assert_eq!(out_b, "b\n", "b has its own files");
+    let ns = "for n in pid mnt net; do readlink /proc/self/ns/$n; done";
+    let (_, ns_a) = exec_output(&vm, &mut client, "a", "ns", ns);
+    let (_, ns_b) = exec_output(&vm, &mut client, "b", "ns", ns);
+    let (ns_a, ns_b): (Vec<&str>, Vec<&str>) = (ns_a.lines().collect(), ns_b.lines().collect());
+    assert_eq!(ns_a.len(), 3, "{ns_a:?}");
+    assert_ne!(ns_a[0], ns_b[0], "own pid namespaces");
+    assert_ne!(ns_a[1], ns_b[1], "own mount namespaces");
+    assert_eq!(ns_a[2], ns_b[2], "one network namespace, the VM's");
+    // One network: what a listens on, b reaches.
+    client
+        .call(exec_request(
+            "a",
+            "server",
+            "echo from-a | nc -l -p 7777",
+            StdioWiring::default(),
+        ))
+        .expect("exec server");
+    let (status, out) = exec_output(
+        &vm,
+        &mut client,
+        "b",
+        "client",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do nc 127.0.0.1 7777 </dev/null && break; sleep 0.3; done",
+    );
+    assert_eq!((status, out.as_str()), (0, "from-a\n"));
+    for id in ["a", "b"] {
+        remove(&mut client, id);
+    }
+    vm.shutdown(&mut client);
+}
+
+fn limited(script: &str, memory: Option<i64>, pids: Option<i64>) -> Spec {
+    use oci_spec::runtime::{LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
+    let mut spec = spec(&["sh", "-c", script]);
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(bytes) = memory {
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).build().unwrap());
+    }
+    if let Some(n) = pids {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(n).build().unwrap());
+    }
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_resources(Some(resources.build().unwrap()));
+    spec.set_linux(Some(linux));
+    spec
+}
+
+#[test]
+fn memory_and_pids_limits_are_enforced_and_oom_is_reported() {
+    let vm = AgentVm::boot("agent-limits", &[]);
+    let mut client = vm.client();
+    // A shell doubling a string until it holds far more than 32 MiB.
+    create(
+        &mut client,
+        "hog",
+        limited(
+            "x=0123456789abcdef; while :; do x=$x$x; done",
+            Some(32 << 20),
+            None,
+        ),
+        StdioWiring::default(),
+    )
+    .expect("create");
+    start(&mut client, "hog");
+    let exit = client.wait("hog", None).expect("wait");
+    assert_eq!((exit.status, exit.oom_killed), (137, true), "{exit:?}");
+    let events = client.take_events();
+    assert!(
+        events.iter().any(
+            |e| matches!(e, vmpod_protocol::Event::Oom { container_id } if container_id == "hog")
+        ),
+        "an Oom event was pushed before the exit: {events:?}"
+    );
+    remove(&mut client, "hog");
+
+    // pids.max 6: the shell and five sleeps; the sixth fork fails and ends the shell.
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 30 & echo started $i; done";
+    create(&mut client, "forks", limited(script, None, Some(6)), OUT).expect("create");
+    let out = vm.stream("forks", None, StdStream::Stdout);
+    let err = vm.stream("forks", None, StdStream::Stderr);
+    start(&mut client, "forks");
+    let err = std::thread::spawn(move || read_all(err));
+    let out = String::from_utf8_lossy(&read_all(out)).into_owned();
+    let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    let exit = client.wait("forks", None).expect("wait");
+    let started = out.lines().filter(|l| l.starts_with("started")).count();
+    assert_eq!(started, 5, "out {out:?} err {err:?}");
+    assert!(err.contains("can't fork"), "{err:?}");
+    assert_ne!(exit.status, 0);
+    let stats = client
+        .call(RequestBody::Stats {
+            container_id: "forks".into(),
+        })
+        .expect("stats");
+    let ResponseBody::Stats(stats) = stats else {
+        panic!("{stats:?}")
+    };
+    assert_eq!(stats.pids_limit, Some(6));
+    remove(&mut client, "forks");
+    vm.shutdown(&mut client);
+}
+
+#[test]
+fn pause_stops_a_counter_and_resume_continues_it() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let vm = AgentVm::boot("agent-pause", &[]);
+    let mut client = vm.client();
+    let script = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done";
+    create(
+        &mut client,
+        "counter",
+        spec(&["sh", "-c", script]),
+        StdioWiring {
+            stdin: false,
+            stdout: true,
+            stderr: false,
+        },
+    )
+    .expect("create");
+    let stdout = vm.stream("counter", None, StdStream::Stdout);
+    start(&mut client, "counter");
+    let seen = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                seen.lock().unwrap().push(line.trim().parse().unwrap_or(0));
+            }
+        })
+    };
+    let last = |seen: &Arc<Mutex<Vec<u64>>>| seen.lock().unwrap().last().copied().unwrap_or(0);
+    let count = |seen: &Arc<Mutex<Vec<u64>>>| seen.lock().unwrap().len();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    client
+        .call_done(RequestBody::PauseContainer {
+            container_id: "counter".into(),
+        })
+        .expect("pause");
+    // Whatever was in flight arrives; after that, nothing while frozen.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (paused_at, paused_len) = (last(&seen), count(&seen));
+    assert!(paused_at > 0, "the counter ran before the pause");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert_eq!(count(&seen), paused_len, "the counter moved while paused");
+    client
+        .call_done(RequestBody::ResumeContainer {
+            container_id: "counter".into(),
+        })
+        .expect("resume");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let values = seen.lock().unwrap().clone();
+    assert!(
+        values.len() > paused_len,
+        "the counter runs again after resume"
+    );
+    assert_eq!(
+        values[paused_len],
+        paused_at + 1,
+        "and continues where it stopped"
+    );
+    client
+        .call_done(RequestBody::SignalProcess {
+            container_id: "counter".into(),
+            exec_id: None,
+            signal: 9,
+            all: false,
+        })
+        .expect("kill");
+    client.wait("counter", None).expect("wait");
+    reader.join().unwrap();
+    remove(&mut client, "counter");
     vm.shutdown(&mut client);
 }

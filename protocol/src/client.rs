@@ -94,6 +94,11 @@ impl<S: Read + Write> Client<S> {
         }
     }
 
+    /// The events that arrived while responses were awaited, without waiting for more.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.drain(..).collect()
+    }
+
     /// The next pushed event, waiting for one if none is queued.
     pub fn next_event(&mut self) -> Result<Event, ClientError> {
         if let Some(e) = self.events.pop_front() {

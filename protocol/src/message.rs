@@ -104,7 +104,9 @@ pub enum Upper {
 }
 
 /// Which stdio streams the host will open on [`crate::STDIO_PORT`]. A stream not asked for
-/// is /dev/null in the container. With a terminal, `stdout` carries the pty and `stderr` is
+/// is /dev/null in the container; one asked for must be opened, since the process's exit is
+/// reported only once its stdout and stderr have been delivered (until then they wait in the
+/// pipe, and a process that fills it waits too). With a terminal, `stdout` carries the pty and `stderr` is
 /// unused.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StdioWiring {

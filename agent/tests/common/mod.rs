@@ -56,8 +56,20 @@ pub struct AgentVm {
     backends: Vec<Child>,
 }
 
+/// Children die with the test process, even when it is killed before its destructors run.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 fn start_backend(socket: &Path, args: &[String]) -> Child {
-    let child = Command::new(backend_binary())
+    let child = die_with_parent(&mut Command::new(backend_binary()))
         .arg("--socket")
         .arg(socket)
         .args(args)
@@ -116,28 +128,30 @@ impl AgentVm {
                 format!("vhost-user-blk,chardev=blk{i}"),
             ]);
         }
-        let qemu = Command::new(repo_root().join("scripts/qemu-microvm.sh"))
-            .args([
-                "--accel",
-                "tcg",
-                "--cpus",
-                "2",
-                "--memory",
-                "512",
-                "--cmdline",
-                "console=ttyS0 quiet",
-            ])
-            .arg("--kernel")
-            .arg(guest_file("vmlinux"))
-            .arg("--initrd")
-            .arg(guest_file("initramfs.cpio"))
-            .arg("--console")
-            .arg(&console)
-            .arg("--")
-            .args(&extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn qemu-microvm.sh");
+        let qemu = die_with_parent(&mut Command::new(
+            repo_root().join("scripts/qemu-microvm.sh"),
+        ))
+        .args([
+            "--accel",
+            "tcg",
+            "--cpus",
+            "2",
+            "--memory",
+            "512",
+            "--cmdline",
+            "console=ttyS0 quiet vmpod.debug",
+        ])
+        .arg("--kernel")
+        .arg(guest_file("vmlinux"))
+        .arg("--initrd")
+        .arg(guest_file("initramfs.cpio"))
+        .arg("--console")
+        .arg(&console)
+        .arg("--")
+        .args(&extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn qemu-microvm.sh");
         let mut vm = AgentVm {
             scratch,
             uds,
