@@ -443,3 +443,204 @@ fn pause_stops_a_counter_and_resume_continues_it() {
     remove(&mut client, "counter");
     vm.shutdown(&mut client);
 }
+
+#[test]
+fn a_terminal_process_gets_a_pty_that_resizes() {
+    let vm = AgentVm::boot("agent-tty", &[]);
+    let mut client = vm.client();
+    let mut tty = spec(&["sh"]);
+    let mut process = tty.process().clone().unwrap();
+    process.set_terminal(Some(true));
+    tty.set_process(Some(process));
+    let wiring = StdioWiring {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+    };
+    create(&mut client, "tty", tty, wiring).expect("create");
+    let mut stdin = vm.stream("tty", None, StdStream::Stdin);
+    let stdout = vm.stream("tty", None, StdStream::Stdout);
+    start(&mut client, "tty");
+    client
+        .call_done(RequestBody::ResizePty {
+            container_id: "tty".into(),
+            exec_id: None,
+            rows: 31,
+            cols: 101,
+        })
+        .expect("resize");
+    let reader = std::thread::spawn(move || read_all(stdout));
+    stdin
+        .write_all(b"[ -t 0 ] && echo is-a-tty; stty size; exit 3\n")
+        .unwrap();
+    let exit = client.wait("tty", None).expect("wait");
+    let out = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    assert_eq!(exit.status, 3);
+    assert!(out.contains("is-a-tty"), "{out:?}");
+    assert!(out.contains("31 101"), "{out:?}");
+    remove(&mut client, "tty");
+    vm.shutdown(&mut client);
+}
+
+fn refused(result: Result<ResponseBody, ClientError>) -> vmpod_protocol::ErrorReply {
+    match result {
+        Err(ClientError::Refused(reply)) => reply,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_input_gets_an_error_reply_and_the_agent_keeps_serving() {
+    use std::io::Read;
+    use vmpod_protocol::{ErrorKind, AGENT_PORT};
+    let vm = AgentVm::boot("agent-bad", &[]);
+    let mut client = vm.client();
+
+    // Unknown ids.
+    for body in [
+        RequestBody::StartContainer {
+            container_id: "ghost".into(),
+        },
+        RequestBody::Stats {
+            container_id: "ghost".into(),
+        },
+        RequestBody::RemoveContainer {
+            container_id: "ghost".into(),
+        },
+        RequestBody::WaitProcess {
+            container_id: "ghost".into(),
+            exec_id: None,
+        },
+        RequestBody::SignalProcess {
+            container_id: "ghost".into(),
+            exec_id: None,
+            signal: 9,
+            all: false,
+        },
+    ] {
+        let reply = refused(client.call(body));
+        assert_eq!(reply.kind, ErrorKind::NotFound, "{reply}");
+        assert!(reply.message.contains("ghost"), "{reply}");
+    }
+    // A missing rootfs disk, an id that could name a path, a spec without a process, a
+    // program that does not exist: each refused with the reason, and nothing left behind
+    // (the same id works afterwards).
+    let missing = client.call(RequestBody::CreateContainer(CreateContainer {
+        container_id: "c1".into(),
+        spec: Box::new(spec(&["true"])),
+        rootfs: Rootfs {
+            layers: vec!["no-such-disk".into()],
+            upper: Upper::Tmpfs,
+        },
+        stdio: StdioWiring::default(),
+    }));
+    let reply = refused(missing);
+    assert!(
+        reply.message.contains("no disk with serial 'no-such-disk'"),
+        "{reply}"
+    );
+    let reply = refused(create(
+        &mut client,
+        "../escape",
+        spec(&["true"]),
+        StdioWiring::default(),
+    ));
+    assert_eq!(reply.kind, ErrorKind::BadRequest, "{reply}");
+    let mut no_process = spec(&["true"]);
+    no_process.set_process(None);
+    let reply = refused(create(
+        &mut client,
+        "c1",
+        no_process,
+        StdioWiring::default(),
+    ));
+    assert!(reply.message.contains("no process"), "{reply}");
+    let reply = refused(create(
+        &mut client,
+        "c1",
+        spec(&["/no/such/program"]),
+        StdioWiring::default(),
+    ));
+    assert!(reply.message.contains("/no/such/program"), "{reply}");
+    let (status, out, _) = run(&vm, &mut client, "c1", "echo still-serving");
+    assert_eq!((status, out.as_slice()), (0, &b"still-serving\n"[..]));
+    // Starting twice.
+    create(
+        &mut client,
+        "twice",
+        spec(&["sleep", "100"]),
+        StdioWiring::default(),
+    )
+    .expect("create");
+    start(&mut client, "twice");
+    let reply = refused(client.call(RequestBody::StartContainer {
+        container_id: "twice".into(),
+    }));
+    assert_eq!(reply.kind, ErrorKind::InvalidState, "{reply}");
+    remove(&mut client, "twice");
+
+    // Frames: malformed JSON gets a reply and the connection lives on.
+    let mut raw = vm.connect(AGENT_PORT);
+    let garbage = b"{\"id\": 5, \"body\": nonsense";
+    raw.write_all(&(garbage.len() as u32).to_be_bytes())
+        .unwrap();
+    raw.write_all(garbage).unwrap();
+    let reply = read_reply(&mut raw);
+    assert!(
+        reply.contains("\"bad_request\"") && reply.contains("\"id\":0"),
+        "{reply}"
+    );
+    vmpod_protocol::frame::write_frame(
+        &mut raw,
+        &vmpod_protocol::Request {
+            id: 6,
+            body: RequestBody::Hello {
+                version: vmpod_protocol::PROTOCOL_VERSION,
+            },
+        },
+    )
+    .unwrap();
+    assert!(
+        read_reply(&mut raw).contains("\"id\":6"),
+        "the connection still serves"
+    );
+    // An oversized length: an error reply, then the agent hangs up.
+    raw.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let reply = read_reply(&mut raw);
+    assert!(reply.contains("exceeds"), "{reply}");
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "the connection is closed after an oversized frame"
+    );
+    // A frame cut short by a closed connection.
+    let mut cut = vm.connect(AGENT_PORT);
+    cut.write_all(&100u32.to_be_bytes()).unwrap();
+    cut.write_all(b"{\"id\":").unwrap();
+    drop(cut);
+    // Requests before hello are refused.
+    let mut early = vm.connect(AGENT_PORT);
+    vmpod_protocol::frame::write_frame(
+        &mut early,
+        &vmpod_protocol::Request {
+            id: 1,
+            body: RequestBody::Stats {
+                container_id: "x".into(),
+            },
+        },
+    )
+    .unwrap();
+    assert!(read_reply(&mut early).contains("first request must be hello"));
+    // After all that, the first client still works.
+    let (status, _, _) = run(&vm, &mut client, "after", "exit 7");
+    assert_eq!(status, 7);
+    vm.shutdown(&mut client);
+}
+
+fn read_reply(stream: &mut std::os::unix::net::UnixStream) -> String {
+    let frame = vmpod_protocol::frame::read_frame(stream)
+        .expect("read a reply")
+        .expect("a reply, not the end of the stream");
+    String::from_utf8_lossy(&frame).into_owned()
+}
