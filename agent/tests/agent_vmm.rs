@@ -1,0 +1,143 @@
+//! vmpod-agent on vmpod-vmm itself, with its in-process virtio devices: the product path. On
+//! kvm-pvm hosts the guest kernel runs emulated (a boot takes most of a minute), so this is
+//! one smoke case, an echo and an exit code; the full behaviour is covered on QEMU.
+
+mod common;
+
+use common::support::{repo_root, require_kvm, Scratch};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use vmpod_protocol::frame::write_frame;
+use vmpod_protocol::{
+    Client, CreateContainer, RequestBody, Rootfs, StdStream, StdioHello, StdioWiring, Upper,
+    AGENT_PORT, STDIO_PORT,
+};
+
+/// Kills the VMM if the test fails half-way.
+struct Vmm(std::process::Child);
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn connect(uds: &std::path::Path, port: u32) -> UnixStream {
+    let mut s = UnixStream::connect(uds).expect("connect to the VM's vsock socket");
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "handshake cut short");
+        line.push(byte[0]);
+    }
+    assert!(line.starts_with(b"OK "));
+    s
+}
+
+#[test]
+fn echo_and_an_exit_code_on_vmpod_vmm() {
+    require_kvm();
+    let scratch = Scratch::new("agent-vmm");
+    let guest = common::guest_dir();
+    let uds = scratch.path("vsock.sock");
+    let console = scratch.path("console.log");
+    let config = scratch.path("vm.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"kernel": "{}", "initrd": "{}", "cpus": 1, "memory_mib": 256, "console": "{}",
+                "cmdline": "console=ttyS0 quiet",
+                "disks": [{{"path": "{}", "read_only": true, "serial": "busybox"}}],
+                "vsock": {{"guest_cid": 3, "uds_path": "{}"}}}}"#,
+            guest.join("vmlinux").display(),
+            guest.join("initramfs.cpio").display(),
+            console.display(),
+            guest.join("busybox.erofs").display(),
+            uds.display()
+        ),
+    )
+    .unwrap();
+    let mut vmm = Vmm(Command::new(repo_root().join("target/release/vmpod-vmm"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn vmpod-vmm"));
+    let text = || std::fs::read_to_string(&console).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !text().contains("vmpod-agent: ready") {
+        if let Some(status) = vmm.0.try_wait().unwrap() {
+            panic!(
+                "vmpod-vmm ended ({status}) before the agent was ready:\n{}",
+                text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agent after 600 s:\n{}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut client = Client::handshake(connect(&uds, AGENT_PORT)).expect("hello");
+    for (id, script, code, output) in [
+        ("echo", "echo hello", 0, "hello\n"),
+        ("code", "exit 42", 42, ""),
+    ] {
+        let mut spec = oci_spec::runtime::Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+        spec.set_process(Some(process));
+        client
+            .call(RequestBody::CreateContainer(CreateContainer {
+                container_id: id.into(),
+                spec: Box::new(spec),
+                rootfs: Rootfs {
+                    layers: vec!["busybox".into()],
+                    upper: Upper::Tmpfs,
+                },
+                stdio: StdioWiring {
+                    stdin: false,
+                    stdout: true,
+                    stderr: false,
+                },
+            }))
+            .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", text()));
+        let mut stdout = connect(&uds, STDIO_PORT);
+        write_frame(
+            &mut stdout,
+            &StdioHello {
+                container_id: id.into(),
+                exec_id: None,
+                stream: StdStream::Stdout,
+            },
+        )
+        .unwrap();
+        client
+            .call(RequestBody::StartContainer {
+                container_id: id.into(),
+            })
+            .expect("start");
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).unwrap();
+        let exit = client.wait(id, None).expect("wait");
+        assert_eq!((exit.status, out.as_str()), (code, output));
+        client
+            .call_done(RequestBody::RemoveContainer {
+                container_id: id.into(),
+            })
+            .expect("remove");
+    }
+    client.call_done(RequestBody::Shutdown).expect("shutdown");
+    let status = vmm.0.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "vmpod-vmm exits 0 when the agent powers off:\n{}",
+        text()
+    );
+}
