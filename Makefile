@@ -49,6 +49,7 @@ fuzz: setup
 bench: build guest
 	scripts/bench_boot.py
 	scripts/bench_devices.py
+	cargo run --release -p vmpod-agent --example bench_agent
 
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)
