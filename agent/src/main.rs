@@ -59,6 +59,8 @@ fn run_as_init() -> Result<(), String> {
     if cmdline.split_whitespace().any(|w| w == "vmpod.debug") {
         DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    let cid = sys::vsock_local_cid().map_err(|e| format!("vsock: {e}"))?;
+    debug!("vsock CID {cid}");
     let control = sys::vsock_listen(AGENT_PORT)
         .map_err(|e| format!("listen on vsock port {AGENT_PORT}: {e}"))?;
     let stdio = sys::vsock_listen(STDIO_PORT)

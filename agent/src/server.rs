@@ -118,14 +118,6 @@ fn proc_name(key: &ProcKey) -> String {
     }
 }
 
-fn devnull(write: bool) -> io::Result<OwnedFd> {
-    let f = std::fs::OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .open("/dev/null")?;
-    Ok(f.into())
-}
-
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
@@ -135,27 +127,36 @@ struct Kept {
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    /// Output nobody asked for: read and dropped.
+    discard: Vec<OwnedFd>,
     console: Option<std::os::unix::net::UnixListener>,
 }
 
-/// The process's ends of its stdio (pipes, /dev/null, or a console socket) and ours.
+/// The process's ends of its stdio (pipes, or a console socket) and ours. Streams nobody asked
+/// for are pipes too, not /dev/null: an empty stdin, output the agent drains and drops. (A
+/// /dev/null opened by the agent reached the container as a read-only /dev/null on fds 0
+/// and 1, and writes to stdout failed.)
 fn plan_io(
     wiring: StdioWiring,
     terminal: bool,
     dir: &std::path::Path,
     name: &str,
 ) -> io::Result<(ProcessIo, Kept)> {
-    let mut io = ProcessIo {
-        stdin: devnull(false)?,
-        stdout: devnull(true)?,
-        stderr: devnull(true)?,
-        console_socket: None,
-    };
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
     let mut kept = Kept {
         stdin: None,
         stdout: None,
         stderr: None,
+        discard: Vec::new(),
         console: None,
+    };
+    let mut io = ProcessIo {
+        stdin: stdin_r,
+        stdout: stdout_w,
+        stderr: stderr_w,
+        console_socket: None,
     };
     if terminal {
         let path = dir.join(format!("console-{name}.sock"));
@@ -164,20 +165,19 @@ fn plan_io(
         io.console_socket = Some(path);
         return Ok((io, kept));
     }
+    // A stdin nobody feeds is at its end from the start.
     if wiring.stdin {
-        let (r, w) = pipe()?;
-        io.stdin = r;
-        kept.stdin = Some(w);
+        kept.stdin = Some(stdin_w);
     }
     if wiring.stdout {
-        let (r, w) = pipe()?;
-        io.stdout = w;
-        kept.stdout = Some(r);
+        kept.stdout = Some(stdout_r);
+    } else {
+        kept.discard.push(stdout_r);
     }
     if wiring.stderr {
-        let (r, w) = pipe()?;
-        io.stderr = w;
-        kept.stderr = Some(r);
+        kept.stderr = Some(stderr_r);
+    } else {
+        kept.discard.push(stderr_r);
     }
     Ok((io, kept))
 }
@@ -267,22 +267,48 @@ impl Server {
                 self.dispatch(ev.data(), ev.events());
             }
         }
-        // Let the Shutdown reply reach the host before the VM goes (a second at most).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        for control in self.controls.values_mut() {
-            while !control.out.is_empty() && std::time::Instant::now() < deadline {
-                match nix::unistd::write(&control.fd, &control.out) {
-                    Ok(n) => {
-                        control.out.drain(..n);
+        self.drain_before_power_off();
+        Ok(())
+    }
+
+    /// Bytes written to a vsock socket are still in the guest kernel, and a reset loses them:
+    /// the agent waits until every host client has read its reply and closed its connection
+    /// (what the protocol asks after Shutdown), two seconds at most.
+    fn drain_before_power_off(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut events = vec![EpollEvent::empty(); 16];
+        while !self.controls.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                eprintln!("vmpod-agent: a host client kept its connection open after Shutdown");
+                return;
+            }
+            let timeout = EpollTimeout::try_from(left).unwrap_or(EpollTimeout::ZERO);
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => return,
+            };
+            for ev in &events[..n] {
+                if let Some(Token::Control(id)) = self.tokens.get(&ev.data()) {
+                    let id = *id;
+                    if ev.events().contains(EpollFlags::EPOLLOUT) {
+                        self.flush(id);
                     }
-                    Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {
-                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    let mut buf = [0u8; 4096];
+                    let closed = match self.controls.get(&id) {
+                        Some(c) => matches!(
+                            nix::unistd::read(c.fd.as_raw_fd(), &mut buf),
+                            Ok(0) | Err(nix::Error::ECONNRESET)
+                        ),
+                        None => false,
+                    };
+                    if closed {
+                        self.close_control(id);
                     }
-                    Err(_) => break,
                 }
             }
         }
-        Ok(())
     }
 
     fn dispatch(&mut self, token: u64, events: EpollFlags) {
@@ -643,7 +669,11 @@ impl Server {
         src: Option<OwnedFd>,
         dst: Option<OwnedFd>,
     ) -> io::Result<u64> {
-        for fd in src.iter().chain(dst.iter()) {
+        self.add_relay(owner, Relay::new(src, dst))
+    }
+
+    fn add_relay(&mut self, owner: &ProcKey, relay: Relay) -> io::Result<u64> {
+        for fd in relay.src().iter().chain(relay.dst().iter()) {
             sys::set_nonblocking(fd.as_raw_fd())?;
         }
         self.next += 1;
@@ -653,7 +683,7 @@ impl Server {
         self.relays.insert(
             id,
             RelayEntry {
-                relay: Relay::new(src, dst),
+                relay,
                 src_token,
                 dst_token,
                 src_reg: false,
@@ -755,6 +785,15 @@ impl Server {
             }
             if let Some(r) = plan.stderr.take() {
                 proc.stderr = Some(self.new_relay(key, Some(r), None)?);
+            }
+            for r in plan.discard.drain(..) {
+                let id = self.add_relay(key, Relay::discard(r))?;
+                self.sync_relay(id);
+                if proc.stdout.is_none() {
+                    proc.stdout = Some(id);
+                } else {
+                    proc.stderr = Some(id);
+                }
             }
         }
         self.pids.insert(pid, key.clone());

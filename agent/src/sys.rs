@@ -43,6 +43,23 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The VM's vsock CID, or an error when the VM has no vsock device: without one, binding a
+/// listener still works but no host can ever connect.
+pub fn vsock_local_cid() -> io::Result<u32> {
+    const IOCTL_VM_SOCKETS_GET_LOCAL_CID: libc::Ioctl = 0x7b9;
+    let dev = std::fs::File::open("/dev/vsock")?;
+    let mut cid: u32 = libc::VMADDR_CID_ANY;
+    // SAFETY: the ioctl writes one u32.
+    cvt(unsafe { libc::ioctl(dev.as_raw_fd(), IOCTL_VM_SOCKETS_GET_LOCAL_CID, &mut cid) })?;
+    if cid == libc::VMADDR_CID_ANY {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the VM has no vsock device, so the host cannot reach the agent",
+        ));
+    }
+    Ok(cid)
+}
+
 /// Accepts one connection, non-blocking and close-on-exec; `None` when none is waiting.
 pub fn accept(listener: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     loop {

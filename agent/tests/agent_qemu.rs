@@ -644,3 +644,315 @@ fn read_reply(stream: &mut std::os::unix::net::UnixStream) -> String {
         .expect("a reply, not the end of the stream");
     String::from_utf8_lossy(&frame).into_owned()
 }
+
+/// Runs a container to its end with stdout only; returns (status, stdout).
+fn run_spec(
+    vm: &AgentVm,
+    client: &mut AgentClient,
+    id: &str,
+    spec: Spec,
+    rootfs: Rootfs,
+) -> (i32, String) {
+    client
+        .call(RequestBody::CreateContainer(CreateContainer {
+            container_id: id.into(),
+            spec: Box::new(spec),
+            rootfs,
+            stdio: StdioWiring {
+                stdin: false,
+                stdout: true,
+                stderr: false,
+            },
+        }))
+        .expect("create");
+    let out = vm.stream(id, None, StdStream::Stdout);
+    start(client, id);
+    let out = String::from_utf8_lossy(&read_all(out)).into_owned();
+    let exit = client.wait(id, None).expect("wait");
+    remove(client, id);
+    (exit.status, out)
+}
+
+#[test]
+fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
+    use oci_spec::runtime::{
+        Arch, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder,
+        LinuxSyscallBuilder, UserBuilder,
+    };
+    use vmpod_protocol::ErrorKind;
+    let scratch_img =
+        std::env::temp_dir().join(format!("vmpod-test-scratch-{}.ext4", std::process::id()));
+    let status = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&scratch_img)
+        .arg("32M")
+        .status()
+        .expect("run mkfs.ext4");
+    assert!(status.success());
+    let vm = AgentVm::boot(
+        "agent-spec",
+        &[common::Disk {
+            path: &scratch_img,
+            serial: "scratch",
+            read_only: false,
+        }],
+    );
+    let _ = std::fs::remove_file(&scratch_img);
+    let mut client = vm.client();
+
+    // Hostname, env, cwd, user.
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "echo \"$(hostname) $FOO $(pwd) $(id -u):$(id -g)\"",
+    ]);
+    s.set_hostname(Some("pod-a".into()));
+    let mut p = s.process().clone().unwrap();
+    p.set_env(Some(vec!["PATH=/bin".into(), "FOO=bar".into()]));
+    p.set_cwd("/tmp".into());
+    p.set_user(
+        UserBuilder::default()
+            .uid(65534u32)
+            .gid(65534u32)
+            .build()
+            .unwrap(),
+    );
+    s.set_process(Some(p));
+    let (status, out) = run_spec(&vm, &mut client, "fields", s, busybox());
+    assert_eq!((status, out.as_str()), (0, "pod-a bar /tmp 65534:65534\n"));
+
+    // The spec's seccomp profile holds in the container and in what is exec'd into it.
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "mkdir /tmp/x 2>/dev/null || echo denied; exec sleep 1000",
+    ]);
+    let mut linux = s.linux().clone().unwrap();
+    linux.set_seccomp(Some(
+        LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .architectures(vec![Arch::ScmpArchX86_64])
+            .syscalls(vec![LinuxSyscallBuilder::default()
+                .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(1u32)
+                .build()
+                .unwrap()])
+            .build()
+            .unwrap(),
+    ));
+    s.set_linux(Some(linux));
+    client
+        .call(RequestBody::CreateContainer(CreateContainer {
+            container_id: "filtered".into(),
+            spec: Box::new(s),
+            rootfs: busybox(),
+            stdio: StdioWiring {
+                stdin: false,
+                stdout: true,
+                stderr: false,
+            },
+        }))
+        .expect("create");
+    let out = vm.stream("filtered", None, StdStream::Stdout);
+    start(&mut client, "filtered");
+    let reader = std::thread::spawn(move || read_all(out));
+    client
+        .call(exec_request(
+            "filtered",
+            "try",
+            "mkdir /tmp/y 2>/dev/null || echo denied-in-exec",
+            StdioWiring {
+                stdin: false,
+                stdout: true,
+                stderr: false,
+            },
+        ))
+        .expect("exec");
+    let exec_out = read_all(vm.stream("filtered", Some("try"), StdStream::Stdout));
+    assert_eq!(String::from_utf8_lossy(&exec_out), "denied-in-exec\n");
+    // Limits change on a running container.
+    let resources = LinuxResourcesBuilder::default()
+        .pids(LinuxPidsBuilder::default().limit(10i64).build().unwrap())
+        .build()
+        .unwrap();
+    client
+        .call_done(RequestBody::UpdateResources {
+            container_id: "filtered".into(),
+            resources: Box::new(resources),
+        })
+        .expect("update");
+    let ResponseBody::Stats(stats) = client
+        .call(RequestBody::Stats {
+            container_id: "filtered".into(),
+        })
+        .expect("stats")
+    else {
+        panic!("stats")
+    };
+    assert_eq!(stats.pids_limit, Some(10));
+    assert!(
+        stats.memory_current > 0 && stats.pids_current >= 1,
+        "{stats:?}"
+    );
+    client
+        .call_done(RequestBody::SignalProcess {
+            container_id: "filtered".into(),
+            exec_id: None,
+            signal: 9,
+            all: true,
+        })
+        .expect("signal all");
+    client.wait("filtered", None).expect("wait");
+    assert_eq!(String::from_utf8_lossy(&reader.join().unwrap()), "denied\n");
+    remove(&mut client, "filtered");
+
+    // A writable layer on an ext4 scratch disk keeps what the container wrote.
+    let on_disk = Rootfs {
+        layers: vec!["busybox".into()],
+        upper: Upper::Disk {
+            serial: "scratch".into(),
+        },
+    };
+    let (status, _) = run_spec(
+        &vm,
+        &mut client,
+        "w1",
+        spec(&["sh", "-c", "echo kept > /data.txt"]),
+        on_disk.clone(),
+    );
+    assert_eq!(status, 0);
+    let (_, out) = run_spec(&vm, &mut client, "w2", spec(&["cat", "/data.txt"]), on_disk);
+    assert_eq!(out, "kept\n");
+
+    // The clock and the entropy pool, as a restored clone needs them.
+    client
+        .call_done(RequestBody::SetTime {
+            unix_secs: 1_893_456_000,
+            nanos: 0,
+        })
+        .expect("set time");
+    let (_, out) = run_spec(
+        &vm,
+        &mut client,
+        "clock",
+        spec(&["date", "-u", "+%Y"]),
+        busybox(),
+    );
+    assert_eq!(out, "2030\n");
+    client
+        .call_done(RequestBody::AddEntropy { bytes: vec![7; 64] })
+        .expect("entropy");
+    assert_eq!(
+        refused(client.call(RequestBody::AddEntropy { bytes: vec![] })).kind,
+        ErrorKind::Failed
+    );
+    assert_eq!(
+        refused(client.call(RequestBody::SetTime {
+            unix_secs: 0,
+            nanos: 2_000_000_000
+        }))
+        .kind,
+        ErrorKind::Failed
+    );
+
+    // CloseStdin ends a reader whose stream the host keeps open.
+    client
+        .call(RequestBody::CreateContainer(CreateContainer {
+            container_id: "reader".into(),
+            spec: Box::new(spec(&["cat"])),
+            rootfs: busybox(),
+            stdio: StdioWiring {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+            },
+        }))
+        .expect("create");
+    let mut stdin = vm.stream("reader", None, StdStream::Stdin);
+    let out = vm.stream("reader", None, StdStream::Stdout);
+    let err = vm.stream("reader", None, StdStream::Stderr);
+    start(&mut client, "reader");
+    let readers = std::thread::spawn(move || (read_all(out), read_all(err)));
+    stdin.write_all(b"some input\n").unwrap();
+    // The bytes come back before stdin is closed: nothing written before CloseStdin is lost.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    client
+        .call_done(RequestBody::CloseStdin {
+            container_id: "reader".into(),
+            exec_id: None,
+        })
+        .expect("close stdin");
+    let exit = client.wait("reader", None).expect("wait");
+    let (out, err) = readers.join().unwrap();
+    assert_eq!(
+        (
+            exit.status,
+            String::from_utf8_lossy(&out).as_ref(),
+            String::from_utf8_lossy(&err).as_ref()
+        ),
+        (0, "some input\n", "")
+    );
+    remove(&mut client, "reader");
+
+    // Output nobody asked for goes to /dev/null, and input is empty.
+    create(
+        &mut client,
+        "quiet",
+        spec(&[
+            "sh",
+            "-c",
+            "echo dropped || exit 11; cat || exit 12; echo dropped >&2 || exit 13",
+        ]),
+        StdioWiring::default(),
+    )
+    .expect("create");
+    start(&mut client, "quiet");
+    assert_eq!(client.wait("quiet", None).expect("wait").status, 0);
+    remove(&mut client, "quiet");
+
+    // A network request that cannot be right is refused whole.
+    let bad = vmpod_protocol::NetworkConfig {
+        routes: vec![vmpod_protocol::Route {
+            destination: "default".into(),
+            gateway: Some("nonsense".into()),
+        }],
+        ..Default::default()
+    };
+    let reply = refused(client.call(RequestBody::SetupNetwork(bad)));
+    assert_eq!(reply.kind, ErrorKind::BadRequest, "{reply}");
+    vm.shutdown(&mut client);
+}
+
+#[test]
+fn an_agent_that_cannot_start_says_why_on_the_console_and_the_vm_stops() {
+    // No vsock device: the agent cannot listen.
+    let scratch = common::support::Scratch::new("agent-novsock");
+    let console = scratch.path("console.log");
+    let guest = common::guest_dir();
+    let status =
+        std::process::Command::new(common::support::repo_root().join("scripts/qemu-microvm.sh"))
+            .args([
+                "--accel",
+                "tcg",
+                "--memory",
+                "256",
+                "--cmdline",
+                "console=ttyS0 quiet",
+            ])
+            .arg("--kernel")
+            .arg(guest.join("vmlinux"))
+            .arg("--initrd")
+            .arg(guest.join("initramfs.cpio"))
+            .arg("--console")
+            .arg(&console)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("run QEMU");
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(status.success(), "QEMU stops when the guest does: {status}");
+    assert!(
+        text.contains("vmpod-agent: vsock: the VM has no vsock device"),
+        "the reason is on the console:\n{text}"
+    );
+}

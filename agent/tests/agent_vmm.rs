@@ -133,6 +133,7 @@ fn echo_and_an_exit_code_on_vmpod_vmm() {
             .expect("remove");
     }
     client.call_done(RequestBody::Shutdown).expect("shutdown");
+    drop(client);
     let status = vmm.0.wait().unwrap();
     assert_eq!(
         status.code(),

@@ -73,7 +73,9 @@ pub enum RequestBody {
     AddEntropy {
         bytes: Vec<u8>,
     },
-    /// Stops every container and powers the VM off.
+    /// Stops every container and powers the VM off once every client has closed its control
+    /// connection (two seconds at most): until the host has read the reply, it may still be in
+    /// the guest's socket buffers, which a power-off loses.
     Shutdown,
 }
 

@@ -237,6 +237,8 @@ impl AgentVm {
         client
             .call_done(vmpod_protocol::RequestBody::Shutdown)
             .expect("shutdown");
+        // The agent powers off once its clients hang up.
+        let _ = client.stream().shutdown(std::net::Shutdown::Both);
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.qemu.try_wait().unwrap().is_none() {
             assert!(
