@@ -32,9 +32,9 @@ guest: setup agent
 	@scripts/build-test-initramfs.sh $(GUEST_DIR) >/dev/null
 	@scripts/build-tiny-guest.sh $(GUEST_DIR)
 
-# Boots the tiny test guest on vmpod-vmm and prints its console.
+# Runs a container in its own microVM (the busybox tree `make guest` builds).
 run: build guest
-	$(RELEASE)/vmpod-vmm --kernel $(GUEST_DIR)/tiny-guest.elf --memory 16 --console stdout
+	$(RELEASE)/vmpod run --rm --rootfs $(GUEST_DIR)/busybox-rootfs echo hello from a microVM
 
 test: build guest
 	cargo fmt --all --check
@@ -53,7 +53,7 @@ bench: build guest
 
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)
-	install -m 0755 $(RELEASE)/vmpod-vmm $(RELEASE)/vmpod-vhost-user $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(RELEASE)/vmpod $(RELEASE)/vmpod-vmm $(RELEASE)/vmpod-vhost-user $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 $(GUEST_DIR)/vmlinux $(GUEST_DIR)/initramfs.cpio $(DESTDIR)$(SHARE)/
 
 fmt:

@@ -1,0 +1,30 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{what}: {path} is missing ({hint})")]
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VM ended before its agent was ready ({status}); its console says:\n{console}")]
+    VmEnded { status: String, console: String },
+    #[error("the agent was not ready within {0} s")]
+    AgentTimeout(u64),
+    #[error("agent")]
+    Agent(#[from] vmpod_protocol::ClientError),
+}
+
+pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}

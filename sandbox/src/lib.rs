@@ -1,0 +1,15 @@
+//! vmpod-sandbox: one pod's microVM from the host side. A [`Sandbox`] owns a state directory
+//! under /run/vmpod, the VM (through the [`hypervisor`] seam: vmpod-vmm or QEMU), the
+//! connection to the agent inside it, and the clean-up of all of them.
+
+pub mod error;
+pub mod hypervisor;
+pub mod paths;
+mod process;
+pub mod qemu;
+pub mod sandbox;
+pub mod vmm;
+
+pub use error::SandboxError;
+pub use hypervisor::{Backend, Hypervisor, VmSpec};
+pub use sandbox::{Sandbox, SandboxConfig};

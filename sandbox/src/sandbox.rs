@@ -1,0 +1,185 @@
+//! One sandbox: its state directory, its VM and the agent inside it. Dropping it stops the VM
+//! and removes every file it made, on every path out (errors and panics included).
+
+use crate::error::{io, SandboxError};
+use crate::hypervisor::{Backend, Disk, Hypervisor, VmSpec};
+use crate::paths;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use vmpod_protocol::frame::write_frame;
+use vmpod_protocol::{Client, RequestBody, StdStream, StdioHello, AGENT_PORT, STDIO_PORT};
+
+pub struct SandboxConfig {
+    pub backend: Backend,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub disks: Vec<Disk>,
+    /// The agent narrates on the console (`vmpod.debug`).
+    pub debug: bool,
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub state_dir: PathBuf,
+    vm: Box<dyn Hypervisor>,
+    agent: Option<Client<UnixStream>>,
+}
+
+fn random_id() -> Result<String, SandboxError> {
+    let mut bytes = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io("read /dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A connection to a guest port through the hybrid vsock socket; `None` while nothing in the
+/// guest listens there (the device then closes the connection instead of answering OK).
+fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
+    let mut stream = UnixStream::connect(uds).ok()?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .ok()?;
+    // Byte by byte: what follows the line belongs to the caller.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') && line.len() < 64 {
+        match stream.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => return None,
+        }
+    }
+    line.starts_with(b"OK ").then_some(stream)
+}
+
+impl Sandbox {
+    /// Boots a VM with the agent and waits until the agent answers.
+    pub fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        if config.cpus == 0 {
+            return Err(SandboxError::Invalid("--cpus must be at least 1".into()));
+        }
+        if config.memory_mib < 64 {
+            return Err(SandboxError::Invalid(format!(
+                "--memory must be at least 64 MiB for the guest kernel and agent, not {} MiB",
+                config.memory_mib
+            )));
+        }
+        let kernel = paths::guest_file("vmlinux")?;
+        let initrd = paths::guest_file("initramfs.cpio")?;
+        let id = random_id()?;
+        let state_dir = Path::new(paths::STATE_ROOT).join(&id);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(io(format!("create {}", state_dir.display())))?;
+        let mut sandbox = Sandbox {
+            id,
+            state_dir: state_dir.clone(),
+            vm: config.backend.hypervisor(),
+            agent: None,
+        };
+        let spec = VmSpec {
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            kernel,
+            initrd,
+            cmdline: if config.debug {
+                "vmpod.debug".into()
+            } else {
+                String::new()
+            },
+            disks: config.disks,
+            state_dir,
+        };
+        sandbox.vm.start(&spec)?;
+        sandbox.wait_for_agent()?;
+        Ok(sandbox)
+    }
+
+    pub fn hypervisor_name(&self) -> &'static str {
+        self.vm.name()
+    }
+
+    fn console_text(&self) -> String {
+        std::fs::read_to_string(self.vm.console()).unwrap_or_default()
+    }
+
+    fn wait_for_agent(&mut self) -> Result<(), SandboxError> {
+        // A kvm-pvm boot takes most of a minute; TCG about a second.
+        const LIMIT: u64 = 600;
+        let deadline = Instant::now() + Duration::from_secs(LIMIT);
+        loop {
+            if let Some(status) = self.vm.ended() {
+                return Err(SandboxError::VmEnded {
+                    status,
+                    console: self.console_text(),
+                });
+            }
+            if let Some(stream) = connect(self.vm.vsock_uds(), AGENT_PORT) {
+                self.agent = Some(Client::handshake(stream)?);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(SandboxError::AgentTimeout(LIMIT));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn agent(&mut self) -> &mut Client<UnixStream> {
+        self.agent
+            .as_mut()
+            .expect("the agent is connected once start returns")
+    }
+
+    /// A second control connection, e.g. for signals while the first waits for an exit.
+    pub fn control_connection(&self) -> Result<Client<UnixStream>, SandboxError> {
+        let stream = connect(self.vm.vsock_uds(), AGENT_PORT).ok_or_else(|| {
+            SandboxError::Invalid("the agent refused a control connection".into())
+        })?;
+        Ok(Client::handshake(stream)?)
+    }
+
+    /// Opens one stdio stream of a process.
+    pub fn stream(
+        &self,
+        container: &str,
+        exec: Option<&str>,
+        stream: StdStream,
+    ) -> Result<UnixStream, SandboxError> {
+        let mut s = connect(self.vm.vsock_uds(), STDIO_PORT)
+            .ok_or_else(|| SandboxError::Invalid("the agent refused a stdio stream".into()))?;
+        write_frame(
+            &mut s,
+            &StdioHello {
+                container_id: container.into(),
+                exec_id: exec.map(str::to_string),
+                stream,
+            },
+        )
+        .map_err(vmpod_protocol::ClientError::from)?;
+        Ok(s)
+    }
+
+    /// Has the VM ended on its own (crash, panic)?
+    pub fn vm_ended(&mut self) -> Option<String> {
+        self.vm.ended()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Ask the agent to power off cleanly, briefly; the VM is killed either way.
+        if let Some(mut agent) = self.agent.take() {
+            if agent.call_done(RequestBody::Shutdown).is_ok() {
+                drop(agent);
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while self.vm.ended().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        self.vm.kill();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
