@@ -215,3 +215,158 @@ fn leftovers() -> (usize, usize) {
         .count();
     (dirs, procs)
 }
+
+/// Processes whose command line mentions `needle` (a sandbox's state directory).
+fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Starts `vmpod run ... sleep 1000` and returns it with its state directory once it exists.
+fn sleeping_run() -> (std::process::Child, String) {
+    let before: Vec<String> = std::fs::read_dir("/run/vmpod")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let root = rootfs();
+    let child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
+        .args([
+            "run",
+            "--rm",
+            "--rootfs",
+            root.to_str().unwrap(),
+            "sleep",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmpod");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now: Vec<String> = std::fs::read_dir("/run/vmpod")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(id) = now.into_iter().find(|n| !before.contains(n)) {
+            let dir = format!("/run/vmpod/{id}");
+            // Wait for the guest: the agent's socket is there once QEMU runs.
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            return (child, dir);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no state directory appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn gone_within(dir: &str, seconds: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if !std::path::Path::new(dir).exists() && processes_mentioning(dir).is_empty() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn kill_9_of_the_cli_takes_the_vm_and_its_state_with_it() {
+    let _serial = serial();
+    let (mut cli, dir) = sleeping_run();
+    assert!(!processes_mentioning(&dir).is_empty(), "the VM runs");
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    assert!(
+        gone_within(&dir, 10),
+        "left behind: {:?}",
+        processes_mentioning(&dir)
+    );
+}
+
+#[test]
+fn a_vm_that_dies_under_a_run_ends_it_with_125_and_nothing_left() {
+    let _serial = serial();
+    let (cli, dir) = sleeping_run();
+    let vm: Vec<(i32, String)> = processes_mentioning(&dir)
+        .into_iter()
+        .filter(|(_, c)| c.starts_with("qemu-system") || c.contains("vmpod-vmm"))
+        .collect();
+    assert_eq!(vm.len(), 1, "{vm:?}");
+    // SAFETY: kill(2) of the VM process found above.
+    unsafe { libc::kill(vm[0].0, libc::SIGKILL) };
+    let out = cli.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("lost the container"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        gone_within(&dir, 10),
+        "left behind: {:?}",
+        processes_mentioning(&dir)
+    );
+}
+
+#[test]
+fn eight_runs_at_once_all_succeed() {
+    let _serial = serial();
+    let root = rootfs();
+    let runs: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_vmpod"))
+                .args(["run", "--rm", "--rootfs", root.to_str().unwrap(), "echo"])
+                .arg(format!("run-{i}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn vmpod")
+        })
+        .collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.wait_with_output().unwrap();
+        assert_eq!(
+            (out.status.code(), text(&out.stdout)),
+            (Some(0), format!("run-{i}\n")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn smoke_on_vmpod_vmm() {
+    // The product path; on kvm-pvm hosts the boot alone takes most of a minute.
+    support::require_kvm();
+    let _serial = serial();
+    let out = run(
+        &["--hypervisor", "vmm"],
+        &["sh", "-c", "echo hello; exit 3"],
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(3), "hello\n"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -25,6 +25,31 @@ pub struct Sandbox {
     pub state_dir: PathBuf,
     vm: Box<dyn Hypervisor>,
     agent: Option<Client<UnixStream>>,
+    janitor: Option<std::process::Child>,
+}
+
+/// Removes the state directory if the sandbox's owner dies without doing it (`kill -9`): the
+/// kernel sends it SIGTERM when its parent goes (the VM's processes get SIGKILL then), and the
+/// trap cleans up. A normal end kills it first.
+fn spawn_janitor(state_dir: &Path) -> Result<std::process::Child, SandboxError> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"trap 'kill $! 2>/dev/null; rm -rf "$0"; exit 0' TERM; while :; do sleep 3600 & wait $!; done"#)
+        .arg(state_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: prctl and setpgid are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Its own process group: a Ctrl-C meant for the container does not reach it.
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(io("start the sandbox's clean-up watcher (/bin/sh)"))
 }
 
 fn random_id() -> Result<String, SandboxError> {
@@ -77,7 +102,9 @@ impl Sandbox {
             state_dir: state_dir.clone(),
             vm: config.backend.hypervisor(),
             agent: None,
+            janitor: None,
         };
+        sandbox.janitor = Some(spawn_janitor(&state_dir)?);
         let spec = VmSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
@@ -181,5 +208,11 @@ impl Drop for Sandbox {
         }
         self.vm.kill();
         let _ = std::fs::remove_dir_all(&self.state_dir);
+        if let Some(mut janitor) = self.janitor.take() {
+            // SIGTERM: its trap also ends its sleep.
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(janitor.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = janitor.wait();
+        }
     }
 }
