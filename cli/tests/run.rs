@@ -231,6 +231,8 @@ fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
 }
 
 /// Starts `vmpod run ... sleep 1000` and returns it with its state directory once it exists.
+// The child is handed to the caller, who waits for it.
+#[allow(clippy::zombie_processes)]
 fn sleeping_run() -> (std::process::Child, String) {
     let before: Vec<String> = std::fs::read_dir("/run/vmpod")
         .map(|d| {
@@ -240,7 +242,7 @@ fn sleeping_run() -> (std::process::Child, String) {
         })
         .unwrap_or_default();
     let root = rootfs();
-    let child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
         .args([
             "run",
             "--rm",
@@ -269,10 +271,11 @@ fn sleeping_run() -> (std::process::Child, String) {
             std::thread::sleep(std::time::Duration::from_secs(3));
             return (child, dir);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no state directory appeared"
-        );
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output();
+            panic!("no state directory appeared: {out:?}");
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
