@@ -8,8 +8,8 @@ packages=(
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
     # guests, the comparison hypervisor, the test initramfs, test disk images
     qemu-system-x86 busybox-static erofs-utils e2fsprogs iproute2
-    # the agent links libseccomp statically
-    libseccomp-dev
+    # the agent links libseccomp statically; runc and crun are what the benchmarks compare with
+    libseccomp-dev runc crun
     # benchmark plots
     gnuplot-nox
 )

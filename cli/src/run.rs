@@ -164,7 +164,44 @@ fn build_spec(args: &RunArgs, command: &[String]) -> Result<Spec, Failure> {
     Ok(spec)
 }
 
+/// Where a run's time goes, printed on stderr when VMPOD_TIMING is set (the benchmark reads it).
+struct Timing {
+    start: std::time::Instant,
+    marks: Vec<(&'static str, std::time::Instant)>,
+}
+
+impl Timing {
+    fn new() -> Timing {
+        Timing {
+            start: std::time::Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        self.marks.push((step, std::time::Instant::now()));
+    }
+
+    fn report(&self) {
+        if std::env::var_os("VMPOD_TIMING").is_none() {
+            return;
+        }
+        let mut last = self.start;
+        let steps: Vec<String> = self
+            .marks
+            .iter()
+            .map(|(step, at)| {
+                let ms = at.duration_since(last).as_secs_f64() * 1e3;
+                last = *at;
+                format!("{step}={ms:.1}")
+            })
+            .collect();
+        eprintln!("vmpod: timing ms: {}", steps.join(" "));
+    }
+}
+
 fn run_container(args: RunArgs) -> Result<i32, Failure> {
+    let mut timing = Timing::new();
     if args.detach {
         return Err(runtime(
             "-d is not supported yet: runs stay in the foreground",
@@ -230,6 +267,7 @@ fn run_container(args: RunArgs) -> Result<i32, Failure> {
     spec.set_linux(Some(linux));
 
     let layer = rootfs::layer_for(&dir).map_err(runtime)?;
+    timing.mark("rootfs");
     let backend = Backend::choose(&args.hypervisor).map_err(|e| runtime(e.to_string()))?;
     let memory_mib = limit
         .map(|b| (b >> 20) + VM_OVERHEAD_MIB)
@@ -246,6 +284,7 @@ fn run_container(args: RunArgs) -> Result<i32, Failure> {
         debug: args.debug,
     })
     .map_err(|e| runtime(chain(&e)))?;
+    timing.mark("vm_boot_to_agent");
     let id = "main";
     let wiring = StdioWiring {
         stdin: args.interactive,
@@ -266,6 +305,7 @@ fn run_container(args: RunArgs) -> Result<i32, Failure> {
     if let Err(e) = created {
         return Err(create_failure(&args.args[0], e));
     }
+    timing.mark("create");
     let stream = |s: &Sandbox, which| s.stream(id, None, which).map_err(|e| runtime(chain(&e)));
     let stdout = stream(&sandbox, StdStream::Stdout)?;
     let stderr = if wiring.stderr {
@@ -289,6 +329,7 @@ fn run_container(args: RunArgs) -> Result<i32, Failure> {
             container_id: id.into(),
         })
         .map_err(|e| runtime(format!("start: {e}")))?;
+    timing.mark("start");
 
     let out = std::thread::spawn(move || copy(stdout, std::io::stdout()));
     let err = stderr.map(|s| std::thread::spawn(move || copy(s, std::io::stderr())));
@@ -299,10 +340,13 @@ fn run_container(args: RunArgs) -> Result<i32, Failure> {
         });
     }
     // Ctrl-C and SIGTERM go to the container; a window resize to its terminal.
+    let mut signal_connection = None;
     if let (Ok(mut signals), Ok(mut control)) = (
         signals::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGWINCH]),
         sandbox.control_connection(),
     ) {
+        // Closed once the container has exited: the agent powers off when its clients hang up.
+        signal_connection = control.stream().try_clone().ok();
         let tty = args.tty;
         if tty {
             resize(&mut control, id);
@@ -337,9 +381,16 @@ fn run_container(args: RunArgs) -> Result<i32, Failure> {
             .unwrap_or_default();
         runtime(format!("lost the container: {e}{why}"))
     })?;
+    timing.mark("run");
+    if let Some(connection) = signal_connection {
+        let _ = connection.shutdown(std::net::Shutdown::Both);
+    }
     let _ = sandbox.agent().call_done(RequestBody::RemoveContainer {
         container_id: id.into(),
     });
+    drop(sandbox);
+    timing.mark("teardown");
+    timing.report();
     Ok(exit.status)
 }
 
