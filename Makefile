@@ -50,6 +50,7 @@ bench: build guest
 	scripts/bench_boot.py
 	scripts/bench_devices.py
 	cargo run --release -p vmpod-agent --example bench_agent
+	scripts/bench_run.py
 
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)

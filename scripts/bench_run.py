@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Run benchmark: `vmpod run --rm ... true` against `runc run` and `crun run` of an OCI bundle
+over the same busybox root filesystem, alternating, with medians, p90 and ratios; vmpod's
+breakdown (VM boot to agent ready, container create, start, run, teardown) from VMPOD_TIMING;
+and the host memory of one idle `sleep 3600` (sum of PSS of every process it keeps, guest
+memory included) for each. crun runs in a mount namespace with a cgroup2-only /sys/fs/cgroup
+and --cgroup-manager=disabled, since it refuses this host's hybrid cgroups.
+Prints a table, writes results/run.csv and results/run.png.
+
+  scripts/bench_run.py [--runs N]
+"""
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
+ROOTFS = GUEST / "busybox-rootfs"
+VMPOD = ROOT / "target/release/vmpod"
+
+
+def bundle(tmp, args):
+    b = tmp / "bundle"
+    b.mkdir(exist_ok=True)
+    (b / "config.json").unlink(missing_ok=True)
+    subprocess.run(["runc", "spec"], cwd=b, check=True)
+    config = json.loads((b / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = args
+    config["root"] = {"path": str(ROOTFS), "readonly": True}
+    (b / "config.json").write_text(json.dumps(config))
+    return b
+
+
+def commands(tmp, args, name):
+    b = bundle(tmp, args)
+    crun = (f"mount -t cgroup2 none /sys/fs/cgroup && exec crun --cgroup-manager=disabled "
+            f"run --bundle {b} {name}-crun")
+    return {
+        "vmpod (qemu tcg)": [str(VMPOD), "run", "--rm", "--rootfs", str(ROOTFS), *args],
+        "runc": ["runc", "run", "--bundle", str(b), f"{name}-runc"],
+        "crun": ["unshare", "-m", "sh", "-c", crun],
+    }
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def start_times(tmp, runs):
+    cmds = commands(tmp, ["true"], f"bench{os.getpid()}")
+    times = {name: [] for name in cmds}
+    steps = {}
+    env = dict(os.environ, VMPOD_TIMING="1")
+    for i in range(runs):
+        for name, cmd in cmds.items():
+            t0 = time.monotonic()
+            out = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            elapsed = time.monotonic() - t0
+            if out.returncode != 0:
+                sys.exit(f"bench: {name} failed ({out.returncode}): {out.stderr.strip()}")
+            times[name].append(elapsed * 1e3)
+            for line in out.stderr.splitlines():
+                if line.startswith("vmpod: timing ms:"):
+                    for field in line.split(":", 2)[2].split():
+                        step, ms = field.split("=")
+                        steps.setdefault(step, []).append(float(ms))
+        print(f"  run {i}: " + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items()), file=sys.stderr)
+    return times, steps
+
+
+def pss_kib(pid):
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def descendants(pid):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        stack.extend(children.get(p, []))
+    return found
+
+
+def idle_memory(tmp):
+    """PSS of everything one idle `sleep 3600` keeps alive, in MiB."""
+    result = {}
+    for name, cmd in commands(tmp, ["sleep", "3600"], f"idle{os.getpid()}").items():
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(8 if name.startswith("vmpod") else 2)
+        pids = descendants(proc.pid)
+        result[name] = sum(pss_kib(p) for p in pids) / 1024
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        if name != "vmpod (qemu tcg)":
+            engine = name
+            subprocess.run([engine, "delete", "-f", f"idle{os.getpid()}-{engine}"],
+                           stderr=subprocess.DEVNULL)
+        time.sleep(1)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    args = parser.parse_args()
+    for path in (VMPOD, ROOTFS):
+        if not path.exists():
+            sys.exit(f"bench: {path} is missing; run `make build guest` first")
+    with tempfile.TemporaryDirectory(prefix="vmpod-bench-run-") as tmp:
+        times, steps = start_times(Path(tmp), args.runs)
+        memory = idle_memory(Path(tmp))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = statistics.median(times["runc"])
+    rows = []
+    print(f"\n{'start to exit of `true`':24} {'median ms':>10} {'p90 ms':>8} {'vs runc':>8} {'idle MiB':>9}"
+          f"   ({args.runs} runs each, alternating)")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append({"case": name, "median_ms": round(med, 1), "p90_ms": round(pct(ts, 90), 1),
+                     "ratio_vs_runc": round(med / base, 2), "idle_pss_mib": round(memory.get(name, 0), 1)})
+        print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:7.1f}x {memory.get(name, 0):9.1f}")
+    print("vmpod breakdown (medians, ms): " +
+          ", ".join(f"{s} {statistics.median(v):.1f}" for s, v in steps.items()))
+    with open(out / "run.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    data = out / "run.dat"
+    data.write_text("".join(f'"{r["case"]}" {r["median_ms"]} {r["idle_pss_mib"]}\n' for r in rows))
+    script = f"""
+set terminal pngcairo size 1000,420
+set output '{out / "run.png"}'
+set multiplot layout 1,2 title 'vmpod run vs runc and crun (medians)'
+set style data histogram
+set style fill solid 0.8
+set ylabel 'ms, start to exit of true (log)'
+set logscale y
+plot '{data}' using 2:xtic(1) notitle
+unset logscale y
+set ylabel 'MiB PSS of an idle sleep'
+plot '{data}' using 3:xtic(1) notitle
+unset multiplot
+"""
+    subprocess.run(["gnuplot"], input=script.encode(), check=True)
+    print(f"csv: {out / 'run.csv'}, plot: {out / 'run.png'}")
+
+
+if __name__ == "__main__":
+    main()
