@@ -105,7 +105,12 @@ case " $(cat /proc/cmdline) " in
             echo "vmpod-init: layer write refused"
         fi ;;
 esac
-reboot -f
+# kvm-pvm's FS-base flake (guest-kernel/README.md) can kill the reboot process too; init must
+# not fall off the end (the kernel would panic), so it tries again.
+for try in 1 2 3; do
+    reboot -f
+    echo "vmpod-init: retrying the reboot (try $try failed)"
+done
 INIT
 chmod +x "$root/init"
 mkdir -p "$out"

@@ -373,3 +373,34 @@ fn smoke_on_vmpod_vmm() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn ctrl_c_goes_to_the_container() {
+    let _serial = serial();
+    let root = rootfs();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
+        .args([
+            "run",
+            "--rm",
+            "--rootfs",
+            root.to_str().unwrap(),
+            "sh",
+            "-c",
+        ])
+        .arg("trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.1; done")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmpod");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("the container says ready");
+    assert_eq!(&first, b"ready\n");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!((status.code(), rest.as_str()), (Some(7), "got-int\n"));
+}
