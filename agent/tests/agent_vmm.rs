@@ -5,7 +5,7 @@
 mod common;
 
 use common::support::{repo_root, require_kvm, Scratch};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,16 +26,8 @@ impl Drop for Vmm {
 }
 
 fn connect(uds: &std::path::Path, port: u32) -> UnixStream {
-    let mut s = UnixStream::connect(uds).expect("connect to the VM's vsock socket");
-    s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.last() != Some(&b'\n') {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "handshake cut short");
-        line.push(byte[0]);
-    }
-    assert!(line.starts_with(b"OK "));
-    s
+    vmpod_sandbox::vsock::connect(uds, port)
+        .unwrap_or_else(|| panic!("the guest did not accept a connection to port {port}"))
 }
 
 #[test]

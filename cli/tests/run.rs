@@ -230,17 +230,22 @@ fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
         .collect()
 }
 
-/// Starts `vmpod run ... sleep 1000` and returns it with its state directory once it exists.
-// The child is handed to the caller, who waits for it.
-#[allow(clippy::zombie_processes)]
-fn sleeping_run() -> (std::process::Child, String) {
-    let before: Vec<String> = std::fs::read_dir("/run/vmpod")
+/// The sandboxes' state directories under /run/vmpod.
+fn state_dirs() -> Vec<String> {
+    std::fs::read_dir("/run/vmpod")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Starts `vmpod run ... sleep 1000` and returns it with its state directory once it exists.
+// The child is handed to the caller, who waits for it.
+#[allow(clippy::zombie_processes)]
+fn sleeping_run() -> (std::process::Child, String) {
+    let before = state_dirs();
     let root = rootfs();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
         .args([
@@ -258,13 +263,7 @@ fn sleeping_run() -> (std::process::Child, String) {
         .expect("spawn vmpod");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let now: Vec<String> = std::fs::read_dir("/run/vmpod")
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let now = state_dirs();
         if let Some(id) = now.into_iter().find(|n| !before.contains(n)) {
             let dir = format!("/run/vmpod/{id}");
             // Wait for the guest: the agent's socket is there once QEMU runs.

@@ -9,6 +9,7 @@ mod process;
 pub mod qemu;
 pub mod sandbox;
 pub mod vmm;
+pub mod vsock;
 
 pub use error::SandboxError;
 pub use hypervisor::{Backend, Hypervisor, VmSpec};

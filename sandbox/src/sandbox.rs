@@ -4,7 +4,8 @@
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{Backend, Disk, Hypervisor, VmSpec};
 use crate::paths;
-use std::io::{Read, Write};
+use crate::vsock::connect;
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -58,25 +59,6 @@ fn random_id() -> Result<String, SandboxError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(io("read /dev/urandom"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A connection to a guest port through the hybrid vsock socket; `None` while nothing in the
-/// guest listens there (the device then closes the connection instead of answering OK).
-fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
-    let mut stream = UnixStream::connect(uds).ok()?;
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .ok()?;
-    // Byte by byte: what follows the line belongs to the caller.
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.last() != Some(&b'\n') && line.len() < 64 {
-        match stream.read(&mut byte) {
-            Ok(1) => line.push(byte[0]),
-            _ => return None,
-        }
-    }
-    line.starts_with(b"OK ").then_some(stream)
 }
 
 impl Sandbox {

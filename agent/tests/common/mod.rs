@@ -5,7 +5,7 @@
 #[path = "../../../tests/support/mod.rs"]
 pub mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -190,27 +190,8 @@ impl AgentVm {
 
     /// A connection to a guest port through the hybrid vsock socket.
     pub fn connect(&self, port: u32) -> UnixStream {
-        let mut stream = UnixStream::connect(&self.uds).expect("connect to the VM's vsock socket");
-        stream
-            .write_all(format!("CONNECT {port}\n").as_bytes())
-            .unwrap();
-        // Byte by byte: whatever follows the line belongs to the caller.
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while line.last() != Some(&b'\n') {
-            let n = stream.read(&mut byte).expect("read the vsock handshake");
-            assert_eq!(
-                n, 1,
-                "the vsock device closed during the handshake: {line:?}"
-            );
-            line.push(byte[0]);
-        }
-        assert!(
-            line.starts_with(b"OK "),
-            "handshake answer: {:?}",
-            String::from_utf8_lossy(&line)
-        );
-        stream
+        vmpod_sandbox::vsock::connect(&self.uds, port)
+            .unwrap_or_else(|| panic!("the guest did not accept a connection to port {port}"))
     }
 
     pub fn client(&self) -> Client<UnixStream> {
