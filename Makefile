@@ -11,7 +11,7 @@ export VMPOD_GUEST_DIR := $(CURDIR)/$(GUEST_DIR)
 
 FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build agent guest run test fuzz bench install fmt lint clean
+.PHONY: all setup build agent guest images run test fuzz bench install fmt lint clean
 
 all: build guest
 
@@ -29,14 +29,20 @@ guest: setup agent
 	@guest-kernel/build.sh $(GUEST_DIR) >/dev/null
 	@scripts/build-agent-initramfs.sh $(AGENT) $(GUEST_DIR) >/dev/null
 	@scripts/build-busybox-rootfs.sh $(GUEST_DIR) >/dev/null
+	@scripts/build-busybox-image.sh $(GUEST_DIR) >/dev/null
 	@scripts/build-test-initramfs.sh $(GUEST_DIR) >/dev/null
 	@scripts/build-tiny-guest.sh $(GUEST_DIR)
 
-# Runs a container in its own microVM (the busybox tree `make guest` builds).
-run: build guest
-	$(RELEASE)/vmpod run --rm --rootfs $(GUEST_DIR)/busybox-rootfs echo hello from a microVM
+# The default image, `busybox`, built locally (there is no registry) and imported; a second
+# import converts nothing.
+images: build guest
+	@$(RELEASE)/vmpod image import $(GUEST_DIR)/busybox-oci busybox:latest >/dev/null
 
-test: build guest
+# Runs a container in its own microVM.
+run: images
+	$(RELEASE)/vmpod run --rm busybox echo hello from a microVM
+
+test: images
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --release
@@ -46,7 +52,7 @@ test: build guest
 fuzz: setup
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
-bench: build guest
+bench: images
 	scripts/bench_boot.py
 	scripts/bench_devices.py
 	cargo run --release -p vmpod-agent --example bench_agent

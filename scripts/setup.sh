@@ -10,6 +10,8 @@ packages=(
     qemu-system-x86 busybox-static erofs-utils e2fsprogs iproute2
     # the agent links libseccomp statically; runc and crun are what the benchmarks compare with
     libseccomp-dev runc crun
+    # images without a registry: the busybox image, the tests' OCI and Debian images
+    umoci skopeo debootstrap
     # benchmark plots
     gnuplot-nox
 )

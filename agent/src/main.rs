@@ -12,6 +12,7 @@ mod relay;
 mod rootfs;
 mod server;
 mod sys;
+mod user;
 
 use std::os::fd::OwnedFd;
 use vmpod_protocol::{AGENT_PORT, STDIO_PORT};

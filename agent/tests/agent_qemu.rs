@@ -30,6 +30,7 @@ fn busybox() -> Rootfs {
     Rootfs {
         layers: vec!["busybox".into()],
         upper: Upper::Tmpfs,
+        volumes: vec![],
     }
 }
 
@@ -50,6 +51,7 @@ fn create(
         spec: Box::new(spec),
         rootfs: busybox(),
         stdio,
+        user: None,
     }))
 }
 
@@ -531,8 +533,10 @@ fn bad_input_gets_an_error_reply_and_the_agent_keeps_serving() {
         rootfs: Rootfs {
             layers: vec!["no-such-disk".into()],
             upper: Upper::Tmpfs,
+            volumes: vec![],
         },
         stdio: StdioWiring::default(),
+        user: None,
     }));
     let reply = refused(missing);
     assert!(
@@ -663,6 +667,7 @@ fn run_spec(
                 stdout: true,
                 stderr: false,
             },
+            user: None,
         }))
         .expect("create");
     let out = vm.stream(id, None, StdStream::Stdout);
@@ -752,6 +757,7 @@ fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
                 stdout: true,
                 stderr: false,
             },
+            user: None,
         }))
         .expect("create");
     let out = vm.stream("filtered", None, StdStream::Stdout);
@@ -813,6 +819,7 @@ fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
         upper: Upper::Disk {
             serial: "scratch".into(),
         },
+        volumes: vec![],
     };
     let (status, _) = run_spec(
         &vm,
@@ -867,6 +874,7 @@ fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
                 stdout: true,
                 stderr: true,
             },
+            user: None,
         }))
         .expect("create");
     let mut stdin = vm.stream("reader", None, StdStream::Stdin);

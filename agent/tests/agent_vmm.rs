@@ -91,12 +91,14 @@ fn echo_and_an_exit_code_on_vmpod_vmm() {
                 rootfs: Rootfs {
                     layers: vec!["busybox".into()],
                     upper: Upper::Tmpfs,
+                    volumes: vec![],
                 },
                 stdio: StdioWiring {
                     stdin: false,
                     stdout: true,
                     stderr: false,
                 },
+                user: None,
             }))
             .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", text()));
         let mut stdout = connect(&uds, STDIO_PORT);

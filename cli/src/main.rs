@@ -1,9 +1,16 @@
-//! vmpod: run a container in its own microVM.
+//! vmpod: run containers in their own microVMs.
 //!
-//!   vmpod run [OPTIONS] --rootfs DIR CMD [ARG...]
+//!   vmpod run [OPTIONS] IMAGE [CMD [ARG...]]     (or --rootfs DIR CMD [ARG...])
+//!   vmpod ps | exec | kill | rm | logs             (background containers, `run -d`)
+//!   vmpod image import | ls | rm, vmpod images
 
+mod detach;
+mod image;
+mod launch;
+mod prepare;
 mod rootfs;
 mod run;
+mod session;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -22,11 +29,58 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a new container, in a new microVM.
-    Run(run::RunArgs),
+    Run(Box<prepare::RunArgs>),
+    /// List background containers.
+    Ps {
+        /// Also those that have exited.
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
+    /// Run a command in a running container.
+    Exec(detach::ExecArgs),
+    /// Send a signal to a container's main process (default KILL).
+    Kill {
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+        container: String,
+    },
+    /// Remove containers (-f: also running ones).
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Print a container's output.
+    Logs {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        container: String,
+    },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// List images.
+    Images,
+    /// A background container's owner (started by `run -d`).
+    #[command(name = "__monitor", hide = true)]
+    Monitor { id: String },
 }
 
 /// docker's convention: the runtime itself failed.
 pub const EXIT_RUNTIME: i32 = 125;
+
+/// A command that could not do its work: docker's exit status for it and a one-line reason.
+#[derive(Debug)]
+pub struct Failure(pub i32, pub String);
+
+impl Failure {
+    pub fn runtime(message: impl Into<String>) -> Failure {
+        Failure(EXIT_RUNTIME, message.into())
+    }
+}
+
+pub use vmpod_sandbox::error::chain;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -37,8 +91,23 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let code = match cli.command {
-        Command::Run(args) => run::run(args),
+    let result = match cli.command {
+        Command::Run(args) => run::run(*args),
+        Command::Ps { all } => detach::ps(all),
+        Command::Exec(args) => detach::exec(args),
+        Command::Kill { signal, container } => detach::kill(&container, &signal),
+        Command::Rm { force, containers } => detach::rm(&containers, force),
+        Command::Logs { follow, container } => detach::logs(&container, follow),
+        Command::Image(command) => image::run(command),
+        Command::Images => image::list(),
+        Command::Monitor { id } => Ok(detach::monitor(&id)),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(Failure(code, message)) => {
+            eprintln!("vmpod: {message}");
+            code
+        }
     };
     std::process::exit(code);
 }

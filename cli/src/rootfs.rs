@@ -3,7 +3,6 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const CACHE: &str = "/var/cache/vmpod/rootfs";
 
@@ -46,23 +45,7 @@ pub fn layer_for(dir: &Path) -> Result<PathBuf, String> {
     if image.is_file() {
         return Ok(image);
     }
-    std::fs::create_dir_all(CACHE).map_err(|e| format!("create {CACHE}: {e}"))?;
-    // Built aside and renamed: a concurrent run sees the whole image or none.
-    let tmp = Path::new(CACHE).join(format!(".{key:016x}.{}.tmp", std::process::id()));
-    let output = Command::new("mkfs.erofs")
-        .args(["--quiet", "-T0"])
-        .arg(&tmp)
-        .arg(&dir)
-        .output()
-        .map_err(|e| format!("run mkfs.erofs (apt-get install erofs-utils): {e}"))?;
-    if !output.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "mkfs.erofs of {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    std::fs::rename(&tmp, &image).map_err(|e| format!("store {}: {e}", image.display()))?;
+    vmpod_sandbox::erofs::build(&dir, &image, &["-T0"])
+        .map_err(|e| format!("--rootfs {}: {}", dir.display(), crate::chain(&e)))?;
     Ok(image)
 }

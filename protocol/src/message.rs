@@ -86,6 +86,11 @@ pub struct CreateContainer {
     pub spec: Box<Spec>,
     pub rootfs: Rootfs,
     pub stdio: StdioWiring,
+    /// docker's `USER`: NAME or UID, optionally `:GROUP` or `:GID`, looked up in the
+    /// container's own /etc/passwd and /etc/group once its rootfs is assembled; it replaces
+    /// `spec.process.user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A container's root filesystem, assembled by the agent from the VM's disks.
@@ -94,6 +99,16 @@ pub struct Rootfs {
     /// Serials of read-only (erofs) layer disks, lowest layer first.
     pub layers: Vec<String>,
     pub upper: Upper,
+    /// Read-only (erofs) disks mounted into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+/// A read-only disk bound at `destination` in the container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Volume {
+    pub serial: String,
+    pub destination: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -289,12 +304,17 @@ mod tests {
                 rootfs: Rootfs {
                     layers: vec!["l0".into(), "l1".into()],
                     upper: Upper::Tmpfs,
+                    volumes: vec![Volume {
+                        serial: "vol0".into(),
+                        destination: "/data".into(),
+                    }],
                 },
                 stdio: StdioWiring {
                     stdin: true,
                     stdout: true,
                     stderr: false,
                 },
+                user: Some("app:wheel".into()),
             }),
         };
         let back = round_trip(&create);
@@ -303,6 +323,8 @@ mod tests {
             panic!("wrong variant")
         };
         assert_eq!(c.rootfs.layers, ["l0", "l1"]);
+        assert_eq!(c.rootfs.volumes[0].destination, "/data");
+        assert_eq!(c.user.as_deref(), Some("app:wheel"));
         assert!(c.stdio.stdin && !c.stdio.stderr);
 
         let exit = AgentMessage::Event(Event::ProcessExited(ProcessExit {

@@ -28,3 +28,15 @@ pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxErro
     let what = what.into();
     move |source| SandboxError::Io { what, source }
 }
+
+/// An error and its causes on one line, as a user reads them.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text += ": ";
+        text += &c.to_string();
+        cause = c.source();
+    }
+    text
+}

@@ -70,6 +70,14 @@ impl Backend {
         }
     }
 
+    /// What `choose` takes to pick this backend again (in another process).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Backend::Vmm => "vmm",
+            Backend::Qemu { .. } => "qemu",
+        }
+    }
+
     pub fn hypervisor(self) -> Box<dyn Hypervisor> {
         match self {
             Backend::Vmm => Box::new(crate::vmm::VmpodVmm::default()),

@@ -2,8 +2,11 @@
 //! under /run/vmpod, the VM (through the [`hypervisor`] seam: vmpod-vmm or QEMU), the
 //! connection to the agent inside it, and the clean-up of all of them.
 
+pub mod endpoint;
+pub mod erofs;
 pub mod error;
 pub mod hypervisor;
+pub mod image;
 pub mod paths;
 mod process;
 pub mod qemu;
@@ -11,6 +14,7 @@ pub mod sandbox;
 pub mod vmm;
 pub mod vsock;
 
+pub use endpoint::Endpoint;
 pub use error::SandboxError;
 pub use hypervisor::{Backend, Hypervisor, VmSpec};
-pub use sandbox::{Sandbox, SandboxConfig};
+pub use sandbox::{Sandbox, SandboxConfig, VolumeSnapshot};

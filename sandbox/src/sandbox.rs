@@ -1,6 +1,8 @@
 //! One sandbox: its state directory, its VM and the agent inside it. Dropping it stops the VM
 //! and removes every file it made, on every path out (errors and panics included).
 
+use crate::endpoint::Endpoint;
+use crate::erofs;
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{Backend, Disk, Hypervisor, VmSpec};
 use crate::paths;
@@ -9,16 +11,23 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use vmpod_protocol::frame::write_frame;
-use vmpod_protocol::{Client, RequestBody, StdStream, StdioHello, AGENT_PORT, STDIO_PORT};
+use vmpod_protocol::{Client, RequestBody, StdStream, AGENT_PORT};
 
 pub struct SandboxConfig {
     pub backend: Backend,
     pub cpus: u8,
     pub memory_mib: u32,
     pub disks: Vec<Disk>,
+    /// Host directories handed to the guest as read-only erofs snapshots taken now, each a
+    /// disk with the given serial.
+    pub volumes: Vec<VolumeSnapshot>,
     /// The agent narrates on the console (`vmpod.debug`).
     pub debug: bool,
+}
+
+pub struct VolumeSnapshot {
+    pub dir: PathBuf,
+    pub serial: String,
 }
 
 pub struct Sandbox {
@@ -87,6 +96,23 @@ impl Sandbox {
             janitor: None,
         };
         sandbox.janitor = Some(spawn_janitor(&state_dir)?);
+        let mut disks = config.disks;
+        for volume in &config.volumes {
+            // In the state directory: gone with the sandbox, whichever way it ends.
+            let image = state_dir.join(format!("{}.erofs", volume.serial));
+            erofs::build(&volume.dir, &image, &["-T0"]).map_err(|e| {
+                SandboxError::Invalid(format!(
+                    "snapshot volume {}: {}",
+                    volume.dir.display(),
+                    crate::error::chain(&e)
+                ))
+            })?;
+            disks.push(Disk {
+                path: image,
+                serial: volume.serial.clone(),
+                read_only: true,
+            });
+        }
         let spec = VmSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
@@ -97,7 +123,7 @@ impl Sandbox {
             } else {
                 String::new()
             },
-            disks: config.disks,
+            disks,
             state_dir,
         };
         sandbox.vm.start(&spec)?;
@@ -141,12 +167,14 @@ impl Sandbox {
             .expect("the agent is connected once start returns")
     }
 
+    /// Reaches the agent from anywhere on the host, for as long as the sandbox runs.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.vm.vsock_uds())
+    }
+
     /// A second control connection, e.g. for signals while the first waits for an exit.
     pub fn control_connection(&self) -> Result<Client<UnixStream>, SandboxError> {
-        let stream = connect(self.vm.vsock_uds(), AGENT_PORT).ok_or_else(|| {
-            SandboxError::Invalid("the agent refused a control connection".into())
-        })?;
-        Ok(Client::handshake(stream)?)
+        self.endpoint().control()
     }
 
     /// Opens one stdio stream of a process.
@@ -156,18 +184,7 @@ impl Sandbox {
         exec: Option<&str>,
         stream: StdStream,
     ) -> Result<UnixStream, SandboxError> {
-        let mut s = connect(self.vm.vsock_uds(), STDIO_PORT)
-            .ok_or_else(|| SandboxError::Invalid("the agent refused a stdio stream".into()))?;
-        write_frame(
-            &mut s,
-            &StdioHello {
-                container_id: container.into(),
-                exec_id: exec.map(str::to_string),
-                stream,
-            },
-        )
-        .map_err(vmpod_protocol::ClientError::from)?;
-        Ok(s)
+        self.endpoint().stream(container, exec, stream)
     }
 
     /// Has the VM ended on its own (crash, panic)?

@@ -161,14 +161,20 @@ impl Server {
             }
         };
         let rootfs = assembled.rootfs.clone();
-        let (container, pid) =
-            match Container::create(&c.container_id, (*c.spec).clone(), dir, &rootfs, io) {
-                Ok(x) => x,
-                Err(e) => {
-                    self.layers.release(assembled);
-                    return Err(failed(crate::chain(&e)));
-                }
-            };
+        let spec = match personalize(&c.spec, &assembled, c.user.as_deref()) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.layers.release(assembled);
+                return Err(err(ErrorKind::BadRequest, e));
+            }
+        };
+        let (container, pid) = match Container::create(&c.container_id, spec, dir, &rootfs, io) {
+            Ok(x) => x,
+            Err(e) => {
+                self.layers.release(assembled);
+                return Err(failed(crate::chain(&e)));
+            }
+        };
         let oom_kills = cgroup::oom_kills(&container.cgroup);
         self.containers.insert(
             c.container_id.clone(),
@@ -306,4 +312,40 @@ impl Server {
         deleted.map_err(failed)?;
         Ok(ResponseBody::Done)
     }
+}
+
+/// The spec with what only the assembled rootfs can tell: volume binds and a USER by name.
+fn personalize(
+    spec: &oci_spec::runtime::Spec,
+    assembled: &crate::rootfs::Assembled,
+    user: Option<&str>,
+) -> Result<oci_spec::runtime::Spec, String> {
+    use oci_spec::runtime::{MountBuilder, UserBuilder};
+    let mut spec = spec.clone();
+    if !assembled.volumes.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for (source, destination) in &assembled.volumes {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(destination)
+                    .typ("bind")
+                    .source(source)
+                    .options(vec!["rbind".to_string(), "ro".to_string()])
+                    .build()
+                    .map_err(|e| format!("volume {destination}: {e}"))?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+    }
+    if let Some(user) = user {
+        let resolved = crate::user::resolve(&assembled.rootfs, user).map_err(|e| e.to_string())?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        let mut builder = UserBuilder::default().uid(resolved.uid).gid(resolved.gid);
+        if !resolved.additional_gids.is_empty() {
+            builder = builder.additional_gids(resolved.additional_gids);
+        }
+        process.set_user(builder.build().map_err(|e| format!("user {user}: {e}"))?);
+        spec.set_process(Some(process));
+    }
+    Ok(spec)
 }

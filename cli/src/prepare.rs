@@ -1,0 +1,418 @@
+//! From `vmpod run`'s flags and an image (or `--rootfs DIR`) to everything a sandbox and its
+//! container need, checked before any VM starts: bad input fails here, with nothing to undo.
+
+use crate::{rootfs, Failure};
+use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use vmpod_protocol::{Rootfs, Upper, Volume};
+use vmpod_sandbox::image::Store;
+use vmpod_sandbox::Backend;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container's ID.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Keep stdin open and pass it to the container.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the container a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set an environment variable (K=V).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (K=V lines).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// USER[:GROUP], by name (from the image's /etc/passwd) or number.
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// A name for a background container (`vmpod exec NAME …`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Overrides the image's entrypoint ("" clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// vCPUs of the VM and the container's CPU quota.
+    #[arg(long, default_value = "1")]
+    pub cpus: String,
+    /// The container's memory limit (e.g. 256m, 1g); the VM gets it plus the agent's share.
+    #[arg(long, short = 'm')]
+    pub memory: Option<String>,
+    /// HOST_DIR:CONTAINER_PATH:ro, a read-only snapshot of the directory taken at start.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR:ro")]
+    pub volume: Vec<String>,
+    /// Make the container's root filesystem read-only.
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// auto, vmm or qemu.
+    #[arg(long, default_value = "auto")]
+    pub hypervisor: String,
+    /// Run this directory as the root filesystem instead of an image.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// The agent narrates on the VM's console (kept in the state directory while it runs).
+    #[arg(long, hide = true)]
+    pub debug: bool,
+    /// The image (or, with --rootfs, the command), then the command and its arguments.
+    #[arg(trailing_var_arg = true)]
+    pub args: Vec<String>,
+}
+
+/// Everything a run needs, decided: what the background monitor receives as JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Prepared {
+    pub spec: Spec,
+    pub rootfs: Rootfs,
+    /// Read-only layer disks: (erofs image, serial).
+    pub layers: Vec<(PathBuf, String)>,
+    /// Host directories to snapshot: (dir, serial).
+    pub volumes: Vec<(PathBuf, String)>,
+    pub user: Option<String>,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub hypervisor: String,
+    pub debug: bool,
+    pub interactive: bool,
+    pub tty: bool,
+    /// What `vmpod ps` shows.
+    pub image: String,
+    pub command: Vec<String>,
+}
+
+fn runtime(message: impl Into<String>) -> Failure {
+    Failure::runtime(message)
+}
+
+/// "512m", "1g", "1048576" (bytes) → bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text.as_str(), ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit.trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+/// The guest kernel, the agent and page cache need this much beside the container's limit.
+const VM_OVERHEAD_MIB: u64 = 96;
+const DEFAULT_VM_MIB: u64 = 256;
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `K=V` entries in order, a later key replacing an earlier one in place (docker's merge of
+/// image, --env-file and -e).
+fn merge_env(layers: impl IntoIterator<Item = String>) -> Result<Vec<String>, Failure> {
+    let mut env: Vec<String> = Vec::new();
+    for entry in layers {
+        let Some((key, _)) = entry.split_once('=') else {
+            return Err(runtime(format!("environment entry '{entry}' is not K=V")));
+        };
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map(|(k, _)| k) == Some(key))
+        {
+            Some(slot) => *slot = entry,
+            None => env.push(entry),
+        }
+    }
+    Ok(env)
+}
+
+/// `-v HOST:CTR:ro` → (canonical host dir, container path); anything writable is refused.
+fn parse_volume(spec: &str) -> Result<(PathBuf, String), Failure> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, ctr, mode) = match parts[..] {
+        [h, c, m] => (h, c, m),
+        [_, _] => {
+            return Err(runtime(format!(
+                "-v {spec}: writable volumes need a filesystem shared with the VM, which vmpod does not have yet; add :ro to hand over a read-only snapshot taken at start"
+            )))
+        }
+        _ => return Err(runtime(format!("-v {spec}: expected HOST_DIR:CONTAINER_PATH:ro"))),
+    };
+    if mode != "ro" {
+        return Err(runtime(format!(
+            "-v {spec}: mode '{mode}' is not supported; only :ro (a snapshot taken at start) is"
+        )));
+    }
+    if !ctr.starts_with('/') || ctr.trim_matches('/').is_empty() {
+        return Err(runtime(format!(
+            "-v {spec}: the container path '{ctr}' must be absolute and not /"
+        )));
+    }
+    let dir = std::path::Path::new(host)
+        .canonicalize()
+        .map_err(|e| runtime(format!("-v {spec}: {host}: {e}")))?;
+    if !dir.is_dir() {
+        return Err(runtime(format!("-v {spec}: {host} is not a directory")));
+    }
+    Ok((dir, ctr.to_string()))
+}
+
+pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
+    let cpus: f64 = args
+        .cpus
+        .parse()
+        .ok()
+        .filter(|c: &f64| *c > 0.0 && *c <= 64.0)
+        .ok_or_else(|| {
+            runtime(format!(
+                "--cpus '{}' must be a number above 0 and at most 64",
+                args.cpus
+            ))
+        })?;
+    let limit = match &args.memory {
+        Some(m) => Some(parse_size(m).filter(|b| *b >= 4 << 20).ok_or_else(|| {
+            runtime(format!(
+                "--memory '{m}' must be a size of at least 4m (like 512m or 1g)"
+            ))
+        })?),
+        None => None,
+    };
+    if let Some(dir) = &args.workdir {
+        if !dir.starts_with('/') {
+            return Err(runtime(format!(
+                "--workdir '{dir}' must be an absolute path"
+            )));
+        }
+    }
+    if let Some(name) = &args.name {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(runtime(format!(
+                "--name '{name}' may only hold letters, digits, '_', '.' and '-'"
+            )));
+        }
+    }
+    let volumes: Vec<(PathBuf, String)> = args
+        .volume
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<Result<_, _>>()?;
+    let backend = Backend::choose(&args.hypervisor).map_err(|e| runtime(e.to_string()))?;
+
+    // The image's defaults, then what the flags say.
+    let (image_name, layers, mut command, image_env, image_workdir, image_user) = match &args.rootfs
+    {
+        Some(dir) => {
+            let layer = rootfs::layer_for(dir).map_err(runtime)?;
+            (
+                format!("--rootfs {}", dir.display()),
+                vec![layer],
+                args.args.clone(),
+                Vec::new(),
+                None,
+                None,
+            )
+        }
+        None => {
+            let Some(reference) = args.args.first() else {
+                return Err(runtime(
+                        "no image given: vmpod run [OPTIONS] IMAGE [CMD [ARG...]] (or --rootfs DIR CMD)",
+                    ));
+            };
+            let store = Store::open().map_err(|e| runtime(crate::chain(&e)))?;
+            let image = store
+                .get(reference)
+                .map_err(|e| runtime(format!("image '{reference}': {}", crate::chain(&e))))?;
+            let mut paths = Vec::new();
+            for diff_id in &image.layers {
+                let path = store.layer_path(diff_id);
+                if !path.is_file() {
+                    return Err(runtime(format!(
+                            "image '{reference}': layer {diff_id} is missing from the store ({}); import the image again",
+                            path.display()
+                        )));
+                }
+                paths.push(path);
+            }
+            let mut command = match &args.entrypoint {
+                Some(e) if e.is_empty() => Vec::new(),
+                Some(e) => vec![e.clone()],
+                None => image.entrypoint.clone(),
+            };
+            let rest = &args.args[1..];
+            if rest.is_empty() && args.entrypoint.is_none() {
+                command.extend(image.cmd.iter().cloned());
+            } else {
+                command.extend(rest.iter().cloned());
+            }
+            (
+                image.name.clone(),
+                paths,
+                command,
+                image.env.clone(),
+                image.working_dir.clone(),
+                image.user.clone(),
+            )
+        }
+    };
+    if let (Some(e), Some(_)) = (&args.entrypoint, &args.rootfs) {
+        command.insert(0, e.clone());
+    }
+    if command.is_empty() {
+        return Err(runtime(format!(
+            "no command: {image_name} has no Entrypoint or Cmd, and none was given"
+        )));
+    }
+
+    let mut env_sources = vec![DEFAULT_PATH.to_string()];
+    env_sources.extend(image_env);
+    for file in &args.env_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| runtime(format!("--env-file {}: {e}", file.display())))?;
+        env_sources.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    env_sources.extend(args.env.iter().cloned());
+    if args.tty {
+        env_sources.push("TERM=xterm".into());
+    }
+    let env = merge_env(env_sources)?;
+
+    let mut spec = Spec::default();
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(command.clone()));
+    process.set_terminal(Some(args.tty));
+    process.set_env(Some(env));
+    if let Some(dir) = args.workdir.clone().or(image_workdir) {
+        process.set_cwd(dir.into());
+    }
+    spec.set_process(Some(process));
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_readonly(Some(args.read_only));
+    spec.set_root(Some(root));
+    if let Some(h) = &args.hostname {
+        spec.set_hostname(Some(h.clone()));
+    }
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(bytes) = limit {
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes as i64)
+                .build()
+                .map_err(|e| runtime(e.to_string()))?,
+        );
+    }
+    if cpus.fract() != 0.0 {
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota((cpus * 100_000.0) as i64)
+                .period(100_000u64)
+                .build()
+                .map_err(|e| runtime(e.to_string()))?,
+        );
+    }
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_resources(Some(resources.build().map_err(|e| runtime(e.to_string()))?));
+    spec.set_linux(Some(linux));
+
+    let layers: Vec<(PathBuf, String)> = layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| (path, format!("layer{i}")))
+        .collect();
+    let volume_disks: Vec<(PathBuf, String)> = volumes
+        .iter()
+        .enumerate()
+        .map(|(i, (dir, _))| (dir.clone(), format!("volume{i}")))
+        .collect();
+    let rootfs = Rootfs {
+        layers: layers.iter().map(|(_, s)| s.clone()).collect(),
+        upper: Upper::Tmpfs,
+        volumes: volumes
+            .iter()
+            .zip(&volume_disks)
+            .map(|((_, ctr), (_, serial))| Volume {
+                serial: serial.clone(),
+                destination: ctr.clone(),
+            })
+            .collect(),
+    };
+    let memory_mib = limit
+        .map(|b| (b >> 20) + VM_OVERHEAD_MIB)
+        .unwrap_or(DEFAULT_VM_MIB);
+    Ok(Prepared {
+        spec,
+        rootfs,
+        layers,
+        volumes: volume_disks,
+        user: args.user.clone().or(image_user),
+        cpus: cpus.ceil() as u8,
+        memory_mib: memory_mib.min(u64::from(u32::MAX)) as u32,
+        hypervisor: backend.flag().to_string(),
+        debug: args.debug,
+        interactive: args.interactive,
+        tty: args.tty,
+        image: image_name,
+        command,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_docker_reads_them() {
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("64MB"), Some(64 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        for bad in ["", "m", "12x", "-1m"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn later_env_entries_replace_earlier_ones_in_place() {
+        let env = merge_env(["A=1", "B=2", "A=3", "C="].map(String::from)).unwrap();
+        assert_eq!(env, ["A=3", "B=2", "C="]);
+        assert!(merge_env(["NOEQUALS".to_string()]).is_err());
+    }
+
+    #[test]
+    fn volumes_must_be_read_only_absolute_and_exist() {
+        assert_eq!(
+            parse_volume("/tmp:/data:ro").unwrap(),
+            (PathBuf::from("/tmp"), "/data".to_string())
+        );
+        for (bad, why) in [
+            ("/tmp:/data", "writable volumes"),
+            ("/tmp:/data:rw", "mode 'rw'"),
+            ("/tmp:data:ro", "must be absolute"),
+            ("/tmp:/:ro", "must be absolute"),
+            ("/no/such:/data:ro", "/no/such"),
+            ("justone", "expected HOST_DIR"),
+        ] {
+            let Failure(code, message) = parse_volume(bad).unwrap_err();
+            assert_eq!(code, 125);
+            assert!(message.contains(why), "{bad}: {message}");
+        }
+    }
+}
