@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Run benchmark: `vmpod run --rm ... true` against `runc run` and `crun run` of an OCI bundle
-over the same busybox root filesystem, alternating, with medians, p90 and ratios; vmpod's
-breakdown (VM boot to agent ready, container create, start, run, teardown) from VMPOD_TIMING;
+"""Run benchmark: `vmpod run --rm busybox true` (the image `make images` imports) against
+`runc run` and `crun run` of an OCI bundle over the busybox tree that image was made from, alternating, with medians, p90 and ratios; vmpod's
+breakdown (image lookup, VM boot to agent ready, container create, start and run, teardown)
+from VMPOD_TIMING;
 and the host memory of one idle `sleep 3600` (sum of PSS of every process it keeps, guest
 memory included) for each. crun runs in a mount namespace with a cgroup2-only /sys/fs/cgroup
 and --cgroup-manager=disabled, since it refuses this host's hybrid cgroups.
@@ -45,7 +46,7 @@ def commands(tmp, args, name):
     crun = (f"mount -t cgroup2 none /sys/fs/cgroup && exec crun --cgroup-manager=disabled "
             f"run --bundle {b} {name}-crun")
     return {
-        "vmpod (qemu tcg)": [str(VMPOD), "run", "--rm", "--rootfs", str(ROOTFS), *args],
+        "vmpod (qemu tcg)": [str(VMPOD), "run", "--rm", "busybox", *args],
         "runc": ["runc", "run", "--bundle", str(b), f"{name}-runc"],
         "crun": ["unshare", "-m", "sh", "-c", crun],
     }

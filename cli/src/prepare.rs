@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// The agent narrates on the VM's console (kept in the state directory while it runs).
     #[arg(long, hide = true)]
     pub debug: bool,
+    /// Appended to the guest kernel's command line (diagnosis and tests).
+    #[arg(long, hide = true, default_value = "")]
+    pub kernel_args: String,
     /// The image (or, with --rootfs, the command), then the command and its arguments.
     #[arg(trailing_var_arg = true)]
     pub args: Vec<String>,
@@ -83,6 +86,7 @@ pub struct Prepared {
     pub memory_mib: u32,
     pub hypervisor: String,
     pub debug: bool,
+    pub kernel_args: String,
     pub interactive: bool,
     pub tty: bool,
     /// What `vmpod ps` shows.
@@ -367,6 +371,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         memory_mib: memory_mib.min(u64::from(u32::MAX)) as u32,
         hypervisor: backend.flag().to_string(),
         debug: args.debug,
+        kernel_args: args.kernel_args.clone(),
         interactive: args.interactive,
         tty: args.tty,
         image: image_name,

@@ -46,7 +46,7 @@ impl Timing {
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let mut timing = Timing::new();
     let prepared = prepare(&args)?;
-    timing.mark("rootfs");
+    timing.mark("prepare");
     if args.detach {
         return detach::start(&args, prepared);
     }

@@ -1,66 +1,17 @@
 //! `vmpod run` end to end: real microVMs through `--hypervisor auto` (QEMU with TCG on hosts
 //! whose KVM cannot run the guest at speed), the busybox tree `make guest` builds.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+mod common;
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use support::repo_root;
+use common::*;
+use std::process::{Command, Stdio};
 
-/// One run at a time, so that what a test finds left behind is its own.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn rootfs() -> PathBuf {
-    let dir = std::env::var_os("VMPOD_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("build/guest"))
-        .join("busybox-rootfs");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: run `make guest` first",
-        dir.display()
-    );
-    dir
-}
-
-fn vmpod(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmpod");
-    if let Some(bytes) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let bytes = bytes.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        });
-    }
-    child.wait_with_output().expect("wait for vmpod")
-}
-
-fn run(extra: &[&str], command: &[&str]) -> Output {
+fn run(extra: &[&str], command: &[&str]) -> std::process::Output {
     let root = rootfs();
     let mut args = vec!["run", "--rm", "--rootfs", root.to_str().unwrap()];
     args.extend_from_slice(extra);
     args.extend_from_slice(command);
     vmpod(&args, None)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
@@ -142,7 +93,12 @@ fn bad_input_exits_125_or_127_naming_the_problem_and_leaves_nothing() {
     let before = leftovers();
     let cases: &[(&[&str], i32, &str)] = &[
         (&["run", "--bogus", "x"], 125, "--bogus"),
-        (&["run", "--rm", "busybox", "true"], 125, "image 'busybox'"),
+        (
+            &["run", "--rm", "no-such-image", "true"],
+            125,
+            "image 'no-such-image'",
+        ),
+        (&["run", "--rm", "Bad:Name:", "true"], 125, "Bad:Name:"),
         (
             &["run", "--rootfs", "/no/such/dir", "true"],
             125,
@@ -161,8 +117,41 @@ fn bad_input_exits_125_or_127_naming_the_problem_and_leaves_nothing() {
         (
             &["run", "-v", "/tmp:/tmp", "--rootfs", "/", "true"],
             125,
-            "-v",
+            "writable volumes need a filesystem shared with the VM",
         ),
+        (
+            &["run", "-v", "/no/such/dir:/data:ro", "busybox", "true"],
+            125,
+            "/no/such/dir",
+        ),
+        (
+            &["run", "-v", "/tmp:data:ro", "busybox", "true"],
+            125,
+            "'data' must be absolute",
+        ),
+        (
+            &["run", "-d", "-t", "busybox", "sh"],
+            125,
+            "-d cannot be combined",
+        ),
+        (
+            &["run", "--name", "x", "busybox", "true"],
+            125,
+            "--name is for background",
+        ),
+        (
+            &["run", "-d", "--name", "a/b", "busybox", "true"],
+            125,
+            "--name 'a/b'",
+        ),
+        (
+            &["exec", "no-such-container", "true"],
+            125,
+            "no such container",
+        ),
+        (&["kill", "-s", "BOGUS", "x"], 125, "-s 'BOGUS'"),
+        (&["rm", "no-such-container"], 125, "no such container"),
+        (&["logs", "no-such-container"], 125, "no such container"),
         (
             &["run", "--hypervisor", "xen", "--rootfs", "/tmp", "true"],
             125,
@@ -191,54 +180,6 @@ fn bad_input_exits_125_or_127_naming_the_problem_and_leaves_nothing() {
         before,
         "state directories or processes left behind"
     );
-}
-
-/// This test binary's sandboxes: state directories under /run/vmpod and their processes.
-fn leftovers() -> (usize, usize) {
-    let dirs = std::fs::read_dir("/run/vmpod")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let procs = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .and_then(|r| r.split_whitespace().nth(1))
-                        .map(str::to_string)
-                })
-                .is_some_and(|ppid| ppid == std::process::id().to_string())
-        })
-        .count();
-    (dirs, procs)
-}
-
-/// Processes whose command line mentions `needle` (a sandbox's state directory).
-fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(needle).then_some((pid, cmdline))
-        })
-        .collect()
-}
-
-/// The sandboxes' state directories under /run/vmpod.
-fn state_dirs() -> Vec<String> {
-    std::fs::read_dir("/run/vmpod")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Starts `vmpod run ... sleep 1000` and returns it with its state directory once it exists.
@@ -402,4 +343,240 @@ fn ctrl_c_goes_to_the_container() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let status = child.wait().unwrap();
     assert_eq!((status.code(), rest.as_str()), (Some(7), "got-int\n"));
+}
+
+#[test]
+fn a_guest_kernel_panic_ends_the_run_with_125_and_its_console() {
+    let _serial = serial();
+    let before = leftovers();
+    // An initramfs init that does not exist: the guest kernel panics during boot.
+    let out = vmpod(
+        &[
+            "run",
+            "--rm",
+            "--kernel-args",
+            "rdinit=/nonexistent",
+            "busybox",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the VM ended before its agent was ready")
+            && stderr.contains("Kernel panic"),
+        "{stderr}"
+    );
+    assert_eq!(leftovers(), before, "left behind after a guest panic");
+}
+
+#[test]
+fn images_run_with_their_config_and_volumes_are_read_only_snapshots() {
+    let _serial = serial();
+    // busybox's config: Cmd sh, WorkingDir /; -w, -u by name and -e override it.
+    let out = vmpod(
+        &["run", "--rm", "-i", "busybox"],
+        Some(b"echo from-stdin $(pwd)\n"),
+    );
+    assert_eq!(text(&out.stdout), "from-stdin /\n", "{}", text(&out.stderr));
+    let out = vmpod(
+        &[
+            "run",
+            "--rm",
+            "-w",
+            "/tmp",
+            "-u",
+            "nobody",
+            "-e",
+            "A=1",
+            "busybox",
+            "sh",
+            "-c",
+            "echo $A $(pwd) $(id -un) $(id -u)",
+        ],
+        None,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "1 /tmp nobody 65534\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vmpod(&["run", "--rm", "-u", "ghost", "busybox", "true"], None);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("user 'ghost'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let dir = support::Scratch::new("volume");
+    std::fs::write(dir.path("f"), "in the volume\n").unwrap();
+    let volume = format!("{}:/data:ro", dir.0.display());
+    let script = "cat /data/f; echo x > /data/g 2>/dev/null || echo read-only";
+    let out = vmpod(
+        &["run", "--rm", "-v", &volume, "busybox", "sh", "-c", script],
+        None,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "in the volume\nread-only\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // A snapshot taken at start: a later run sees what the host changed since.
+    std::fs::write(dir.path("f"), "changed\n").unwrap();
+    let out = vmpod(
+        &["run", "--rm", "-v", &volume, "busybox", "cat", "/data/f"],
+        None,
+    );
+    assert_eq!(text(&out.stdout), "changed\n");
+}
+
+#[test]
+fn background_containers_ps_exec_logs_kill_rm() {
+    let _serial = serial();
+    let before = leftovers();
+    let id = ok(&[
+        "run",
+        "-d",
+        "--name",
+        "vmpod-test-bg",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; trap 'echo term; exit 3' TERM; while :; do sleep 0.1; done",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 12, "{id}");
+    let out = vmpod(
+        &["run", "-d", "--name", "vmpod-test-bg", "busybox", "true"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("is in use by container"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let ps = ok(&["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(id) && l.contains("vmpod-test-bg") && l.contains("Up")),
+        "{ps}"
+    );
+    // exec: the container's files, its pid namespace, its own exit status, stdin.
+    let out = vmpod(
+        &[
+            "exec",
+            "-i",
+            "vmpod-test-bg",
+            "sh",
+            "-c",
+            "cat; cat /proc/1/cmdline | tr '\\0' ' '; exit 4",
+        ],
+        Some(b"piped "),
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("piped sh -c echo out"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = vmpod(&["exec", &id[..6], "/no/such/program"], None);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+
+    let out = vmpod(&["logs", "vmpod-test-bg"], None);
+    assert_eq!(
+        (text(&out.stdout).as_str(), text(&out.stderr).as_str()),
+        ("out\n", "err\n")
+    );
+    let out = vmpod(&["rm", "vmpod-test-bg"], None);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("is running"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    ok(&["kill", "-s", "TERM", id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ok(&["ps", "-a"]).contains("Exited (3)") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            ok(&["ps", "-a"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !ok(&["ps"]).contains(id),
+        "ps without -a lists running ones only"
+    );
+    assert_eq!(text(&vmpod(&["logs", id], None).stdout), "out\nterm\n");
+    let out = vmpod(&["exec", id, "true"], None);
+    assert!(
+        text(&out.stderr).contains("not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(&["rm", id]);
+    assert!(!ok(&["ps", "-a"]).contains(id));
+
+    // rm -f of a running one, and -d --rm, leave nothing either.
+    let id = ok(&["run", "-d", "busybox", "sleep", "1000"]);
+    let sandbox_processes = |dirs: &[String]| -> usize {
+        dirs.iter()
+            .map(|d| processes_mentioning(&format!("/run/vmpod/{d}")).len())
+            .sum()
+    };
+    assert!(sandbox_processes(&state_dirs()) > 0, "the VM runs");
+    ok(&["rm", "-f", id.trim()]);
+    let id = ok(&["run", "-d", "--rm", "busybox", "true"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ok(&["ps", "-a"]).contains(id.trim()) || leftovers() != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?} {:?} {:?}",
+            state_dirs(),
+            records(),
+            leftovers()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill_9_of_a_monitor_takes_its_vm_and_sandbox_with_it() {
+    let _serial = serial();
+    let id = ok(&["run", "-d", "busybox", "sleep", "1000"]);
+    let id = id.trim();
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/run/vmpod/containers/{id}/record.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = record["monitor_pid"].as_i64().unwrap() as i32;
+    let vsock = record["vsock"].as_str().unwrap().to_string();
+    let sandbox_dir = std::path::Path::new(&vsock)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    // SAFETY: kill(2) of the monitor this test started.
+    unsafe { libc::kill(monitor, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::path::Path::new(&sandbox_dir).exists()
+        || !processes_mentioning(&sandbox_dir).is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            processes_mentioning(&sandbox_dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ok(&["ps", "-a"]).contains("Exited (125)"));
+    ok(&["rm", id]);
 }

@@ -180,6 +180,12 @@ impl Hypervisor for Qemu {
         }
         for b in &mut self.backends {
             if let Ok(Some(status)) = b.try_wait() {
+                // A backend ends when QEMU closes its socket: QEMU's own end is the cause then.
+                if let Some(q) = self.qemu.as_mut() {
+                    if let Ok(Some(qemu_status)) = q.wait_timeout_ms(200) {
+                        return Some(format!("QEMU {qemu_status}"));
+                    }
+                }
                 return Some(format!("a device backend {status}"));
             }
         }
@@ -193,6 +199,25 @@ impl Hypervisor for Qemu {
         }
         self.qemu = None;
         self.backends.clear();
+    }
+}
+
+trait WaitTimeout {
+    fn wait_timeout_ms(&mut self, ms: u64) -> std::io::Result<Option<std::process::ExitStatus>>;
+}
+
+impl WaitTimeout for std::process::Child {
+    fn wait_timeout_ms(&mut self, ms: u64) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub struct SandboxConfig {
     pub volumes: Vec<VolumeSnapshot>,
     /// The agent narrates on the console (`vmpod.debug`).
     pub debug: bool,
+    /// Appended to the guest kernel's command line (for diagnosis).
+    pub kernel_args: String,
 }
 
 pub struct VolumeSnapshot {
@@ -118,11 +120,13 @@ impl Sandbox {
             memory_mib: config.memory_mib,
             kernel,
             initrd,
-            cmdline: if config.debug {
-                "vmpod.debug".into()
-            } else {
-                String::new()
-            },
+            cmdline: format!(
+                "{}{}",
+                if config.debug { "vmpod.debug " } else { "" },
+                config.kernel_args
+            )
+            .trim()
+            .to_string(),
             disks,
             state_dir,
         };

@@ -252,31 +252,31 @@ fn ensure_layer(
         return Ok(());
     }
     let what = format!("{}: layer {} ({diff_id})", source.display(), index + 1);
+    // The blob's digest first: a damaged archive is named as such, not as a bad tar.
+    if let Some(expected) = blob_digest {
+        let actual = DigestReader::new(open_inside(dir, blob, source)?)
+            .finish()
+            .map_err(|e| ImageError::Corrupt(format!("{what}: {e}")))?;
+        if actual != expected {
+            return Err(ImageError::Corrupt(format!(
+                "{what}: the blob does not match its digest {expected} (it hashes to {actual})"
+            )));
+        }
+    }
     let file = open_inside(dir, blob, source)?;
     let work = store.temp_dir()?;
     let root = work.path().join("rootfs");
     std::fs::create_dir(&root)
         .map_err(|e| ImageError::io(format!("create {}", root.display()), e))?;
-    let mut outer = DigestReader::new(file);
-    let mut inner = DigestReader::new(layer::decompress(&mut outer, &what)?);
+    let mut inner = DigestReader::new(layer::decompress(file, &what)?);
     layer::unpack(&mut inner, &root, &what)?;
     let uncompressed = inner
         .finish()
         .map_err(|e| ImageError::Corrupt(format!("{what}: {e}")))?;
     if uncompressed != diff_id {
         return Err(ImageError::Corrupt(format!(
-            "{what}: its content hashes to {uncompressed}, not the diff_id the image config gives"
+            "{what}: its content hashes to {uncompressed}, which does not match the diff_id the image config gives"
         )));
-    }
-    let compressed = outer
-        .finish()
-        .map_err(|e| ImageError::Corrupt(format!("{what}: {e}")))?;
-    if let Some(expected) = blob_digest {
-        if compressed != expected {
-            return Err(ImageError::Corrupt(format!(
-                "{what}: the blob hashes to {compressed}, not {expected}"
-            )));
-        }
     }
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755));

@@ -183,15 +183,13 @@ pub fn unpack(reader: impl Read, root: &Path, what: &str) -> Result<(), ImageErr
             let dir = parent_inside(root, parent, what)?;
             whiteout(&dir, std::ffi::OsStr::from_bytes(hidden), what)?;
         } else {
-            let done = entry
-                .unpack_in(root)
-                .map_err(|e| {
-                    // tar's message names the file; the reason is its source.
-                    let why = std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| e.to_string());
-                    ImageError::Corrupt(format!("{what}: {}: {why}", path.display()))
-                })?;
+            let done = entry.unpack_in(root).map_err(|e| {
+                // tar's message names the file; the reason is its source.
+                let why = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                ImageError::Corrupt(format!("{what}: {}: {why}", path.display()))
+            })?;
             if !done {
                 return Err(ImageError::Corrupt(format!(
                     "{what}: entry '{}' points outside the layer",

@@ -76,8 +76,19 @@ pub struct Image {
 }
 
 /// `busybox` → `busybox:latest`; a tag is what follows the last ':' after the last '/'.
+/// Docker Hub's names are kept in docker's familiar form: `docker.io/library/busybox` is
+/// `busybox`, `docker.io/team/app` is `team/app`.
 pub fn normalize(reference: &str) -> Result<String, ImageError> {
     let bad = || ImageError::BadName(reference.to_string());
+    let reference = [
+        "docker.io/library/",
+        "index.docker.io/library/",
+        "docker.io/",
+        "index.docker.io/",
+    ]
+    .iter()
+    .find_map(|hub| reference.strip_prefix(hub))
+    .unwrap_or(reference);
     let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
     let (repo, tag) = match reference[last_slash..].rfind(':') {
         Some(i) => reference.split_at(last_slash + i),
@@ -242,9 +253,16 @@ impl Store {
         let mut images = self.list()?;
         images.retain(|i| i.name != image.name);
         self.write(&images)?;
-        for diff_id in &image.layers {
-            if !images.iter().any(|i| i.layers.contains(diff_id)) {
-                let _ = std::fs::remove_file(self.layer_path(diff_id));
+        // Every unused layer goes, also those an importer killed mid-way left behind.
+        let used: std::collections::HashSet<PathBuf> = images
+            .iter()
+            .flat_map(|i| i.layers.iter().map(|l| self.layer_path(l)))
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(self.root.join("layers")) {
+            for entry in entries.flatten() {
+                if !used.contains(&entry.path()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
         Ok(image)
@@ -321,7 +339,12 @@ mod tests {
         );
         assert_eq!(
             normalize("docker.io/library/debian:bookworm").unwrap(),
-            "docker.io/library/debian:bookworm"
+            "debian:bookworm"
+        );
+        assert_eq!(normalize("docker.io/team/app:1").unwrap(), "team/app:1");
+        assert_eq!(
+            normalize("quay.io/team/app").unwrap(),
+            "quay.io/team/app:latest"
         );
         for bad in [
             "", "Busybox", "bb:", ":tag", "a b", "x:y:z/", "/abs", "bb:t@g",
@@ -346,7 +369,7 @@ mod tests {
             user: None,
             created: None,
         };
-        for l in ["sha256:aa", "sha256:bb"] {
+        for l in ["sha256:aa", "sha256:bb", "sha256:orphan"] {
             std::fs::write(store.layer_path(l), b"x").unwrap();
         }
         store.insert(image("a:latest", &["sha256:aa"])).unwrap();
@@ -358,6 +381,7 @@ mod tests {
         store.remove("bbb").unwrap();
         assert!(store.layer_path("sha256:aa").exists(), "still used by a");
         assert!(!store.layer_path("sha256:bb").exists());
+        assert!(!store.layer_path("sha256:orphan").exists());
         assert_eq!(store.list().unwrap().len(), 1);
         std::fs::remove_dir_all(&root).unwrap();
     }
