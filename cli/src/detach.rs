@@ -448,6 +448,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, Failure> {
     let mut process = oci_spec::runtime::Process::default();
     process.set_args(Some(command.clone()));
     process.set_terminal(Some(args.tty));
+    process.set_capabilities(Some(crate::prepare::docker_capabilities()));
     let mut env = record.env.clone();
     env.extend(args.env.iter().cloned());
     if args.tty {

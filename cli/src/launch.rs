@@ -46,6 +46,7 @@ pub fn launch(p: &Prepared, timing: &mut crate::run::Timing) -> Result<Launched,
             .collect(),
         debug: p.debug,
         kernel_args: p.kernel_args.clone(),
+        netns: p.netns.clone(),
     })
     .map_err(|e| Failure::runtime(chain(&e)))?;
     timing.mark("vm_boot_to_agent");

@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// HOST_DIR:CONTAINER_PATH:ro, a read-only snapshot of the directory taken at start.
     #[arg(short = 'v', long = "volume", value_name = "HOST:CTR:ro")]
     pub volume: Vec<String>,
+    /// A network namespace (as a CNI plugin made it) whose interface and IP the VM takes over.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
     /// Make the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -87,6 +90,7 @@ pub struct Prepared {
     pub hypervisor: String,
     pub debug: bool,
     pub kernel_args: String,
+    pub netns: Option<PathBuf>,
     pub interactive: bool,
     pub tty: bool,
     /// What `vmpod ps` shows.
@@ -120,6 +124,38 @@ pub fn parse_size(text: &str) -> Option<u64> {
 const VM_OVERHEAD_MIB: u64 = 96;
 const DEFAULT_VM_MIB: u64 = 256;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// docker's default capability set, so programs behave as under `docker run` (ping needs
+/// NET_RAW, package managers CHOWN and SETUID...). The VM is the isolation boundary; these
+/// are root's powers inside it, within the container's namespaces.
+pub fn docker_capabilities() -> oci_spec::runtime::LinuxCapabilities {
+    use oci_spec::runtime::Capability::*;
+    let set: oci_spec::runtime::Capabilities = [
+        Chown,
+        DacOverride,
+        Fsetid,
+        Fowner,
+        Mknod,
+        NetRaw,
+        Setgid,
+        Setuid,
+        Setfcap,
+        Setpcap,
+        NetBindService,
+        SysChroot,
+        Kill,
+        AuditWrite,
+    ]
+    .into_iter()
+    .collect();
+    let mut caps = oci_spec::runtime::LinuxCapabilities::default();
+    caps.set_bounding(Some(set.clone()));
+    caps.set_effective(Some(set.clone()));
+    caps.set_permitted(Some(set));
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+    caps
+}
 
 /// `K=V` entries in order, a later key replacing an earlier one in place (docker's merge of
 /// image, --env-file and -e).
@@ -214,6 +250,14 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         .iter()
         .map(|v| parse_volume(v))
         .collect::<Result<_, _>>()?;
+    if let Some(netns) = &args.netns {
+        if !netns.exists() {
+            return Err(runtime(format!(
+                "--netns {}: no such network namespace",
+                netns.display()
+            )));
+        }
+    }
     let backend = Backend::choose(&args.hypervisor).map_err(|e| runtime(e.to_string()))?;
 
     // The image's defaults, then what the flags say.
@@ -304,6 +348,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
     process.set_args(Some(command.clone()));
     process.set_terminal(Some(args.tty));
     process.set_env(Some(env));
+    process.set_capabilities(Some(docker_capabilities()));
     if let Some(dir) = args.workdir.clone().or(image_workdir) {
         process.set_cwd(dir.into());
     }
@@ -372,6 +417,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         hypervisor: backend.flag().to_string(),
         debug: args.debug,
         kernel_args: args.kernel_args.clone(),
+        netns: args.netns.clone(),
         interactive: args.interactive,
         tty: args.tty,
         image: image_name,

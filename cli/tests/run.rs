@@ -580,3 +580,129 @@ fn kill_9_of_a_monitor_takes_its_vm_and_sandbox_with_it() {
     assert!(ok(&["ps", "-a"]).contains("Exited (125)"));
     ok(&["rm", id]);
 }
+
+/// A pod network namespace as a CNI bridge plugin would leave it: a veth whose host end has
+/// the gateway address. Removed on drop.
+struct PodNetns {
+    name: String,
+    host_if: String,
+}
+
+impl PodNetns {
+    fn new(with_address: bool) -> PodNetns {
+        let tag = std::process::id() % 100_000;
+        let ns = PodNetns {
+            name: format!("vmpod-test-{tag}-{}", u8::from(with_address)),
+            host_if: format!("vpt{tag}h{}", u8::from(with_address)),
+        };
+        let sh = |script: &str| {
+            let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+            assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+        };
+        let (n, h) = (&ns.name, &ns.host_if);
+        sh(&format!(
+            "ip netns add {n} && ip link add {h} type veth peer name {h}c && \
+             ip link set {h}c netns {n} && ip -n {n} link set {h}c name eth0 && \
+             ip -n {n} link set eth0 up && ip -n {n} link set lo up && ip link set {h} up"
+        ));
+        if with_address {
+            sh(&format!(
+                "ip -n {n} addr add 10.203.0.2/24 dev eth0 && \
+                 ip -n {n} route add default via 10.203.0.1 && ip addr add 10.203.0.1/24 dev {h}"
+            ));
+        }
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// What vmpod may have left in the namespace: links and tc qdiscs on eth0.
+    fn state(&self) -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ip -n {0} -o link | cut -d: -f2; tc -n {0} qdisc show dev eth0",
+                self.name
+            ))
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
+
+#[test]
+fn a_pod_netns_gives_the_vm_its_ip_and_is_left_as_found() {
+    let _serial = serial();
+    let before = leftovers();
+    let ns = PodNetns::new(true);
+    let clean = ns.state();
+    let www = support::Scratch::new("www");
+    std::fs::write(www.path("hello.txt"), "served by the host\n").unwrap();
+    let mut server = Command::new("busybox")
+        .args(["httpd", "-f", "-p", "10.203.0.1:18765", "-h"])
+        .arg(&www.0)
+        .spawn()
+        .expect("busybox httpd");
+    let out = vmpod(
+        &[
+            "run", "--rm", "--netns", &ns.path(), "busybox", "sh", "-c",
+            "ip -4 -o addr show eth0 | grep -o 'inet [0-9./]*'; ping -c1 -W5 10.203.0.1 >/dev/null && echo ping-ok; wget -q -O- http://10.203.0.1:18765/hello.txt",
+        ],
+        None,
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "inet 10.203.0.2/24\nping-ok\nserved by the host\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(ns.state(), clean, "the tap or the tc mirroring stayed");
+
+    // Refused: no namespace there; a namespace without an IPv4 interface.
+    let out = vmpod(
+        &[
+            "run",
+            "--rm",
+            "--netns",
+            "/run/netns/vmpod-none",
+            "busybox",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("no such network namespace"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bare = PodNetns::new(false);
+    let bare_clean = bare.state();
+    let out = vmpod(
+        &["run", "--rm", "--netns", &bare.path(), "busybox", "true"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("no Ethernet interface with an IPv4 address"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(bare.state(), bare_clean);
+    assert_eq!(leftovers(), before);
+}

@@ -15,8 +15,17 @@ pub struct VmSpec {
     /// Extra guest kernel command line (the backend adds its own console and machine options).
     pub cmdline: String,
     pub disks: Vec<Disk>,
+    /// A virtio-net device on an attached tap.
+    pub net: Option<NetAttachment>,
     /// Where the backend keeps its sockets and the console log.
     pub state_dir: PathBuf,
+}
+
+/// A tap fd the VMM inherits (at the same number) and the guest NIC's MAC.
+#[derive(Debug, Clone)]
+pub struct NetAttachment {
+    pub tap_fd: std::os::fd::RawFd,
+    pub mac: String,
 }
 
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ pub mod erofs;
 pub mod error;
 pub mod hypervisor;
 pub mod image;
+pub mod network;
 pub mod paths;
 mod process;
 pub mod qemu;

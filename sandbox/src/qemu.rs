@@ -4,7 +4,7 @@
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{Hypervisor, VmSpec};
 use crate::paths;
-use crate::process::die_with_parent;
+use crate::process::{die_with_parent, inherit_fd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,6 +100,14 @@ impl Hypervisor for Qemu {
                 format!("vhost-user-blk,chardev=blk{i}"),
             ]);
         }
+        if let Some(net) = &vm.net {
+            devices.extend([
+                "-netdev".to_string(),
+                format!("tap,id=net0,fd={}", net.tap_fd),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+            ]);
+        }
         let mut cmdline = format!(
             "reboot=t panic=-1 pci=off console=ttyS0 quiet {}",
             vm.cmdline
@@ -117,42 +125,45 @@ impl Hypervisor for Qemu {
             "max".to_string()
         };
         let memory = format!("{}M", vm.memory_mib);
+        let mut qemu = Command::new("qemu-system-x86_64");
+        if let Some(net) = &vm.net {
+            inherit_fd(&mut qemu, net.tap_fd);
+        }
         let child = die_with_parent(
-            Command::new("qemu-system-x86_64")
-                .args([
-                    "-M",
-                    "microvm,acpi=off,x-option-roms=off,memory-backend=mem",
-                ])
-                .args([
-                    "-accel",
-                    if self.kvm { "kvm" } else { "tcg" },
-                    "-cpu",
-                    &cpu,
-                    "-smp",
-                    &vm.cpus.to_string(),
-                ])
-                .args([
-                    "-object",
-                    &format!("memory-backend-memfd,id=mem,size={memory},share=on"),
-                    "-m",
-                    &memory,
-                ])
-                .args([
-                    "-global",
-                    "virtio-mmio.force-legacy=false",
-                    "-nodefaults",
-                    "-no-user-config",
-                    "-nographic",
-                    "-no-reboot",
-                ])
-                .arg("-serial")
-                .arg(format!("file:{}", self.console.display()))
-                .arg("-kernel")
-                .arg(&vm.kernel)
-                .arg("-initrd")
-                .arg(&vm.initrd)
-                .args(["-append", &cmdline])
-                .args(&devices),
+            qemu.args([
+                "-M",
+                "microvm,acpi=off,x-option-roms=off,memory-backend=mem",
+            ])
+            .args([
+                "-accel",
+                if self.kvm { "kvm" } else { "tcg" },
+                "-cpu",
+                &cpu,
+                "-smp",
+                &vm.cpus.to_string(),
+            ])
+            .args([
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+                "-m",
+                &memory,
+            ])
+            .args([
+                "-global",
+                "virtio-mmio.force-legacy=false",
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-no-reboot",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", self.console.display()))
+            .arg("-kernel")
+            .arg(&vm.kernel)
+            .arg("-initrd")
+            .arg(&vm.initrd)
+            .args(["-append", &cmdline])
+            .args(&devices),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())

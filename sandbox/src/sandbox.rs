@@ -4,10 +4,12 @@
 use crate::endpoint::Endpoint;
 use crate::erofs;
 use crate::error::{io, SandboxError};
-use crate::hypervisor::{Backend, Disk, Hypervisor, VmSpec};
+use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, VmSpec};
+use crate::network::PodNetwork;
 use crate::paths;
 use crate::vsock::connect;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +27,8 @@ pub struct SandboxConfig {
     pub debug: bool,
     /// Appended to the guest kernel's command line (for diagnosis).
     pub kernel_args: String,
+    /// A pod network namespace (as a CNI plugin made it) whose interface the guest takes over.
+    pub netns: Option<PathBuf>,
 }
 
 pub struct VolumeSnapshot {
@@ -38,6 +42,7 @@ pub struct Sandbox {
     vm: Box<dyn Hypervisor>,
     agent: Option<Client<UnixStream>>,
     janitor: Option<std::process::Child>,
+    network: Option<PodNetwork>,
 }
 
 /// Removes the state directory if the sandbox's owner dies without doing it (`kill -9`): the
@@ -47,7 +52,7 @@ fn spawn_janitor(state_dir: &Path) -> Result<std::process::Child, SandboxError> 
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(r#"trap 'kill $! 2>/dev/null; rm -rf "$0"; exit 0' TERM; while :; do sleep 3600 & wait $!; done"#)
+        .arg(r#"trap 'kill $! 2>/dev/null; [ -f "$0/cleanup.sh" ] && sh "$0/cleanup.sh"; rm -rf "$0"; exit 0' TERM; while :; do sleep 3600 & wait $!; done"#)
         .arg(state_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
@@ -96,6 +101,7 @@ impl Sandbox {
             vm: config.backend.hypervisor(),
             agent: None,
             janitor: None,
+            network: None,
         };
         sandbox.janitor = Some(spawn_janitor(&state_dir)?);
         let mut disks = config.disks;
@@ -115,6 +121,23 @@ impl Sandbox {
                 read_only: true,
             });
         }
+        // Held until the VMM has inherited it; the tap lives as long as the VMM then.
+        let mut tap_fd = None;
+        if let Some(netns) = &config.netns {
+            let (network, fd) = PodNetwork::attach(netns)?;
+            let cleanup = state_dir.join("cleanup.sh");
+            let written = std::fs::write(&cleanup, network.detach_command() + "\n");
+            sandbox.network = Some(network);
+            written.map_err(io(format!("write {}", cleanup.display())))?;
+            tap_fd = Some(fd);
+        }
+        let net = match (&tap_fd, &sandbox.network) {
+            (Some(fd), Some(network)) => Some(NetAttachment {
+                tap_fd: fd.as_raw_fd(),
+                mac: network.interface.mac.clone(),
+            }),
+            _ => None,
+        };
         let spec = VmSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
@@ -128,10 +151,27 @@ impl Sandbox {
             .trim()
             .to_string(),
             disks,
+            net,
             state_dir,
         };
         sandbox.vm.start(&spec)?;
+        drop(tap_fd);
         sandbox.wait_for_agent()?;
+        let wanted = sandbox
+            .network
+            .as_ref()
+            .map(|n| (n.config.clone(), n.netns.clone()));
+        if let Some((config, netns)) = wanted {
+            sandbox
+                .agent()
+                .call_done(RequestBody::SetupNetwork(config))
+                .map_err(|e| {
+                    SandboxError::Invalid(format!(
+                        "configure the guest's network from {}: {e}",
+                        netns.display()
+                    ))
+                })?;
+        }
         Ok(sandbox)
     }
 
@@ -210,6 +250,9 @@ impl Drop for Sandbox {
             }
         }
         self.vm.kill();
+        if let Some(network) = self.network.take() {
+            network.detach();
+        }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         if let Some(mut janitor) = self.janitor.take() {
             // SIGTERM: its trap also ends its sleep.

@@ -3,7 +3,7 @@
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{Hypervisor, VmSpec};
 use crate::paths;
-use crate::process::die_with_parent;
+use crate::process::{die_with_parent, inherit_fd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -27,7 +27,7 @@ impl Hypervisor for VmpodVmm {
             .iter()
             .map(|d| serde_json::json!({"path": d.path, "read_only": d.read_only, "serial": d.serial}))
             .collect();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "kernel": vm.kernel,
             "initrd": vm.initrd,
             "cpus": vm.cpus,
@@ -37,17 +37,20 @@ impl Hypervisor for VmpodVmm {
             "disks": disks,
             "vsock": {"guest_cid": 3, "uds_path": self.uds},
         });
+        if let Some(net) = &vm.net {
+            config["net"] = serde_json::json!({"fd": net.tap_fd, "mac": net.mac});
+        }
         let path = vm.state_dir.join("vm.json");
         std::fs::write(&path, config.to_string())
             .map_err(io(format!("write {}", path.display())))?;
-        let child = die_with_parent(
-            Command::new(paths::program("vmpod-vmm")?)
-                .arg("--config")
-                .arg(&path),
-        )
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(io("start vmpod-vmm"))?;
+        let mut vmm = Command::new(paths::program("vmpod-vmm")?);
+        if let Some(net) = &vm.net {
+            inherit_fd(&mut vmm, net.tap_fd);
+        }
+        let child = die_with_parent(vmm.arg("--config").arg(&path))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(io("start vmpod-vmm"))?;
         self.child = Some(child);
         Ok(())
     }

@@ -109,6 +109,11 @@ impl Tap {
         })
     }
 
+    /// The attached fd, to hand to another process (a VMM).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Reads one frame; `WouldBlock` when none is waiting.
     pub fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
