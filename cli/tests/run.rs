@@ -706,3 +706,70 @@ fn a_pod_netns_gives_the_vm_its_ip_and_is_left_as_found() {
     assert_eq!(bare.state(), bare_clean);
     assert_eq!(leftovers(), before);
 }
+
+#[test]
+fn a_terminal_run_gets_the_window_size_and_its_changes() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let _serial = serial();
+    let (mut master, mut slave) = (-1, -1);
+    let mut size = libc::winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty(3) fills two fds; the winsize is read.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both fds were just opened and are owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let script =
+        "stty size; trap 'stty size; exit 5' WINCH; echo ready; while :; do sleep 0.1; done";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
+        .args(["run", "--rm", "-t", "busybox", "sh", "-c", script])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vmpod");
+    drop(slave);
+    let mut reader = std::fs::File::from(master.try_clone().unwrap());
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains("ready") {
+        let n = reader.read(&mut buf).expect("read the terminal");
+        assert!(n > 0, "the terminal closed: {seen:?}");
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    assert!(seen.contains("30 100"), "{seen:?}");
+    size.ws_row = 40;
+    size.ws_col = 120;
+    // SAFETY: TIOCSWINSZ reads one winsize; kill(2) of our own child, as a terminal would.
+    unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::TIOCSWINSZ,
+            &size,
+        );
+        libc::kill(child.id() as i32, libc::SIGWINCH);
+    }
+    let status = child.wait().unwrap();
+    // What the container wrote after the resize (the master reads until EIO once closed).
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    assert_eq!(status.code(), Some(5), "{seen:?}");
+    assert!(seen.contains("40 120"), "{seen:?}");
+}
