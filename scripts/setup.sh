@@ -12,6 +12,8 @@ packages=(
     libseccomp-dev runc crun
     # images without a registry: the busybox image, the tests' OCI and Debian images
     umoci skopeo debootstrap
+    # the shim's tests run a real containerd
+    containerd
     # benchmark plots
     gnuplot-nox
 )

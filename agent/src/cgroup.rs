@@ -51,6 +51,10 @@ pub fn stats(dir: &Path) -> ContainerStats {
         pids_limit: limit(&read(dir, "pids.max")),
         io_read_bytes: io_read,
         io_write_bytes: io_write,
+        pids: read(dir, "cgroup.procs")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
     }
 }
 

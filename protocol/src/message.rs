@@ -280,6 +280,9 @@ pub struct ContainerStats {
     pub pids_limit: Option<u64>,
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
+    /// The container's processes (pids in the VM), as its cgroup lists them.
+    #[serde(default)]
+    pub pids: Vec<i32>,
 }
 
 #[cfg(test)]

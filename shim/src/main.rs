@@ -1,0 +1,93 @@
+//! containerd-shim-vmpod-v2: containerd's runtime v2 shim. One shim process per pod (containers
+//! whose spec carries the same `io.kubernetes.cri.sandbox-id` share it), one VM per shim.
+//!
+//!   containerd runs `containerd-shim-vmpod-v2 ... start` (prints the socket address),
+//!   the server it spawns serves the task API, and `... delete` cleans up after a dead shim.
+
+mod events;
+mod metrics;
+mod rootfs;
+mod stdio;
+mod task;
+mod vm;
+
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
+use std::path::Path;
+use std::sync::Arc;
+use task::TaskService;
+
+const RUNTIME: &str = "io.containerd.vmpod.v2";
+/// containerd's CRI puts every container of a pod under the pod sandbox's id.
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+struct Service {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+}
+
+impl containerd_shim::Shim for Service {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        // The shim reaps its own children (the VMM and its helpers): the crate's reaper would
+        // take their exit statuses away from the sandbox that watches them.
+        config.no_reaper = true;
+        config.no_sub_reaper = true;
+        Service {
+            namespace: args.namespace.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        // The bundle is the working directory; nothing but the address may be printed.
+        let spec = containerd_shim::util::read_spec_from_file("")?;
+        let grouping = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(SANDBOX_ID).cloned())
+            .unwrap_or_else(|| opts.id.clone());
+        let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // containerd finds the shim again after a restart through this file.
+        containerd_shim::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        // The shim is gone (killed or crashed): its VM died with it; what it left on disk and
+        // in a pod network namespace is removed here.
+        let note = Path::new(task::SANDBOX_NOTE);
+        if let Ok(state_dir) = std::fs::read_to_string(note) {
+            let state_dir = Path::new(state_dir.trim());
+            if state_dir.starts_with(vmpod_sandbox::paths::STATE_ROOT) {
+                let cleanup = state_dir.join("cleanup.sh");
+                if cleanup.is_file() {
+                    let _ = std::process::Command::new("sh").arg(&cleanup).status();
+                }
+                let _ = std::fs::remove_dir_all(state_dir);
+            }
+            let _ = std::fs::remove_file(note);
+        }
+        let mut response = DeleteResponse::new();
+        response.exit_status = 128 + libc::SIGKILL as u32;
+        response.exited_at = containerd_shim::protos::protobuf::MessageField::some(
+            containerd_shim::util::timestamp()?,
+        );
+        Ok(response)
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        let service = TaskService::new(self.namespace.clone(), self.exit.clone());
+        service.set_events(events::Events::start(publisher, self.namespace.clone()));
+        service
+    }
+}
+
+fn main() {
+    containerd_shim::run::<Service>(RUNTIME, None)
+}
