@@ -581,73 +581,11 @@ fn kill_9_of_a_monitor_takes_its_vm_and_sandbox_with_it() {
     ok(&["rm", id]);
 }
 
-/// A pod network namespace as a CNI bridge plugin would leave it: a veth whose host end has
-/// the gateway address. Removed on drop.
-struct PodNetns {
-    name: String,
-    host_if: String,
-}
-
-impl PodNetns {
-    fn new(with_address: bool) -> PodNetns {
-        let tag = std::process::id() % 100_000;
-        let ns = PodNetns {
-            name: format!("vmpod-test-{tag}-{}", u8::from(with_address)),
-            host_if: format!("vpt{tag}h{}", u8::from(with_address)),
-        };
-        let sh = |script: &str| {
-            let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-            assert!(out.status.success(), "{script}: {}", text(&out.stderr));
-        };
-        let (n, h) = (&ns.name, &ns.host_if);
-        sh(&format!(
-            "ip netns add {n} && ip link add {h} type veth peer name {h}c && \
-             ip link set {h}c netns {n} && ip -n {n} link set {h}c name eth0 && \
-             ip -n {n} link set eth0 up && ip -n {n} link set lo up && ip link set {h} up"
-        ));
-        if with_address {
-            sh(&format!(
-                "ip -n {n} addr add 10.203.0.2/24 dev eth0 && \
-                 ip -n {n} route add default via 10.203.0.1 && ip addr add 10.203.0.1/24 dev {h}"
-            ));
-        }
-        ns
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// What vmpod may have left in the namespace: links and tc qdiscs on eth0.
-    fn state(&self) -> String {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "ip -n {0} -o link | cut -d: -f2; tc -n {0} qdisc show dev eth0",
-                self.name
-            ))
-            .output()
-            .unwrap();
-        text(&out.stdout)
-    }
-}
-
-impl Drop for PodNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-    }
-}
-
 #[test]
 fn a_pod_netns_gives_the_vm_its_ip_and_is_left_as_found() {
     let _serial = serial();
     let before = leftovers();
-    let ns = PodNetns::new(true);
+    let ns = support::PodNetns::new("cli", true);
     let clean = ns.state();
     let www = support::Scratch::new("www");
     std::fs::write(www.path("hello.txt"), "served by the host\n").unwrap();
@@ -691,7 +629,7 @@ fn a_pod_netns_gives_the_vm_its_ip_and_is_left_as_found() {
         "{}",
         text(&out.stderr)
     );
-    let bare = PodNetns::new(false);
+    let bare = support::PodNetns::new("cli", false);
     let bare_clean = bare.state();
     let out = vmpod(
         &["run", "--rm", "--netns", &bare.path(), "busybox", "true"],

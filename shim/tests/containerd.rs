@@ -672,3 +672,33 @@ fn containers_with_one_sandbox_id_share_one_vm() {
     c.remove("pod-1");
     nothing_left_within(15);
 }
+
+#[test]
+fn a_pod_netns_from_the_spec_gives_the_vm_its_ip() {
+    let _serial = serial();
+    let c = Containerd::start();
+    let ns = support::PodNetns::new("shim", true);
+    let clean = ns.state();
+    let www = support::Scratch::new("shim-www");
+    std::fs::write(www.path("hello.txt"), "served by the host\n").unwrap();
+    let mut server = Command::new("busybox")
+        .args(["httpd", "-f", "-p", "10.203.0.1:18766", "-h"])
+        .arg(&www.0)
+        .spawn()
+        .expect("busybox httpd");
+    let with_ns = format!("network:{}", ns.path());
+    let out = c.run(&[
+        "run", "--rm", "--with-ns", &with_ns, "--runtime", RUNTIME, IMAGE, "net", "sh", "-c",
+        "ip -4 -o addr show eth0 | grep -o 'inet [0-9./]*'; wget -q -O- http://10.203.0.1:18766/hello.txt",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "inet 10.203.0.2/24\nserved by the host\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    nothing_left_within(15);
+    assert_eq!(ns.state(), clean, "the tap or the tc mirroring stayed");
+}

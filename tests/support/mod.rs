@@ -410,3 +410,75 @@ pub fn echo_stream(uds: &Path, len: u64, seed: u64) {
     sender.join().unwrap();
     assert_eq!(received, len, "stream {seed}: echo length");
 }
+
+/// A pod network namespace as a CNI bridge plugin would leave it: a veth whose host end has
+/// the gateway address. Removed on drop.
+pub struct PodNetns {
+    name: String,
+    host_if: String,
+}
+
+impl PodNetns {
+    /// `tag` keeps the names of different test binaries apart.
+    pub fn new(tag: &str, with_address: bool) -> PodNetns {
+        let id = std::process::id() % 10_000;
+        let short: String = tag.chars().take(3).collect();
+        let ns = PodNetns {
+            name: format!("vmpod-test-{tag}-{id}-{}", u8::from(with_address)),
+            host_if: format!("v{short}{id}h{}", u8::from(with_address)),
+        };
+        let sh = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (n, h) = (&ns.name, &ns.host_if);
+        sh(&format!(
+            "ip netns add {n} && ip link add {h} type veth peer name {h}c && \
+             ip link set {h}c netns {n} && ip -n {n} link set {h}c name eth0 && \
+             ip -n {n} link set eth0 up && ip -n {n} link set lo up && ip link set {h} up"
+        ));
+        if with_address {
+            sh(&format!(
+                "ip -n {n} addr add 10.203.0.2/24 dev eth0 && \
+                 ip -n {n} route add default via 10.203.0.1 && ip addr add 10.203.0.1/24 dev {h}"
+            ));
+        }
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// What vmpod may have left in the namespace: links and tc qdiscs on eth0.
+    pub fn state(&self) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ip -n {0} -o link | cut -d: -f2; tc -n {0} qdisc show dev eth0",
+                self.name
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
