@@ -57,10 +57,12 @@ bench: images
 	scripts/bench_devices.py
 	cargo run --release -p vmpod-agent --example bench_agent
 	scripts/bench_run.py
+	scripts/bench_shim.py
 
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)
-	install -m 0755 $(RELEASE)/vmpod $(RELEASE)/vmpod-vmm $(RELEASE)/vmpod-vhost-user $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(RELEASE)/vmpod $(RELEASE)/vmpod-vmm $(RELEASE)/vmpod-vhost-user \
+		$(RELEASE)/containerd-shim-vmpod-v2 $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 $(GUEST_DIR)/vmlinux $(GUEST_DIR)/initramfs.cpio $(DESTDIR)$(SHARE)/
 
 fmt:

@@ -12,7 +12,6 @@ Prints a table, writes results/run.csv and results/run.png.
 """
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -21,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import pct, plot, tree_pss_mib, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
@@ -52,11 +53,6 @@ def commands(tmp, args, name):
     }
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
 def start_times(tmp, runs):
     cmds = commands(tmp, ["true"], f"bench{os.getpid()}")
     times = {name: [] for name in cmds}
@@ -79,33 +75,6 @@ def start_times(tmp, runs):
     return times, steps
 
 
-def pss_kib(pid):
-    try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
-
-
-def descendants(pid):
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        found.append(p)
-        stack.extend(children.get(p, []))
-    return found
-
-
 def idle_memory(tmp):
     """PSS of everything one idle `sleep 3600` keeps alive, in MiB."""
     result = {}
@@ -113,8 +82,7 @@ def idle_memory(tmp):
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(8 if name.startswith("vmpod") else 2)
-        pids = descendants(proc.pid)
-        result[name] = sum(pss_kib(p) for p in pids) / 1024
+        result[name] = tree_pss_mib(proc.pid)
         os.killpg(proc.pid, 9)
         proc.wait()
         if name != "vmpod (qemu tcg)":
@@ -149,27 +117,9 @@ def main():
         print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:7.1f}x {memory.get(name, 0):9.1f}")
     print("vmpod breakdown (medians, ms): " +
           ", ".join(f"{s} {statistics.median(v):.1f}" for s, v in steps.items()))
-    with open(out / "run.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    data = out / "run.dat"
-    data.write_text("".join(f'"{r["case"]}" {r["median_ms"]} {r["idle_pss_mib"]}\n' for r in rows))
-    script = f"""
-set terminal pngcairo size 1000,420
-set output '{out / "run.png"}'
-set multiplot layout 1,2 title 'vmpod run vs runc and crun (medians)'
-set style data histogram
-set style fill solid 0.8
-set ylabel 'ms, start to exit of true (log)'
-set logscale y
-plot '{data}' using 2:xtic(1) notitle
-unset logscale y
-set ylabel 'MiB PSS of an idle sleep'
-plot '{data}' using 3:xtic(1) notitle
-unset multiplot
-"""
-    subprocess.run(["gnuplot"], input=script.encode(), check=True)
+    write_csv(out / "run.csv", rows)
+    plot(out, "run", "vmpod run vs runc and crun (medians)", rows,
+         "ms, start to exit of true (log)", "MiB PSS of an idle sleep")
     print(f"csv: {out / 'run.csv'}, plot: {out / 'run.png'}")
 
 
