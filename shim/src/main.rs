@@ -29,11 +29,7 @@ struct Service {
 impl containerd_shim::Shim for Service {
     type T = TaskService;
 
-    fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
-        // The shim reaps its own children (the VMM and its helpers): the crate's reaper would
-        // take their exit statuses away from the sandbox that watches them.
-        config.no_reaper = true;
-        config.no_sub_reaper = true;
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         Service {
             namespace: args.namespace.clone(),
             exit: Arc::new(ExitSignal::default()),
@@ -89,5 +85,13 @@ impl containerd_shim::Shim for Service {
 }
 
 fn main() {
-    containerd_shim::run::<Service>(RUNTIME, None)
+    // The shim reaps its own children (the VMM, its helpers, nsenter): the crate's reaper
+    // would take their exit statuses away from those who wait for them. It is set up before
+    // `Shim::new`, so it is turned off here.
+    let config = Config {
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    };
+    containerd_shim::run::<Service>(RUNTIME, Some(config))
 }

@@ -292,6 +292,38 @@ fn ctr_run_rm_passes_output_and_exit_codes() {
         logged.contains("to-file\n") && logged.contains("err-to-file\n"),
         "{logged:?}"
     );
+    // A binary:// logger gets stdout on fd 3 and stderr on fd 4, and says it is ready on fd 5.
+    let logger = c.dir.path("logger.sh");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\ncat <&3 > {0}/bin.out & cat <&4 > {0}/bin.err & printf x >&5; exec 5>&-; wait\n",
+            c.dir.0.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}", logger.display());
+    let out = c.run(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "binlog",
+        "sh",
+        "-c",
+        "echo via-binary; echo err-via-binary >&2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = |name: &str| std::fs::read_to_string(c.dir.path(name)).unwrap_or_default();
+    assert_eq!(
+        (read("bin.out"), read("bin.err")),
+        ("via-binary\n".into(), "err-via-binary\n".into())
+    );
     // A bind mount of a host path cannot be honoured yet: refused by name, nothing left.
     let out = c.run(&[
         "run",
@@ -404,6 +436,10 @@ fn a_detached_task_execs_lists_pauses_reports_metrics_and_is_killed_in_order() {
         assert!(Instant::now() < deadline, "{ps}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // ctr 1.6 has no `task update`: the task API is called directly, as the CRI would.
+    update_memory_limit(&c, "bg", 268_435_456);
+    let metrics = c.ok(&["task", "metrics", "bg"]);
+    assert!(metrics.contains("268435456"), "the new limit: {metrics}");
     c.ok(&["task", "pause", "bg"]);
     assert_eq!(c.status_of("bg").as_deref(), Some("PAUSED"));
     c.ok(&["task", "resume", "bg"]);
@@ -447,6 +483,29 @@ fn a_detached_task_execs_lists_pauses_reports_metrics_and_is_killed_in_order() {
         }
     }
     assert_eq!(at, expected.len(), "events out of order: {topics:?}");
+}
+
+/// The Update call on the task's shim, through its address file.
+fn update_memory_limit(c: &Containerd, id: &str, bytes: u64) {
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use containerd_shim::protos::shim_sync::TaskClient;
+    let address = std::fs::read_to_string(c.dir.path(&format!(
+        "state/io.containerd.runtime.v2.task/default/{id}/address"
+    )))
+    .expect("the shim's address file");
+    let client = containerd_shim::protos::ttrpc::Client::connect(address.trim()).unwrap();
+    let mut any = Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    any.value = format!("{{\"memory\":{{\"limit\":{bytes}}}}}").into_bytes();
+    let mut req = containerd_shim::api::UpdateTaskRequest::new();
+    req.id = id.into();
+    req.resources = containerd_shim::protos::protobuf::MessageField::some(any);
+    TaskClient::new(client)
+        .update(
+            containerd_shim::protos::ttrpc::context::with_timeout(10_000_000_000),
+            &req,
+        )
+        .expect("update");
 }
 
 #[test]
@@ -701,4 +760,32 @@ fn a_pod_netns_from_the_spec_gives_the_vm_its_ip() {
     );
     nothing_left_within(15);
     assert_eq!(ns.state(), clean, "the tap or the tc mirroring stayed");
+}
+
+#[test]
+fn an_oom_kill_is_reported_as_an_event_and_status_137() {
+    let _serial = serial();
+    let c = Containerd::start();
+    let events = EventLog::start(&c);
+    let out = c.run(&[
+        "run",
+        "--rm",
+        "--memory-limit",
+        "33554432",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "hog",
+        "sh",
+        "-c",
+        "x=0123456789abcdef; while :; do x=$x$x; done",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        events.topics().iter().any(|t| t == "/tasks/oom"),
+        "{:?}",
+        events.topics()
+    );
+    nothing_left_within(15);
 }
