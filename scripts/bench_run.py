@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import pct, plot, tree_pss_mib, write_csv
+from benchlib import plot, table, tree_pss_mib, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
@@ -106,15 +106,7 @@ def main():
         memory = idle_memory(Path(tmp))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = statistics.median(times["runc"])
-    rows = []
-    print(f"\n{'start to exit of `true`':24} {'median ms':>10} {'p90 ms':>8} {'vs runc':>8} {'idle MiB':>9}"
-          f"   ({args.runs} runs each, alternating)")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        rows.append({"case": name, "median_ms": round(med, 1), "p90_ms": round(pct(ts, 90), 1),
-                     "ratio_vs_runc": round(med / base, 2), "idle_pss_mib": round(memory.get(name, 0), 1)})
-        print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:7.1f}x {memory.get(name, 0):9.1f}")
+    rows = table("start to exit of `true`", times, memory, "runc", args.runs)
     print("vmpod breakdown (medians, ms): " +
           ", ".join(f"{s} {statistics.median(v):.1f}" for s, v in steps.items()))
     write_csv(out / "run.csv", rows)

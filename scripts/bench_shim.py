@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import pct, plot, tree_pss_mib, write_csv
+from benchlib import plot, table, tree_pss_mib, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
@@ -105,15 +105,7 @@ def main():
             c.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = statistics.median(times["runc shim"])
-    rows = []
-    print(f"\n{'ctr run --rm ... true':24} {'median ms':>10} {'p90 ms':>8} {'vs runc':>8} {'idle MiB':>9}"
-          f"   ({args.runs} runs each, alternating)")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        rows.append({"case": name, "median_ms": round(med, 1), "p90_ms": round(pct(ts, 90), 1),
-                     "ratio_vs_runc": round(med / base, 2), "idle_pss_mib": round(memory.get(name, 0), 1)})
-        print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:7.1f}x {memory.get(name, 0):9.1f}")
+    rows = table("ctr run --rm ... true", times, memory, "runc shim", args.runs)
     write_csv(out / "shim.csv", rows)
     plot(out, "shim", "containerd: the vmpod shim vs the runc shim (medians)", rows,
          "ms, ctr run --rm of true (log)", "MiB PSS of an idle pod")

@@ -3,6 +3,7 @@ two-panel gnuplot chart (time and memory per case)."""
 
 import csv
 import os
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,18 @@ plot '{data}' using 3:xtic(1) notitle
 unset multiplot
 """
     subprocess.run(["gnuplot"], input=script.encode(), check=True)
+
+
+def table(title, times, memory, base_name, runs):
+    """Prints median, p90, ratio to `base_name` and idle memory per case; returns the rows."""
+    base = statistics.median(times[base_name])
+    rows = []
+    print(f"\n{title:24} {'median ms':>10} {'p90 ms':>8} {'vs ' + base_name:>10} {'idle MiB':>9}"
+          f"   ({runs} runs each, alternating)")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append({"case": name, "median_ms": round(med, 1), "p90_ms": round(pct(ts, 90), 1),
+                     f"ratio_vs_{base_name.replace(' ', '_')}": round(med / base, 2),
+                     "idle_pss_mib": round(memory.get(name, 0), 1)})
+        print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:9.1f}x {memory.get(name, 0):9.1f}")
+    return rows

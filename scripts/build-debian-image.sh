@@ -12,7 +12,7 @@ if [ -f "$layout/index.json" ]; then
     echo "$layout"
     exit 0
 fi
-for tool in debootstrap umoci; do
+for tool in debootstrap; do
     command -v $tool >/dev/null || { echo "build-debian-image: $tool is missing (apt-get install $tool)" >&2; exit 1; }
 done
 # The mirror apt already uses.
@@ -28,14 +28,7 @@ debootstrap --variant=minbase "$suite" "$work/root" "$mirror" >"$work/debootstra
 }
 # What the image does not need: apt's lists and caches.
 rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
-umoci init --layout "$work/oci"
-umoci new --image "$work/oci:$suite"
-umoci unpack --image "$work/oci:$suite" "$work/bundle" >/dev/null
-cp -a "$work/root/." "$work/bundle/rootfs/"
-umoci repack --image "$work/oci:$suite" "$work/bundle"
-umoci config --image "$work/oci:$suite" --os linux --architecture amd64 \
+"$(dirname "$0")/oci-image-from-dir.sh" "$work/root" "$layout" "$suite" \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --config.cmd bash
-umoci gc --layout "$work/oci"
-mv "$work/oci" "$layout"
 echo "$layout"

@@ -587,13 +587,12 @@ fn a_pod_netns_gives_the_vm_its_ip_and_is_left_as_found() {
     let before = leftovers();
     let ns = support::PodNetns::new("cli", true);
     let clean = ns.state();
-    let www = support::Scratch::new("www");
-    std::fs::write(www.path("hello.txt"), "served by the host\n").unwrap();
-    let mut server = Command::new("busybox")
-        .args(["httpd", "-f", "-p", "10.203.0.1:18765", "-h"])
-        .arg(&www.0)
-        .spawn()
-        .expect("busybox httpd");
+    let server = support::FileServer::start(
+        "www",
+        "10.203.0.1:18765",
+        "hello.txt",
+        "served by the host\n",
+    );
     let out = vmpod(
         &[
             "run", "--rm", "--netns", &ns.path(), "busybox", "sh", "-c",
@@ -601,8 +600,7 @@ fn a_pod_netns_gives_the_vm_its_ip_and_is_left_as_found() {
         ],
         None,
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(
         (out.status.code(), text(&out.stdout).as_str()),
         (Some(0), "inet 10.203.0.2/24\nping-ok\nserved by the host\n"),

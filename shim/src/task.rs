@@ -489,6 +489,24 @@ impl TaskService {
         Ok(pid)
     }
 
+    /// Freezes or thaws the container's cgroup in the guest.
+    fn set_paused(&self, id: &str, paused: bool) -> ttrpc::Result<()> {
+        let endpoint = self.pod().endpoint()?;
+        let container_id = id.to_string();
+        call(
+            &endpoint,
+            if paused {
+                RequestBody::PauseContainer { container_id }
+            } else {
+                RequestBody::ResumeContainer { container_id }
+            },
+        )?;
+        if let Some(c) = self.pod().containers.get_mut(id) {
+            c.paused = paused;
+        }
+        Ok(())
+    }
+
     fn state_of(p: &Proc, paused: bool) -> Status {
         match p.state {
             State::Created => Status::CREATED,
@@ -673,16 +691,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let endpoint = self.pod().endpoint()?;
-        call(
-            &endpoint,
-            RequestBody::PauseContainer {
-                container_id: req.id.clone(),
-            },
-        )?;
-        if let Some(c) = self.pod().containers.get_mut(&req.id) {
-            c.paused = true;
-        }
+        self.set_paused(&req.id, true)?;
         self.publish(TaskPaused {
             container_id: req.id,
             ..Default::default()
@@ -691,16 +700,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        let endpoint = self.pod().endpoint()?;
-        call(
-            &endpoint,
-            RequestBody::ResumeContainer {
-                container_id: req.id.clone(),
-            },
-        )?;
-        if let Some(c) = self.pod().containers.get_mut(&req.id) {
-            c.paused = false;
-        }
+        self.set_paused(&req.id, false)?;
         self.publish(TaskResumed {
             container_id: req.id,
             ..Default::default()

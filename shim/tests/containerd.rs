@@ -232,6 +232,23 @@ fn nothing_left_within(seconds: u64) {
     }
 }
 
+/// `ctr run --rm --log-uri URI ... sh -c SCRIPT`.
+fn run_logged(c: &Containerd, uri: &str, id: &str, script: &str) -> Output {
+    c.run(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
 fn run_rm(c: &Containerd, id: &str, command: &[&str]) -> Output {
     let mut args = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];
     args.extend_from_slice(command);
@@ -273,19 +290,7 @@ fn ctr_run_rm_passes_output_and_exit_codes() {
     // A file:// log URI takes both streams.
     let log = c.dir.path("logs/task.log");
     let uri = format!("file://{}", log.display());
-    let out = c.run(&[
-        "run",
-        "--rm",
-        "--log-uri",
-        &uri,
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "logged",
-        "sh",
-        "-c",
-        "echo to-file; echo err-to-file >&2",
-    ]);
+    let out = run_logged(&c, &uri, "logged", "echo to-file; echo err-to-file >&2");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -305,19 +310,12 @@ fn ctr_run_rm_passes_output_and_exit_codes() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).unwrap();
     let uri = format!("binary://{}", logger.display());
-    let out = c.run(&[
-        "run",
-        "--rm",
-        "--log-uri",
+    let out = run_logged(
+        &c,
         &uri,
-        "--runtime",
-        RUNTIME,
-        IMAGE,
         "binlog",
-        "sh",
-        "-c",
         "echo via-binary; echo err-via-binary >&2",
-    ]);
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let read = |name: &str| std::fs::read_to_string(c.dir.path(name)).unwrap_or_default();
     assert_eq!(
@@ -738,20 +736,18 @@ fn a_pod_netns_from_the_spec_gives_the_vm_its_ip() {
     let c = Containerd::start();
     let ns = support::PodNetns::new("shim", true);
     let clean = ns.state();
-    let www = support::Scratch::new("shim-www");
-    std::fs::write(www.path("hello.txt"), "served by the host\n").unwrap();
-    let mut server = Command::new("busybox")
-        .args(["httpd", "-f", "-p", "10.203.0.1:18766", "-h"])
-        .arg(&www.0)
-        .spawn()
-        .expect("busybox httpd");
+    let server = support::FileServer::start(
+        "shim-www",
+        "10.203.0.1:18766",
+        "hello.txt",
+        "served by the host\n",
+    );
     let with_ns = format!("network:{}", ns.path());
     let out = c.run(&[
         "run", "--rm", "--with-ns", &with_ns, "--runtime", RUNTIME, IMAGE, "net", "sh", "-c",
         "ip -4 -o addr show eth0 | grep -o 'inet [0-9./]*'; wget -q -O- http://10.203.0.1:18766/hello.txt",
     ]);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(
         (out.status.code(), text(&out.stdout).as_str()),
         (Some(0), "inet 10.203.0.2/24\nserved by the host\n"),

@@ -482,3 +482,30 @@ impl Drop for PodNetns {
             .status();
     }
 }
+
+/// `busybox httpd` serving one file on `addr` (host:port) from a scratch directory, stopped
+/// on drop.
+pub struct FileServer {
+    _dir: Scratch,
+    child: std::process::Child,
+}
+
+impl FileServer {
+    pub fn start(tag: &str, addr: &str, name: &str, content: &str) -> FileServer {
+        let dir = Scratch::new(tag);
+        std::fs::write(dir.path(name), content).unwrap();
+        let child = std::process::Command::new("busybox")
+            .args(["httpd", "-f", "-p", addr, "-h"])
+            .arg(&dir.0)
+            .spawn()
+            .expect("busybox httpd");
+        FileServer { _dir: dir, child }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

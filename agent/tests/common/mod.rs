@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{repo_root, Scratch};
-use vmpod_protocol::frame::write_frame;
-use vmpod_protocol::{Client, StdStream, StdioHello, AGENT_PORT, STDIO_PORT};
+use vmpod_protocol::{Client, StdStream, AGENT_PORT};
 
 pub fn guest_dir() -> PathBuf {
     std::env::var_os("VMPOD_GUEST_DIR")
@@ -200,17 +199,9 @@ impl AgentVm {
 
     /// Opens one stdio stream of a process.
     pub fn stream(&self, container: &str, exec: Option<&str>, stream: StdStream) -> UnixStream {
-        let mut s = self.connect(STDIO_PORT);
-        write_frame(
-            &mut s,
-            &StdioHello {
-                container_id: container.into(),
-                exec_id: exec.map(str::to_string),
-                stream,
-            },
-        )
-        .unwrap();
-        s
+        vmpod_sandbox::Endpoint::new(&self.uds)
+            .stream(container, exec, stream)
+            .expect("open a stdio stream")
     }
 
     /// Asks the agent to power off and waits for QEMU to exit.
