@@ -224,6 +224,12 @@ fn leftovers() -> Vec<String> {
     found
 }
 
+/// A VM a sandbox started (other QEMUs on the host are not ours).
+fn is_sandbox_vm(cmdline: &str) -> bool {
+    (cmdline.starts_with("qemu-system") || cmdline.contains("vmpod-vmm"))
+        && cmdline.contains("/run/vmpod/")
+}
+
 fn nothing_left_within(seconds: u64) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while !leftovers().is_empty() {
@@ -649,7 +655,7 @@ fn a_vm_that_dies_ends_its_task_with_an_exit() {
         .find_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmd = text(&std::fs::read(e.path().join("cmdline")).ok()?);
-            (cmd.starts_with("qemu-system") || cmd.contains("vmpod-vmm")).then_some(pid)
+            (is_sandbox_vm(&cmd)).then_some(pid)
         })
         .expect("the VM runs");
     // SAFETY: kill(2) of the VM this test started through containerd.
@@ -698,7 +704,7 @@ fn containers_with_one_sandbox_id_share_one_vm() {
         .flatten()
         .filter(|e| {
             std::fs::read(e.path().join("cmdline"))
-                .map(|c| text(&c).starts_with("qemu-system") || text(&c).contains("vmpod-vmm"))
+                .map(|c| is_sandbox_vm(&text(&c)))
                 .unwrap_or(false)
         })
         .count();
