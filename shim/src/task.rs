@@ -729,7 +729,22 @@ impl containerd_shim::Task for TaskService {
                 req.id, req.exec_id
             )));
         }
+        if p.state == State::Created && !req.exec_id.is_empty() {
+            // An exec that never started has no process to signal: it is done.
+            p.state = State::Stopped;
+            p.exit_status = 128 + req.signal;
+            p.exited_at = Some(now());
+            drop(pod);
+            self.inner.changed.notify_all();
+            return Ok(api::Empty::new());
+        }
+        // A container killed before Start (the CRI's clean-up of a failed start) still exits:
+        // its waiter starts now, so Wait returns.
+        let unstarted = (p.state == State::Created).then(|| p.attached.take());
         drop(pod);
+        if let Some(attached) = unstarted {
+            self.watch_exit(endpoint.clone(), req.id.clone(), String::new(), attached);
+        }
         call(
             &endpoint,
             RequestBody::SignalProcess {

@@ -196,6 +196,24 @@ impl Drop for Containerd {
             self.remove(&id);
         }
         self.kill_9();
+        // Shims outlive containerd by design; a test that failed half-way may leave one (its
+        // VM dies with it).
+        let socket = self.dir.path("containerd.sock").display().to_string();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = text(&cmdline);
+            if cmdline.contains("containerd-shim-vmpod-v2") && cmdline.contains(&socket) {
+                // SAFETY: kill(2) of a shim this fixture's containerd started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
@@ -490,25 +508,30 @@ fn a_detached_task_execs_lists_pauses_reports_metrics_and_is_killed_in_order() {
 }
 
 /// The Update call on the task's shim, through its address file.
-fn update_memory_limit(c: &Containerd, id: &str, bytes: u64) {
-    use containerd_shim::protos::protobuf::well_known_types::any::Any;
-    use containerd_shim::protos::shim_sync::TaskClient;
+/// A task API client of the shim serving `id`, found through its bundle's address file.
+fn task_client(c: &Containerd, id: &str) -> containerd_shim::protos::shim_sync::TaskClient {
     let address = std::fs::read_to_string(c.dir.path(&format!(
         "state/io.containerd.runtime.v2.task/default/{id}/address"
     )))
     .expect("the shim's address file");
     let client = containerd_shim::protos::ttrpc::Client::connect(address.trim()).unwrap();
+    containerd_shim::protos::shim_sync::TaskClient::new(client)
+}
+
+fn ttrpc_timeout(seconds: i64) -> containerd_shim::protos::ttrpc::context::Context {
+    containerd_shim::protos::ttrpc::context::with_timeout(seconds * 1_000_000_000)
+}
+
+fn update_memory_limit(c: &Containerd, id: &str, bytes: u64) {
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
     let mut any = Any::new();
     any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
     any.value = format!("{{\"memory\":{{\"limit\":{bytes}}}}}").into_bytes();
     let mut req = containerd_shim::api::UpdateTaskRequest::new();
     req.id = id.into();
     req.resources = containerd_shim::protos::protobuf::MessageField::some(any);
-    TaskClient::new(client)
-        .update(
-            containerd_shim::protos::ttrpc::context::with_timeout(10_000_000_000),
-            &req,
-        )
+    task_client(c, id)
+        .update(ttrpc_timeout(10), &req)
         .expect("update");
 }
 
@@ -789,5 +812,60 @@ fn an_oom_kill_is_reported_as_an_event_and_status_137() {
         "{:?}",
         events.topics()
     );
+    nothing_left_within(15);
+}
+
+#[test]
+fn a_task_killed_before_start_still_exits_and_is_deleted() {
+    // What the CRI does when a start fails: Kill, Wait, Delete of a created task. ctr cannot
+    // create without starting, so the second container of the pod is created through the
+    // task API, on the first one's image layers.
+    let _serial = serial();
+    let c = Containerd::start();
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "first",
+        "sleep",
+        "1000",
+    ]);
+    c.wait_status("first", "RUNNING");
+    let mounts = c.ok(&["snapshots", "mounts", "/unused", "first"]);
+    let lowerdir = mounts
+        .split([',', ' ', '\n'])
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .expect("the overlay's lowerdir")
+        .to_string();
+    let bundle = c.dir.path("second-bundle");
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    let first_spec = c
+        .dir
+        .path("state/io.containerd.runtime.v2.task/default/first/config.json");
+    std::fs::copy(first_spec, bundle.join("config.json")).unwrap();
+    let client = task_client(&c, "first");
+    let mut mount = containerd_shim::protos::types::mount::Mount::new();
+    mount.type_ = "overlay".into();
+    mount.source = "overlay".into();
+    mount.options = vec![format!("lowerdir={lowerdir}")];
+    let mut create = containerd_shim::api::CreateTaskRequest::new();
+    create.id = "second".into();
+    create.bundle = bundle.display().to_string();
+    create.rootfs = vec![mount];
+    client.create(ttrpc_timeout(60), &create).expect("create");
+    let mut kill = containerd_shim::api::KillRequest::new();
+    kill.id = "second".into();
+    kill.signal = libc::SIGKILL as u32;
+    client.kill(ttrpc_timeout(10), &kill).expect("kill");
+    let mut wait = containerd_shim::api::WaitRequest::new();
+    wait.id = "second".into();
+    let exited = client.wait(ttrpc_timeout(30), &wait).expect("wait returns");
+    assert_eq!(exited.exit_status, 137);
+    let mut delete = containerd_shim::api::DeleteRequest::new();
+    delete.id = "second".into();
+    client.delete(ttrpc_timeout(10), &delete).expect("delete");
+    c.remove("first");
     nothing_left_within(15);
 }
