@@ -68,6 +68,11 @@ impl Vcpu {
         self.index
     }
 
+    /// The KVM vCPU, for saving and restoring its state while it is out of KVM_RUN.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// Sets the state every vCPU starts with, and for the boot vCPU (`entry` given) the boot
     /// protocol's registers. The other vCPUs wait for the guest's INIT/SIPI.
     pub fn configure(&self, cpuid: &CpuId, entry: Option<EntryPoint>) -> Result<(), VcpuError> {

@@ -1,0 +1,210 @@
+//! The KVM state of a paused VM and its vCPUs, as a snapshot holds it, and the order it must
+//! be put back in. What a template saves and every clone restores; devices and memory are
+//! saved beside it.
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{action} {what}: {source}")]
+    Kvm {
+        action: &'static str,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM took {set} of the {wanted} saved MSRs (from index {first_refused:#x} on)")]
+    Msrs {
+        set: usize,
+        wanted: usize,
+        first_refused: u32,
+    },
+}
+
+fn save(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> StateError {
+    move |source| StateError::Kvm {
+        action: "save",
+        what,
+        source,
+    }
+}
+
+fn restore(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> StateError {
+    move |source| StateError::Kvm {
+        action: "restore",
+        what,
+        source,
+    }
+}
+
+/// One vCPU, out of KVM_RUN.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub msrs: Vec<kvm_msr_entry>,
+    pub lapic: kvm_lapic_state,
+    pub mp_state: kvm_mp_state,
+    pub vcpu_events: kvm_vcpu_events,
+    pub debugregs: kvm_debugregs,
+}
+
+/// The VM's in-kernel devices and clock.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+}
+
+/// The MSRs worth saving: those KVM lists that this vCPU lets us read. Some hosts list MSRs
+/// they then refuse (kvm-pvm exposes few), so each refused one is left out.
+pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, StateError> {
+    let listed = kvm
+        .get_msr_index_list()
+        .map_err(save("the MSR index list"))?;
+    let mut readable = Vec::new();
+    let mut rest: Vec<u32> = listed.as_slice().to_vec();
+    while !rest.is_empty() {
+        let entries: Vec<kvm_msr_entry> = rest
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Msrs {
+            set: 0,
+            wanted: entries.len(),
+            first_refused: rest[0],
+        })?;
+        // KVM reads in order and stops at the first MSR it refuses.
+        let read = vcpu.get_msrs(&mut msrs).map_err(save("MSRs"))?;
+        readable.extend_from_slice(&rest[..read]);
+        rest.drain(..(read + 1).min(rest.len()));
+    }
+    Ok(readable)
+}
+
+pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, StateError> {
+    // The mp_state first: reading it settles pending APIC events into the state.
+    let mp_state = vcpu.get_mp_state().map_err(save("the MP state"))?;
+    let regs = vcpu.get_regs().map_err(save("registers"))?;
+    let sregs = vcpu.get_sregs().map_err(save("special registers"))?;
+    let xsave = vcpu.get_xsave().map_err(save("XSAVE state"))?;
+    let xcrs = vcpu.get_xcrs().map_err(save("XCRs"))?;
+    let debugregs = vcpu.get_debug_regs().map_err(save("debug registers"))?;
+    let lapic = vcpu.get_lapic().map_err(save("the LAPIC"))?;
+    let entries: Vec<kvm_msr_entry> = msr_indices
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    let mut msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Msrs {
+        set: 0,
+        wanted: entries.len(),
+        first_refused: msr_indices.first().copied().unwrap_or(0),
+    })?;
+    let read = vcpu.get_msrs(&mut msrs).map_err(save("MSRs"))?;
+    if read != entries.len() {
+        return Err(StateError::Msrs {
+            set: read,
+            wanted: entries.len(),
+            first_refused: msr_indices[read],
+        });
+    }
+    // Last: the events pending at the moment of the snapshot.
+    let vcpu_events = vcpu.get_vcpu_events().map_err(save("vCPU events"))?;
+    Ok(VcpuState {
+        regs,
+        sregs,
+        xsave,
+        xcrs,
+        msrs: msrs.as_slice().to_vec(),
+        lapic,
+        mp_state,
+        vcpu_events,
+        debugregs,
+    })
+}
+
+/// Puts a saved vCPU back, in the order KVM needs: CPUID before anything that depends on the
+/// features it grants; special registers before the LAPIC (the APIC base MSR lives there) and
+/// the LAPIC before the MSRs (TSC deadline needs the LAPIC mode); events last.
+pub fn restore_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, state: &VcpuState) -> Result<(), StateError> {
+    vcpu.set_cpuid2(cpuid).map_err(restore("CPUID"))?;
+    vcpu.set_mp_state(state.mp_state)
+        .map_err(restore("the MP state"))?;
+    vcpu.set_regs(&state.regs).map_err(restore("registers"))?;
+    vcpu.set_sregs(&state.sregs)
+        .map_err(restore("special registers"))?;
+    // SAFETY: the XSAVE area was saved by KVM for a vCPU of the same CPUID.
+    unsafe { vcpu.set_xsave(&state.xsave) }.map_err(restore("XSAVE state"))?;
+    vcpu.set_xcrs(&state.xcrs).map_err(restore("XCRs"))?;
+    vcpu.set_debug_regs(&state.debugregs)
+        .map_err(restore("debug registers"))?;
+    vcpu.set_lapic(&state.lapic).map_err(restore("the LAPIC"))?;
+    let msrs = Msrs::from_entries(&state.msrs).map_err(|_| StateError::Msrs {
+        set: 0,
+        wanted: state.msrs.len(),
+        first_refused: state.msrs.first().map_or(0, |m| m.index),
+    })?;
+    let set = vcpu.set_msrs(&msrs).map_err(restore("MSRs"))?;
+    if set != state.msrs.len() {
+        return Err(StateError::Msrs {
+            set,
+            wanted: state.msrs.len(),
+            first_refused: state.msrs[set].index,
+        });
+    }
+    vcpu.set_vcpu_events(&state.vcpu_events)
+        .map_err(restore("vCPU events"))?;
+    Ok(())
+}
+
+fn irqchip(vm: &VmFd, chip_id: u32, what: &'static str) -> Result<kvm_irqchip, StateError> {
+    let mut chip = kvm_irqchip {
+        chip_id,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut chip).map_err(save(what))?;
+    Ok(chip)
+}
+
+pub fn save_vm(vm: &VmFd) -> Result<VmState, StateError> {
+    Ok(VmState {
+        pic_master: irqchip(vm, KVM_IRQCHIP_PIC_MASTER, "the master PIC")?,
+        pic_slave: irqchip(vm, KVM_IRQCHIP_PIC_SLAVE, "the slave PIC")?,
+        ioapic: irqchip(vm, KVM_IRQCHIP_IOAPIC, "the IOAPIC")?,
+        pit: vm.get_pit2().map_err(save("the PIT"))?,
+        clock: vm.get_clock().map_err(save("the clock"))?,
+    })
+}
+
+/// Puts the VM's devices and clock back; the irqchip and PIT must exist already.
+pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<(), StateError> {
+    vm.set_pit2(&state.pit).map_err(restore("the PIT"))?;
+    // The clock continues from the snapshot's time, not from whenever it was saved in
+    // wall-clock terms: the guest is told the real time by the agent after a restore.
+    let mut clock = state.clock;
+    clock.flags = 0;
+    vm.set_clock(&clock).map_err(restore("the clock"))?;
+    vm.set_irqchip(&state.pic_master)
+        .map_err(restore("the master PIC"))?;
+    vm.set_irqchip(&state.pic_slave)
+        .map_err(restore("the slave PIC"))?;
+    vm.set_irqchip(&state.ioapic)
+        .map_err(restore("the IOAPIC"))?;
+    Ok(())
+}

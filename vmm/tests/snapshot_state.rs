@@ -1,0 +1,69 @@
+//! Saving a vCPU's and a VM's KVM state and putting it into fresh ones, on the real KVM: what
+//! every restored clone of a template relies on.
+
+mod common;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+use vmpod_vmm::memory::create_guest_memory;
+use vmpod_vmm::vstate::snapshot::{
+    readable_msrs, restore_vcpu, restore_vm, save_vcpu, save_vm, VcpuState, VmState,
+};
+use vmpod_vmm::vstate::vcpu::Vcpu;
+use vmpod_vmm::vstate::vm::Vm;
+
+#[test]
+fn vcpu_and_vm_state_round_trip_into_a_fresh_vm() {
+    common::require_kvm();
+    let kvm = Kvm::new().expect("open /dev/kvm");
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .expect("supported CPUID");
+    let mem = create_guest_memory(16 << 20).expect("guest memory");
+
+    let vm = Vm::new(&kvm, &mem).expect("VM");
+    let vcpu = Vcpu::new(vm.fd(), 0).expect("vCPU");
+    vcpu.configure(&cpuid, None).expect("configure");
+    let mut regs = vcpu.fd().get_regs().unwrap();
+    regs.rax = 0x1234_5678_9abc_def0;
+    regs.rbx = 42;
+    regs.rip = 0x10_0000;
+    regs.rflags = 0x2;
+    vcpu.fd().set_regs(&regs).unwrap();
+    let msrs = readable_msrs(&kvm, vcpu.fd()).expect("readable MSRs");
+    assert!(!msrs.is_empty());
+    let saved = save_vcpu(vcpu.fd(), &msrs).expect("save the vCPU");
+    let saved_vm = save_vm(vm.fd()).expect("save the VM");
+
+    // Through the snapshot's encoding, as a clone reads it.
+    let saved: VcpuState = serde_json::from_slice(&serde_json::to_vec(&saved).unwrap()).unwrap();
+    let saved_vm: VmState =
+        serde_json::from_slice(&serde_json::to_vec(&saved_vm).unwrap()).unwrap();
+
+    let clone_vm = Vm::new(&kvm, &mem).expect("second VM");
+    let clone = Vcpu::new(clone_vm.fd(), 0).expect("second vCPU");
+    restore_vm(clone_vm.fd(), &saved_vm).expect("restore the VM");
+    restore_vcpu(clone.fd(), &cpuid, &saved).expect("restore the vCPU");
+
+    let again = save_vcpu(clone.fd(), &msrs).expect("save the clone");
+    assert_eq!(again.regs.rax, 0x1234_5678_9abc_def0);
+    assert_eq!(again.regs.rbx, 42);
+    assert_eq!(again.regs.rip, 0x10_0000);
+    assert_eq!(again.sregs.cr0, saved.sregs.cr0);
+    assert_eq!(again.sregs.apic_base, saved.sregs.apic_base);
+    assert_eq!(again.lapic.regs[..], saved.lapic.regs[..]);
+    assert_eq!(again.mp_state.mp_state, saved.mp_state.mp_state);
+    let clone_state = save_vm(clone_vm.fd()).expect("save the clone VM");
+    assert_eq!(clone_state.ioapic.chip_id, saved_vm.ioapic.chip_id);
+    // SAFETY: reading the union's IOAPIC variant of chips saved as IOAPICs.
+    let (a, b) = unsafe { (clone_state.ioapic.chip.ioapic, saved_vm.ioapic.chip.ioapic) };
+    assert_eq!(a.base_address, b.base_address);
+    // MSRs other than the time stamp counter (which moves on) come back as saved.
+    const MSR_IA32_TSC: u32 = 0x10;
+    for (x, y) in again.msrs.iter().zip(&saved.msrs) {
+        assert_eq!(x.index, y.index);
+        if x.index != MSR_IA32_TSC {
+            assert_eq!(x.data, y.data, "MSR {:#x}", x.index);
+        }
+    }
+}
