@@ -21,6 +21,10 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("snapshot file {0} is missing")]
+    SnapshotMissing(PathBuf),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("cannot read config {path}: {source}")]
     Read {
         path: String,
@@ -126,6 +130,21 @@ pub struct VmConfig {
     /// A virtio-net device on a tap.
     #[serde(default)]
     pub net: Option<NetConfig>,
+    /// Save the VM when the guest says it is ready (the boot-timer byte), then exit: a template.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotFiles>,
+    /// Start from a saved VM instead of booting a kernel.
+    #[serde(default)]
+    pub restore: Option<SnapshotFiles>,
+}
+
+/// A snapshot: the VM's state (versioned JSON) and its memory (a raw image, mapped
+/// copy-on-write by every VM restored from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFiles {
+    pub state: PathBuf,
+    pub memory: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +223,8 @@ impl Default for VmConfig {
             rng: false,
             vsock: None,
             net: None,
+            snapshot: None,
+            restore: None,
         }
     }
 }
@@ -241,6 +262,9 @@ impl VmConfig {
 
     /// Checks everything that can be checked before touching KVM.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(restore) = &self.restore {
+            return self.validate_restore(restore);
+        }
         if self.kernel.as_os_str().is_empty() {
             return Err(ConfigError::NoKernel);
         }
@@ -275,6 +299,32 @@ impl VmConfig {
             if !initrd.is_file() {
                 return Err(ConfigError::InitrdMissing(initrd.clone()));
             }
+        }
+        if self.snapshot.is_some() && (self.cpus != 1 || devices > 0) {
+            return Err(ConfigError::Unsupported(
+                "snapshots are of one-vCPU VMs without virtio devices for now".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A restored VM takes its CPUs, memory and guest from the snapshot; devices are not
+    /// restored yet, so a config asking for them is refused rather than half honoured.
+    fn validate_restore(&self, restore: &SnapshotFiles) -> Result<(), ConfigError> {
+        for path in [&restore.state, &restore.memory] {
+            if !path.is_file() {
+                return Err(ConfigError::SnapshotMissing(path.clone()));
+            }
+        }
+        if self.snapshot.is_some() {
+            return Err(ConfigError::Unsupported(
+                "a restored VM cannot be snapshotted again yet".into(),
+            ));
+        }
+        if !self.disks.is_empty() || self.rng || self.vsock.is_some() || self.net.is_some() {
+            return Err(ConfigError::Unsupported(
+                "restoring a VM with virtio devices is not supported yet".into(),
+            ));
         }
         Ok(())
     }
@@ -361,6 +411,48 @@ mod tests {
         assert_eq!(config.disks.len(), 2);
         assert!(config.disks[0].read_only && !config.disks[1].read_only);
         assert_eq!(config.disks[0].serial.as_deref(), Some("layer0"));
+    }
+
+    #[test]
+    fn snapshots_are_of_one_vcpu_without_devices_and_restores_need_their_files() {
+        let kernel = std::env::current_exe().unwrap();
+        let files = SnapshotFiles {
+            state: kernel.clone(),
+            memory: kernel.clone(),
+        };
+        let mut config = VmConfig {
+            kernel: kernel.clone(),
+            cpus: 2,
+            snapshot: Some(files.clone()),
+            ..VmConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Unsupported(_))
+        ));
+        config.cpus = 1;
+        assert!(config.validate().is_ok());
+        let restore = VmConfig {
+            restore: Some(SnapshotFiles {
+                state: "/nonexistent/state".into(),
+                memory: kernel.clone(),
+            }),
+            ..VmConfig::default()
+        };
+        assert_eq!(
+            restore.validate().unwrap_err().to_string(),
+            "snapshot file /nonexistent/state is missing"
+        );
+        let with_device = VmConfig {
+            restore: Some(files),
+            rng: true,
+            ..VmConfig::default()
+        };
+        assert!(with_device
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("virtio devices"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod host;
 pub mod lifecycle;
 pub mod memory;
 mod signals;
+pub mod snapshot;
 pub mod virtio;
 pub mod vstate;
 
@@ -64,6 +65,10 @@ pub enum VmmError {
     Signals(std::io::Error),
     #[error("event loop: {0:?}")]
     EventLoop(event_manager::Error),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("KVM state: {0}")]
+    State(vstate::snapshot::StateError),
 }
 
 /// Builds the VM and runs it until the guest stops, a vCPU fails or a stop signal arrives.
@@ -91,32 +96,66 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     let cmdline = full_cmdline(&machine, &config.cmdline);
 
     step(started, "KVM opened");
-    let mem = memory::create_guest_memory(config.memory_bytes())?;
-    let entry = boot::load(
-        &mem,
-        &BootSpec {
-            kernel: &config.kernel,
-            initrd: config.initrd.as_deref(),
-            cmdline: &cmdline,
-            cpus,
-            memory_bytes: config.memory_bytes(),
-        },
-    )?;
-
-    step(started, "guest loaded");
-    let vm = Vm::new(&kvm, &mem)?;
-    let attached = virtio::attach(&vm, &mem, devices)?;
-    step(started, "VM created");
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::SupportedCpuid)?;
-    let mut vcpus = Vec::with_capacity(cpus as usize);
-    for index in 0..cpus {
-        let vcpu = Vcpu::new(vm.fd(), index)?;
+    let cpuid_of = |index: u8, cpus: u8| {
         let mut cpuid = supported.clone();
         cpuid::customize(cpuid.as_mut_slice(), index, cpus, &hidden);
-        vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
-        vcpus.push(vcpu);
+        cpuid
+    };
+    let (mem, vm, mut vcpus) = match &config.restore {
+        Some(files) => {
+            let saved = snapshot::load(&files.state)?;
+            let mem = snapshot::map_memory(&files.memory, saved.memory_mib)?;
+            let vm = Arc::new(Vm::new(&kvm, &mem)?);
+            vstate::snapshot::restore_vm(vm.fd(), &saved.vm).map_err(VmmError::State)?;
+            let count = saved.vcpus.len() as u8;
+            let mut vcpus = Vec::with_capacity(saved.vcpus.len());
+            for (index, state) in saved.vcpus.iter().enumerate() {
+                let vcpu = Vcpu::new(vm.fd(), index as u8)?;
+                vstate::snapshot::restore_vcpu(vcpu.fd(), &cpuid_of(index as u8, count), state)
+                    .map_err(VmmError::State)?;
+                vcpus.push(vcpu);
+            }
+            step(started, "VM restored");
+            (mem, vm, vcpus)
+        }
+        None => {
+            let mem = memory::create_guest_memory(config.memory_bytes())?;
+            let entry = boot::load(
+                &mem,
+                &BootSpec {
+                    kernel: &config.kernel,
+                    initrd: config.initrd.as_deref(),
+                    cmdline: &cmdline,
+                    cpus,
+                    memory_bytes: config.memory_bytes(),
+                },
+            )?;
+            step(started, "guest loaded");
+            let vm = Arc::new(Vm::new(&kvm, &mem)?);
+            let mut vcpus = Vec::with_capacity(cpus as usize);
+            for index in 0..cpus {
+                let vcpu = Vcpu::new(vm.fd(), index)?;
+                vcpu.configure(&cpuid_of(index, cpus), (index == 0).then_some(entry))?;
+                vcpus.push(vcpu);
+            }
+            (mem, vm, vcpus)
+        }
+    };
+    let attached = virtio::attach(&vm, &mem, devices)?;
+    step(started, "VM created");
+    if let Some(files) = &config.snapshot {
+        let vcpu = &mut vcpus[0];
+        let msrs = vstate::snapshot::readable_msrs(&kvm, vcpu.fd()).map_err(VmmError::State)?;
+        vcpu.snapshot_when_ready(vstate::vcpu::SnapshotRequest {
+            vm: vm.clone(),
+            mem: mem.clone(),
+            files: files.clone(),
+            msrs,
+            memory_mib: config.memory_mib,
+        });
     }
     step(started, "vCPUs configured");
 
@@ -159,7 +198,7 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         events.add_subscriber(Arc::new(Mutex::new(device.handler)));
     }
 
-    tracing::debug!(cpus, memory_mib = config.memory_mib, ?entry, %cmdline, "starting vCPUs");
+    tracing::debug!(cpus, memory_mib = config.memory_mib, %cmdline, "starting vCPUs");
     for vcpu in vcpus {
         // On kvm-pvm our guest kernel asks the VMM to start its APs (real-mode SIPI cannot work
         // there); elsewhere they wait in KVM for the usual INIT/SIPI.

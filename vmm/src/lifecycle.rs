@@ -15,6 +15,10 @@ pub enum ExitReason {
     GuestCrash(String),
     /// The VMM was asked to stop by a signal.
     Signal(i32),
+    /// The VM was saved at the guest's ready byte (a template) and stopped.
+    Snapshotted,
+    /// Saving the VM failed.
+    SnapshotFailed(String),
 }
 
 impl ExitReason {
@@ -24,6 +28,8 @@ impl ExitReason {
             ExitReason::GuestPanic => 2,
             ExitReason::GuestCrash(_) => 3,
             ExitReason::Signal(signo) => 128 + signo,
+            ExitReason::Snapshotted => 0,
+            ExitReason::SnapshotFailed(_) => 1,
         }
     }
 }
@@ -37,6 +43,8 @@ impl std::fmt::Display for ExitReason {
             }
             ExitReason::GuestCrash(what) => write!(f, "guest crashed: {what}"),
             ExitReason::Signal(signo) => write!(f, "stopped by signal {signo}"),
+            ExitReason::Snapshotted => write!(f, "VM saved at the guest's ready byte"),
+            ExitReason::SnapshotFailed(why) => write!(f, "cannot save the VM: {why}"),
         }
     }
 }

@@ -67,3 +67,126 @@ fn vcpu_and_vm_state_round_trip_into_a_fresh_vm() {
         }
     }
 }
+
+fn vmm_with_config(
+    scratch: &common::Scratch,
+    name: &str,
+    config: serde_json::Value,
+) -> std::process::Child {
+    let path = scratch.path(&format!("{name}.json"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    std::process::Command::new(common::vmm_binary())
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vmpod-vmm")
+}
+
+#[test]
+fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
+    common::require_kvm();
+    let scratch = common::Scratch::new("snapshot");
+    let (state, memory) = (scratch.path("state.json"), scratch.path("memory"));
+    let template = vmm_with_config(
+        &scratch,
+        "template",
+        serde_json::json!({
+            "kernel": common::tiny_guest(),
+            "cmdline": "tiny=snap",
+            "memory_mib": 16,
+            "console": scratch.path("template.log"),
+            "snapshot": {"state": state, "memory": memory},
+        }),
+    );
+    let out = template.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.path("template.log")).unwrap(),
+        "0\n1\n2\n3\n4\n"
+    );
+    let template_memory = std::fs::read(&memory).unwrap();
+
+    let clones: Vec<_> = (0..10)
+        .map(|i| {
+            vmm_with_config(
+                &scratch,
+                &format!("clone{i}"),
+                serde_json::json!({
+                    "console": scratch.path(&format!("clone{i}.log")),
+                    "restore": {"state": state, "memory": memory},
+                }),
+            )
+        })
+        .collect();
+    for (i, clone) in clones.into_iter().enumerate() {
+        let out = clone.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "clone {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(scratch.path(&format!("clone{i}.log"))).unwrap(),
+            "5\n6\n7\n8\n9\ntiny: reset\n",
+            "clone {i}"
+        );
+    }
+    // Clones write their own copies of the pages; the template stays as saved.
+    assert!(
+        std::fs::read(&memory).unwrap() == template_memory,
+        "a clone wrote the template"
+    );
+
+    // A damaged or foreign snapshot is refused by name, before any guest runs.
+    let text = std::fs::read_to_string(&state).unwrap();
+    let cases = [
+        (
+            "truncated",
+            text[..text.len() / 2].to_string(),
+            "not a vmpod-vmm snapshot",
+        ),
+        (
+            "version",
+            text.replacen("\"version\":1", "\"version\":99", 1),
+            "version 99",
+        ),
+        (
+            "foreign",
+            "{\"format\":\"other\"}".to_string(),
+            "not a vmpod-vmm snapshot",
+        ),
+    ];
+    for (name, content, needle) in cases {
+        let bad = scratch.path(&format!("{name}.json.state"));
+        std::fs::write(&bad, content).unwrap();
+        let out = vmm_with_config(
+            &scratch,
+            name,
+            serde_json::json!({"console": "off", "restore": {"state": bad, "memory": memory}}),
+        )
+        .wait_with_output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+    }
+    let short = scratch.path("short-memory");
+    std::fs::write(&short, &template_memory[..4096]).unwrap();
+    let out = vmm_with_config(
+        &scratch,
+        "short",
+        serde_json::json!({"console": "off", "restore": {"state": state, "memory": short}}),
+    )
+    .wait_with_output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds 4096 bytes"), "{stderr}");
+}

@@ -11,8 +11,10 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::boot::regs::{initial_regs, initial_sregs, ApStart, EntryPoint};
-use crate::devices::Bus;
+use crate::devices::boot_timer::BOOT_DONE;
+use crate::devices::{Bus, BOOT_TIMER_PORT};
 use crate::lifecycle::{ExitReason, Lifecycle};
+use crate::vstate::snapshot as snapshot_state;
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
@@ -54,6 +56,18 @@ pub enum VcpuError {
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
+    snapshot: Option<SnapshotRequest>,
+}
+
+/// Save the VM when the guest writes its ready byte: what the vCPU needs to do it from its
+/// own thread (only there is it out of KVM_RUN at that moment).
+pub struct SnapshotRequest {
+    pub vm: Arc<crate::vstate::vm::Vm>,
+    pub mem: vm_memory::GuestMemoryMmap,
+    pub files: crate::config::SnapshotFiles,
+    /// The MSRs this vCPU lets us read.
+    pub msrs: Vec<u32>,
+    pub memory_mib: u64,
 }
 
 impl Vcpu {
@@ -61,7 +75,16 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
-        Ok(Vcpu { index, fd })
+        Ok(Vcpu {
+            index,
+            fd,
+            snapshot: None,
+        })
+    }
+
+    /// Makes this vCPU save the VM at the guest's ready byte and stop there.
+    pub fn snapshot_when_ready(&mut self, request: SnapshotRequest) {
+        self.snapshot = Some(request);
     }
 
     pub fn index(&self) -> u8 {
@@ -183,7 +206,15 @@ impl Vcpu {
     fn run_loop(&mut self, bus: &Bus) -> ExitReason {
         loop {
             match self.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => bus.pio_write(port, data),
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    let ready = port == BOOT_TIMER_PORT && data.first() == Some(&BOOT_DONE);
+                    bus.pio_write(port, data);
+                    if ready {
+                        if let Some(request) = self.snapshot.take() {
+                            return self.save_snapshot(request);
+                        }
+                    }
+                }
                 Ok(VcpuExit::IoIn(port, data)) => bus.pio_read(port, data),
                 Ok(VcpuExit::MmioRead(addr, data)) => bus.mmio_read(addr, data),
                 Ok(VcpuExit::MmioWrite(addr, data)) => bus.mmio_write(addr, data),
@@ -210,6 +241,42 @@ impl Vcpu {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
                 Err(e) => return self.crash(&format!("KVM_RUN failed: {e}")),
             }
+        }
+    }
+
+    fn save_snapshot(&mut self, request: SnapshotRequest) -> ExitReason {
+        // KVM finishes the port write only on the next KVM_RUN; with immediate_exit it does
+        // that and returns at once, leaving a consistent state to save.
+        self.fd.set_kvm_immediate_exit(1);
+        let finished = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match finished {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Ok(()) => return ExitReason::SnapshotFailed("the vCPU did not stop".into()),
+            Err(e) => return ExitReason::SnapshotFailed(format!("KVM_RUN: {e}")),
+        }
+        let saved = (|| -> Result<(), String> {
+            let vcpu =
+                snapshot_state::save_vcpu(&self.fd, &request.msrs).map_err(|e| e.to_string())?;
+            let vm = snapshot_state::save_vm(request.vm.fd()).map_err(|e| e.to_string())?;
+            let state = crate::snapshot::Snapshot {
+                format: crate::snapshot::FORMAT.into(),
+                version: crate::snapshot::VERSION,
+                memory_mib: request.memory_mib,
+                vcpus: vec![vcpu],
+                vm,
+            };
+            crate::snapshot::save(
+                &state,
+                &request.files.state,
+                &request.mem,
+                &request.files.memory,
+            )
+            .map_err(|e| e.to_string())
+        })();
+        match saved {
+            Ok(()) => ExitReason::Snapshotted,
+            Err(e) => ExitReason::SnapshotFailed(e),
         }
     }
 

@@ -7,6 +7,8 @@
  *   tiny=triple  loads an empty IDT and raises an exception: triple fault
  *   tiny=wait    boot-timer byte, banner, then halts forever (for signal and memory tests)
  *   tiny=cpuid   prints CPUID leaf 1 ECX/EDX and leaf 7 EBX/ECX as the guest sees them, resets
+ *   tiny=snap    counts 0..9 on the serial port, one line each, keeping the count in memory;
+ *                the boot-timer byte comes after 4 (where a snapshot is taken), then resets
  */
     .code32
     .section .text
@@ -14,13 +16,7 @@
 _start:
     cli
     movl $0x80000, %esp
-    movw $0x3f0, %dx                /* boot timer: the first thing the guest does */
-    movb $123, %al
-    outb %al, (%dx)
     movl %ebx, %esi                 /* hvm_start_info */
-    leal banner, %eax
-    call puts
-
     movl 24(%esi), %edi             /* start_info.cmdline_paddr */
     movb $'r', %bl                  /* mode when none is given */
 find:
@@ -38,6 +34,13 @@ next:
     jmp find
 
 dispatch:
+    cmpb $'s', %bl
+    je snap
+    movw $0x3f0, %dx                /* boot timer: the first thing the guest does */
+    movb $123, %al
+    outb %al, (%dx)
+    leal banner, %eax
+    call puts
     cmpb $'p', %bl
     je panic
     cmpb $'t', %bl
@@ -94,6 +97,24 @@ cpuid_dump:
     outb %al, (%dx)
     jmp reset
 
+snap:
+    movl $0, count
+1:  movl count, %eax
+    addb $'0', %al
+    movw $0x3f8, %dx
+    outb %al, (%dx)
+    movb $10, %al
+    outb %al, (%dx)
+    cmpl $4, count
+    jne 2f
+    movw $0x3f0, %dx                /* ready: a snapshot is taken here */
+    movb $123, %al
+    outb %al, (%dx)
+2:  incl count
+    cmpl $10, count
+    jne 1b
+    jmp reset
+
 wait:
     leal msg_wait, %eax
     call puts
@@ -142,6 +163,10 @@ msg_wait:   .asciz "tiny: waiting\n"
     .align 8
 null_idt:   .word 0
             .long 0
+
+    .section .data
+    .align 4
+count:      .long 0
 
     /* PVH entry note: type XEN_ELFNOTE_PHYS32_ENTRY (18), name "Xen". */
     .section .note.Xen, "a"

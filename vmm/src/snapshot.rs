@@ -1,0 +1,148 @@
+//! Snapshot files: the VM's state as versioned JSON, and its memory as a raw image that every
+//! restored VM maps copy-on-write (`MAP_PRIVATE`), so clones of one template share its pages
+//! in the host's page cache and load them lazily.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
+
+use crate::memory::ram_ranges;
+use crate::vstate::snapshot::{VcpuState, VmState};
+
+pub const FORMAT: &str = "vmpod-vmm snapshot";
+/// Raised whenever what is saved changes meaning; a mismatch is refused on load.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a vmpod-vmm snapshot state file: {why}")]
+    Format { path: PathBuf, why: String },
+    #[error("{path} is snapshot format version {found}; this vmpod-vmm reads version {VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error(
+        "memory file {path} holds {found} bytes; the snapshot's {mib} MiB of RAM need {wanted}"
+    )]
+    MemorySize {
+        path: PathBuf,
+        found: u64,
+        wanted: u64,
+        mib: u64,
+    },
+    #[error("cannot map the memory file {path}: {why}")]
+    Map { path: PathBuf, why: String },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io { what, path, source }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Snapshot {
+    pub format: String,
+    pub version: u32,
+    pub memory_mib: u64,
+    pub vcpus: Vec<VcpuState>,
+    pub vm: VmState,
+}
+
+/// Writes the state and the memory, each aside and renamed, so a reader never sees half.
+pub fn save(
+    state: &Snapshot,
+    state_path: &Path,
+    mem: &GuestMemoryMmap,
+    memory_path: &Path,
+) -> Result<(), SnapshotError> {
+    let tmp = memory_path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
+    for region in mem.iter() {
+        // SAFETY: the region is a live mapping of `len` bytes; the vCPUs are stopped, so the
+        // guest does not write it while it is copied.
+        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), region.len() as usize) };
+        file.write_all(bytes).map_err(io("write", &tmp))?;
+    }
+    file.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, memory_path).map_err(io("store", memory_path))?;
+    let tmp = state_path.with_extension("tmp");
+    let json = serde_json::to_vec(state).map_err(|e| SnapshotError::Format {
+        path: state_path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    std::fs::write(&tmp, json).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, state_path).map_err(io("store", state_path))
+}
+
+/// Reads and checks a state file: its format and version must be ours.
+pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
+    let bytes = std::fs::read(path).map_err(io("read", path))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Format {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    if header["format"] != FORMAT {
+        return Err(SnapshotError::Format {
+            path: path.to_path_buf(),
+            why: format!("format is {}, not \"{FORMAT}\"", header["format"]),
+        });
+    }
+    let found = header["version"].as_u64().unwrap_or(0) as u32;
+    if found != VERSION {
+        return Err(SnapshotError::Version {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    serde_json::from_value(header).map_err(|e| SnapshotError::Format {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })
+}
+
+/// Guest memory backed by the snapshot's memory file, private to this VM: pages are read
+/// from the file when first touched and copied when first written.
+pub fn map_memory(path: &Path, mib: u64) -> Result<GuestMemoryMmap, SnapshotError> {
+    let file = File::open(path).map_err(io("open", path))?;
+    let found = file.metadata().map_err(io("read", path))?.len();
+    let wanted = mib << 20;
+    if found != wanted {
+        return Err(SnapshotError::MemorySize {
+            path: path.to_path_buf(),
+            found,
+            wanted,
+            mib,
+        });
+    }
+    let map_err = |why: String| SnapshotError::Map {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (start, len) in ram_ranges(wanted) {
+        let file = file.try_clone().map_err(io("open", path))?;
+        let mapping = MmapRegionBuilder::new(len as usize)
+            .with_file_offset(FileOffset::new(file, offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| map_err(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, start)
+            .ok_or_else(|| map_err(format!("region at {start:?} overflows")))?;
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
+}
