@@ -104,9 +104,12 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         cpuid::customize(cpuid.as_mut_slice(), index, cpus, &hidden);
         cpuid
     };
-    let (mem, vm, mut vcpus) = match &config.restore {
-        Some(files) => {
-            let saved = snapshot::load(&files.state)?;
+    let restored = match &config.restore {
+        Some(files) => Some(snapshot::load(&files.state)?),
+        None => None,
+    };
+    let (mem, vm, mut vcpus) = match (&config.restore, &restored) {
+        (Some(files), Some(saved)) => {
             let mem = snapshot::map_memory(&files.memory, saved.memory_mib)?;
             let vm = Arc::new(Vm::new(&kvm, &mem)?);
             vstate::snapshot::restore_vm(vm.fd(), &saved.vm).map_err(VmmError::State)?;
@@ -121,7 +124,7 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
             step(started, "VM restored");
             (mem, vm, vcpus)
         }
-        None => {
+        _ => {
             let mem = memory::create_guest_memory(config.memory_bytes())?;
             let entry = boot::load(
                 &mem,
@@ -180,6 +183,7 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         BootTimer::new(started),
         mem.clone(),
         attached.iter().map(|a| a.transport.clone()).collect(),
+        restored.as_ref().map(|s| &s.devices.serial),
     );
     step(started, "devices created");
 

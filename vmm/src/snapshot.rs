@@ -12,6 +12,7 @@ use vm_memory::{
     FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 
+use crate::devices::{SerialSnapshot, SERIAL_FIFO};
 use crate::memory::ram_ranges;
 use crate::vstate::snapshot::{VcpuState, VmState};
 
@@ -56,6 +57,13 @@ pub struct Snapshot {
     pub memory_mib: u64,
     pub vcpus: Vec<VcpuState>,
     pub vm: VmState,
+    pub devices: DevicesState,
+}
+
+/// The VMM's own devices.
+#[derive(Serialize, Deserialize)]
+pub struct DevicesState {
+    pub serial: SerialSnapshot,
 }
 
 /// Writes the state and the memory, each aside and renamed, so a reader never sees half.
@@ -105,10 +113,26 @@ pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
             found,
         });
     }
-    serde_json::from_value(header).map_err(|e| SnapshotError::Format {
+    let snapshot: Snapshot = serde_json::from_value(header).map_err(|e| SnapshotError::Format {
         path: path.to_path_buf(),
         why: e.to_string(),
-    })
+    })?;
+    if snapshot.devices.serial.in_buffer.len() > SERIAL_FIFO {
+        return Err(SnapshotError::Format {
+            path: path.to_path_buf(),
+            why: format!(
+                "the serial FIFO holds {} bytes, more than a UART's {SERIAL_FIFO}",
+                snapshot.devices.serial.in_buffer.len()
+            ),
+        });
+    }
+    if snapshot.vcpus.is_empty() {
+        return Err(SnapshotError::Format {
+            path: path.to_path_buf(),
+            why: "it holds no vCPU".into(),
+        });
+    }
+    Ok(snapshot)
 }
 
 /// Guest memory backed by the snapshot's memory file, private to this VM: pages are read

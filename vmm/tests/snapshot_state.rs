@@ -135,7 +135,7 @@ fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
         );
         assert_eq!(
             std::fs::read_to_string(scratch.path(&format!("clone{i}.log"))).unwrap(),
-            "5\n6\n7\n8\n9\ntiny: reset\n",
+            "5\n6\n7\n8\n9\nK\ntiny: reset\n",
             "clone {i}"
         );
     }
@@ -157,6 +157,15 @@ fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
             "version",
             text.replacen("\"version\":1", "\"version\":99", 1),
             "version 99",
+        ),
+        (
+            "fifo",
+            text.replacen(
+                "\"in_buffer\":[]",
+                &format!("\"in_buffer\":{:?}", [7u8; 100]),
+                1,
+            ),
+            "more than a UART's 64",
         ),
         (
             "foreign",

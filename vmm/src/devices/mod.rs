@@ -43,6 +43,57 @@ impl Trigger for EventFdTrigger {
 
 pub type SerialDevice = Serial<EventFdTrigger, vm_superio::serial::NoEvents, ConsoleOutput>;
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+/// The most a 16550's receive FIFO holds.
+pub const SERIAL_FIFO: usize = 64;
+
+impl SerialSnapshot {
+    pub fn of(serial: &SerialDevice) -> SerialSnapshot {
+        let s = serial.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    fn to_superio(&self) -> vm_superio::serial::SerialState {
+        vm_superio::serial::SerialState {
+            baud_divisor_low: self.baud_divisor_low,
+            baud_divisor_high: self.baud_divisor_high,
+            interrupt_enable: self.interrupt_enable,
+            interrupt_identification: self.interrupt_identification,
+            line_control: self.line_control,
+            line_status: self.line_status,
+            modem_control: self.modem_control,
+            modem_status: self.modem_status,
+            scratch: self.scratch,
+            in_buffer: self.in_buffer.clone(),
+        }
+    }
+}
+
 /// The legacy PC devices every vmpod guest has, and the virtio-mmio devices it was given.
 pub struct Bus {
     pub serial: Mutex<SerialDevice>,
@@ -54,6 +105,7 @@ pub struct Bus {
 }
 
 impl Bus {
+    /// With `serial_state`, the UART continues from a snapshot (its registers and FIFO).
     pub fn new(
         serial_irq: EventFd,
         reset: EventFd,
@@ -61,9 +113,22 @@ impl Bus {
         boot_timer: BootTimer,
         mem: GuestMemoryMmap,
         virtio: Vec<Arc<Mutex<MmioTransport>>>,
+        serial_state: Option<&SerialSnapshot>,
     ) -> Arc<Bus> {
+        let trigger = EventFdTrigger(serial_irq);
+        let serial = match serial_state {
+            // A saved FIFO holds at most what the UART does; anything else starts afresh.
+            Some(state) => Serial::from_state(
+                &state.to_superio(),
+                trigger,
+                vm_superio::serial::NoEvents,
+                console,
+            )
+            .unwrap_or_else(|e| panic!("serial state from a checked snapshot: {e:?}")),
+            None => Serial::new(trigger, console),
+        };
         Arc::new(Bus {
-            serial: Mutex::new(Serial::new(EventFdTrigger(serial_irq), console)),
+            serial: Mutex::new(serial),
             i8042: Mutex::new(I8042Device::new(EventFdTrigger(reset))),
             boot_timer,
             ap_start: ApStarter::new(mem),
@@ -135,6 +200,10 @@ impl Bus {
         }
     }
 
+    pub fn serial_state(&self) -> SerialSnapshot {
+        SerialSnapshot::of(&lock(&self.serial))
+    }
+
     pub fn flush_console(&self) {
         use std::io::Write;
         let _ = lock(&self.serial).writer_mut().flush();
@@ -164,6 +233,7 @@ mod tests {
             BootTimer::new(Instant::now()),
             crate::memory::create_guest_memory(16 << 20).unwrap(),
             Vec::new(),
+            None,
         );
         (bus, reset)
     }

@@ -211,7 +211,7 @@ impl Vcpu {
                     bus.pio_write(port, data);
                     if ready {
                         if let Some(request) = self.snapshot.take() {
-                            return self.save_snapshot(request);
+                            return self.save_snapshot(request, bus);
                         }
                     }
                 }
@@ -244,7 +244,7 @@ impl Vcpu {
         }
     }
 
-    fn save_snapshot(&mut self, request: SnapshotRequest) -> ExitReason {
+    fn save_snapshot(&mut self, request: SnapshotRequest, bus: &Bus) -> ExitReason {
         // KVM finishes the port write only on the next KVM_RUN; with immediate_exit it does
         // that and returns at once, leaving a consistent state to save.
         self.fd.set_kvm_immediate_exit(1);
@@ -265,6 +265,9 @@ impl Vcpu {
                 memory_mib: request.memory_mib,
                 vcpus: vec![vcpu],
                 vm,
+                devices: crate::snapshot::DevicesState {
+                    serial: bus.serial_state(),
+                },
             };
             crate::snapshot::save(
                 &state,

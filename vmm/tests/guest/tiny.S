@@ -7,8 +7,9 @@
  *   tiny=triple  loads an empty IDT and raises an exception: triple fault
  *   tiny=wait    boot-timer byte, banner, then halts forever (for signal and memory tests)
  *   tiny=cpuid   prints CPUID leaf 1 ECX/EDX and leaf 7 EBX/ECX as the guest sees them, resets
- *   tiny=snap    counts 0..9 on the serial port, one line each, keeping the count in memory;
- *                the boot-timer byte comes after 4 (where a snapshot is taken), then resets
+ *   tiny=snap    puts 'K' in the UART's scratch register, counts 0..9 on the serial port
+ *                (one line each, the count in memory) with the boot-timer byte after 4 (where
+ *                a snapshot is taken), prints the scratch register back, resets
  */
     .code32
     .section .text
@@ -98,6 +99,9 @@ cpuid_dump:
     jmp reset
 
 snap:
+    movb $'K', %al                  /* kept in the UART's scratch register across the snapshot */
+    movw $0x3ff, %dx
+    outb %al, (%dx)
     movl $0, count
 1:  movl count, %eax
     addb $'0', %al
@@ -113,6 +117,12 @@ snap:
 2:  incl count
     cmpl $10, count
     jne 1b
+    movw $0x3ff, %dx
+    inb (%dx), %al
+    movw $0x3f8, %dx
+    outb %al, (%dx)
+    movb $10, %al
+    outb %al, (%dx)
     jmp reset
 
 wait:
