@@ -307,6 +307,144 @@ impl MmioTransport {
     }
 }
 
+/// A queue as the driver set it up and how far the device has got through it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+/// The transport's registers and queues. The device's host side (files, taps, sockets) is
+/// opened again from the config on restore; a snapshot is taken when the guest's agent is ready
+/// and before the host connects, so a vsock device has no connection to carry over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportSnapshot {
+    pub device_type: u32,
+    pub queue_sel: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub status: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueSnapshot>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error("the snapshot has a device of type {saved} where the config puts type {config}")]
+    DeviceType { saved: u32, config: u32 },
+    #[error("device type {device}: the snapshot has {saved} queues, the device {actual}")]
+    QueueCount {
+        device: u32,
+        saved: usize,
+        actual: usize,
+    },
+    #[error("device type {device}: queue {index} of the snapshot is invalid ({why})")]
+    Queue {
+        device: u32,
+        index: usize,
+        why: String,
+    },
+}
+
+impl MmioTransport {
+    pub fn snapshot(&self) -> TransportSnapshot {
+        TransportSnapshot {
+            device_type: self.device.device_type(),
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let s = q.state();
+                    QueueSnapshot {
+                        max_size: s.max_size,
+                        size: s.size,
+                        ready: s.ready,
+                        next_avail: s.next_avail,
+                        next_used: s.next_used,
+                        event_idx_enabled: s.event_idx_enabled,
+                        desc_table: s.desc_table,
+                        avail_ring: s.avail_ring,
+                        used_ring: s.used_ring,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Puts the registers and queues back, checking everything a snapshot file could get
+    /// wrong: the device type, the queue count, each queue's sizes and addresses.
+    pub fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), RestoreError> {
+        let device = self.device.device_type();
+        if saved.device_type != device {
+            return Err(RestoreError::DeviceType {
+                saved: saved.device_type,
+                config: device,
+            });
+        }
+        if saved.queues.len() != self.queues.len() {
+            return Err(RestoreError::QueueCount {
+                device,
+                saved: saved.queues.len(),
+                actual: self.queues.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(saved.queues.len());
+        for (index, (q, max)) in saved
+            .queues
+            .iter()
+            .zip(self.device.queue_max_sizes())
+            .enumerate()
+        {
+            let bad = |why: String| RestoreError::Queue { device, index, why };
+            if q.max_size != *max {
+                return Err(bad(format!(
+                    "max size {} where the device offers {max}",
+                    q.max_size
+                )));
+            }
+            let state = virtio_queue::QueueState {
+                max_size: q.max_size,
+                next_avail: q.next_avail,
+                next_used: q.next_used,
+                event_idx_enabled: q.event_idx_enabled,
+                size: q.size,
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            };
+            let queue = Queue::try_from(state).map_err(|e| bad(format!("{e:?}")))?;
+            if queue.ready() && !queue.is_valid(&self.mem) {
+                return Err(bad("its rings lie outside guest memory".into()));
+            }
+            queues.push(queue);
+        }
+        self.queues = queues;
+        self.queue_sel = saved.queue_sel;
+        self.device_features_sel = saved.device_features_sel;
+        self.driver_features_sel = saved.driver_features_sel;
+        self.driver_features = saved.driver_features;
+        self.status = saved.status;
+        self.interrupt_status
+            .store(saved.interrupt_status, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
     device
         .queue_max_sizes()
@@ -443,6 +581,81 @@ mod tests {
         write32(&mut t, REG_QUEUE_SEL, 9);
         assert_eq!(read32(&t, REG_QUEUE_NUM_MAX), 0);
         write32(&mut t, REG_QUEUE_NUM, 8); // no such queue: ignored
+    }
+
+    /// One writable descriptor at 0x20_0000 made available as avail entry `n`.
+    fn offer(t: &MmioTransport, n: u16) {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = t.mem.clone();
+        mem.write_obj(0x20_0000u64, GuestAddress(0x10_0000))
+            .unwrap();
+        mem.write_obj(16u32, GuestAddress(0x10_0008)).unwrap();
+        mem.write_obj(2u16, GuestAddress(0x10_000c)).unwrap(); // WRITE
+        mem.write_obj(0u16, GuestAddress(0x10_1004 + 2 * u64::from(n % 16)))
+            .unwrap();
+        mem.write_obj(n + 1, GuestAddress(0x10_1002)).unwrap(); // avail idx
+    }
+
+    #[test]
+    fn a_restored_transport_continues_the_queue_where_the_saved_one_was() {
+        use vm_memory::{Bytes, GuestAddress};
+        let (mut t, _) = transport();
+        bring_up(&mut t, 0x10_0000, 1);
+        offer(&t, 0);
+        t.process_queue(0);
+        let saved = t.snapshot();
+        assert_eq!(saved.queues[0].next_used, 1);
+        let json = serde_json::to_string(&saved).unwrap();
+
+        // A fresh transport over the same memory (as a clone maps the template's).
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut clone = MmioTransport::new(Box::new(Rng::new()), t.mem.clone(), irq);
+        clone
+            .restore(&serde_json::from_str(&json).unwrap())
+            .unwrap();
+        assert_eq!(read32(&clone, REG_STATUS), read32(&t, REG_STATUS));
+        assert_eq!(read32(&clone, REG_QUEUE_READY), 1);
+        offer(&clone, 1);
+        clone.process_queue(0);
+        assert_eq!(
+            clone.mem.read_obj::<u16>(GuestAddress(0x10_2002)).unwrap(),
+            2,
+            "the used index goes on from the saved one"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_fit_the_device_is_refused() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 0x10_0000, 1);
+        let saved = t.snapshot();
+        let (mut other, _) = transport();
+        let mut wrong = saved.clone();
+        wrong.device_type = 3;
+        assert!(matches!(
+            other.restore(&wrong),
+            Err(RestoreError::DeviceType {
+                saved: 3,
+                config: 4
+            })
+        ));
+        let mut wrong = saved.clone();
+        wrong.queues.push(wrong.queues[0].clone());
+        assert!(matches!(
+            other.restore(&wrong),
+            Err(RestoreError::QueueCount { .. })
+        ));
+        let mut wrong = saved.clone();
+        wrong.queues[0].size = 3; // not a power of two
+        assert!(matches!(
+            other.restore(&wrong),
+            Err(RestoreError::Queue { .. })
+        ));
+        let mut wrong = saved.clone();
+        wrong.queues[0].used_ring = 0xffff_ff00_0000;
+        let err = other.restore(&wrong).unwrap_err();
+        assert!(err.to_string().contains("outside guest memory"), "{err}");
+        assert_eq!(read32(&other, REG_STATUS), 0, "nothing changed on refusal");
     }
 
     #[test]
