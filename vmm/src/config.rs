@@ -300,9 +300,9 @@ impl VmConfig {
                 return Err(ConfigError::InitrdMissing(initrd.clone()));
             }
         }
-        if self.snapshot.is_some() && (self.cpus != 1 || devices > 0) {
+        if self.snapshot.is_some() && self.cpus != 1 {
             return Err(ConfigError::Unsupported(
-                "snapshots are of one-vCPU VMs without virtio devices for now".into(),
+                "snapshots are of one-vCPU VMs for now".into(),
             ));
         }
         Ok(())
@@ -319,11 +319,6 @@ impl VmConfig {
         if self.snapshot.is_some() {
             return Err(ConfigError::Unsupported(
                 "a restored VM cannot be snapshotted again yet".into(),
-            ));
-        }
-        if !self.disks.is_empty() || self.rng || self.vsock.is_some() || self.net.is_some() {
-            return Err(ConfigError::Unsupported(
-                "restoring a VM with virtio devices is not supported yet".into(),
             ));
         }
         Ok(())
@@ -448,11 +443,7 @@ mod tests {
             rng: true,
             ..VmConfig::default()
         };
-        assert!(with_device
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("virtio devices"));
+        assert!(with_device.validate().is_ok(), "devices are restored too");
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub enum VmmError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("KVM state: {0}")]
     State(vstate::snapshot::StateError),
+    #[error("cannot restore the VM: {0}")]
+    Restore(String),
 }
 
 /// Builds the VM and runs it until the guest stops, a vCPU fails or a stop signal arrives.
@@ -148,6 +150,23 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         }
     };
     let attached = virtio::attach(&vm, &mem, devices)?;
+    if let Some(saved) = &restored {
+        if saved.devices.virtio.len() != attached.len() {
+            return Err(VmmError::Restore(format!(
+                "the snapshot has {} virtio devices, the config {}",
+                saved.devices.virtio.len(),
+                attached.len()
+            )));
+        }
+        for (device, state) in attached.iter().zip(&saved.devices.virtio) {
+            device
+                .transport
+                .lock()
+                .map_err(|_| VmmError::Restore("a device's lock is poisoned".into()))?
+                .restore(state)
+                .map_err(|e| VmmError::Restore(e.to_string()))?;
+        }
+    }
     step(started, "VM created");
     if let Some(files) = &config.snapshot {
         let vcpu = &mut vcpus[0];

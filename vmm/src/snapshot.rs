@@ -64,6 +64,9 @@ pub struct Snapshot {
 #[derive(Serialize, Deserialize)]
 pub struct DevicesState {
     pub serial: SerialSnapshot,
+    /// The virtio-mmio transports, in the config's device order.
+    #[serde(default)]
+    pub virtio: Vec<crate::devices::virtio_mmio::TransportSnapshot>,
 }
 
 /// Writes the state and the memory, each aside and renamed, so a reader never sees half.

@@ -187,6 +187,59 @@ fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(needle), "{name}: {stderr}");
     }
+    // The devices come back as the snapshot has them, and must be the ones it has.
+    let with_rng = scratch.path("rng-state.json");
+    let rng_memory = scratch.path("rng-memory");
+    let out = vmm_with_config(
+        &scratch,
+        "rng-template",
+        serde_json::json!({
+            "kernel": common::tiny_guest(), "cmdline": "tiny=snap", "memory_mib": 16,
+            "console": "off", "rng": true,
+            "snapshot": {"state": with_rng, "memory": rng_memory},
+        }),
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vmm_with_config(
+        &scratch,
+        "rng-clone",
+        serde_json::json!({
+            "console": scratch.path("rng-clone.log"), "rng": true,
+            "restore": {"state": with_rng, "memory": rng_memory},
+        }),
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(scratch.path("rng-clone.log"))
+        .unwrap()
+        .starts_with("5\n"));
+    let out = vmm_with_config(
+        &scratch,
+        "rng-missing",
+        serde_json::json!({"console": "off", "restore": {"state": with_rng, "memory": rng_memory}}),
+    )
+    .wait_with_output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the snapshot has 1 virtio devices, the config 0"),
+        "{stderr}"
+    );
+
     let short = scratch.path("short-memory");
     std::fs::write(&short, &template_memory[..4096]).unwrap();
     let out = vmm_with_config(

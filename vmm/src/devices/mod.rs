@@ -204,6 +204,10 @@ impl Bus {
         SerialSnapshot::of(&lock(&self.serial))
     }
 
+    pub fn virtio_states(&self) -> Vec<virtio_mmio::TransportSnapshot> {
+        self.virtio.iter().map(|t| lock(t).snapshot()).collect()
+    }
+
     pub fn flush_console(&self) {
         use std::io::Write;
         let _ = lock(&self.serial).writer_mut().flush();

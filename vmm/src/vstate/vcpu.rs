@@ -267,6 +267,7 @@ impl Vcpu {
                 vm,
                 devices: crate::snapshot::DevicesState {
                     serial: bus.serial_state(),
+                    virtio: bus.virtio_states(),
                 },
             };
             crate::snapshot::save(
