@@ -1,6 +1,7 @@
 //! vmpod-agent on vmpod-vmm itself, with its in-process virtio devices: the product path. On
 //! kvm-pvm hosts the guest kernel runs emulated (a boot takes most of a minute), so this is
-//! one smoke case, an echo and an exit code; the full behaviour is covered on QEMU.
+//! one smoke case: one boot saved as a template, and VMs restored from it running an echo and
+//! an exit code; the full behaviour is covered on QEMU.
 
 mod common;
 
@@ -30,52 +31,113 @@ fn connect(uds: &std::path::Path, port: u32) -> UnixStream {
         .unwrap_or_else(|| panic!("the guest did not accept a connection to port {port}"))
 }
 
+fn vm_config(
+    guest: &std::path::Path,
+    console: &std::path::Path,
+    uds: &std::path::Path,
+    tail: &str,
+) -> String {
+    format!(
+        r#"{{"cpus": 1, "memory_mib": 256, "console": "{}",
+            "cmdline": "console=ttyS0 quiet",
+            "disks": [{{"path": "{}", "read_only": true, "serial": "busybox"}}],
+            "vsock": {{"guest_cid": 3, "uds_path": "{}"}}, {tail}}}"#,
+        console.display(),
+        guest.join("busybox.erofs").display(),
+        uds.display()
+    )
+}
+
+fn spawn_vmm(config: &std::path::Path) -> Vmm {
+    Vmm(Command::new(repo_root().join("target/release/vmpod-vmm"))
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn vmpod-vmm"))
+}
+
+/// The boot once, as a template: vmpod-vmm saves the VM when the agent says it is ready
+/// (the boot-timer byte) and exits. Then two VMs restored from it at once, each running an
+/// echo and an exit code, then powering off.
 #[test]
-fn echo_and_an_exit_code_on_vmpod_vmm() {
+fn containers_run_in_vms_restored_from_a_template_on_vmpod_vmm() {
     require_kvm();
     let scratch = Scratch::new("agent-vmm");
     let guest = common::guest_dir();
-    let uds = scratch.path("vsock.sock");
-    let console = scratch.path("console.log");
-    let config = scratch.path("vm.json");
+    let (state, memory) = (scratch.path("state.json"), scratch.path("memory"));
+    let snapshot = format!(
+        r#""snapshot": {{"state": "{}", "memory": "{}"}}"#,
+        state.display(),
+        memory.display()
+    );
+    let config = scratch.path("template.json");
+    let console = scratch.path("template.log");
+    let tail = format!(
+        r#""kernel": "{}", "initrd": "{}", {snapshot}"#,
+        guest.join("vmlinux").display(),
+        guest.join("initramfs.cpio").display()
+    );
     std::fs::write(
         &config,
-        format!(
-            r#"{{"kernel": "{}", "initrd": "{}", "cpus": 1, "memory_mib": 256, "console": "{}",
-                "cmdline": "console=ttyS0 quiet",
-                "disks": [{{"path": "{}", "read_only": true, "serial": "busybox"}}],
-                "vsock": {{"guest_cid": 3, "uds_path": "{}"}}}}"#,
-            guest.join("vmlinux").display(),
-            guest.join("initramfs.cpio").display(),
-            console.display(),
-            guest.join("busybox.erofs").display(),
-            uds.display()
-        ),
+        vm_config(&guest, &console, &scratch.path("t.sock"), &tail),
     )
     .unwrap();
-    let mut vmm = Vmm(Command::new(repo_root().join("target/release/vmpod-vmm"))
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn vmpod-vmm"));
-    let text = || std::fs::read_to_string(&console).unwrap_or_default();
+    let mut template = spawn_vmm(&config);
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !text().contains("vmpod-agent: ready") {
+    let status = loop {
+        if let Some(status) = template.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no template after 600 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the template VM ended badly:\n{log}"
+    );
+    assert!(state.is_file() && memory.is_file(), "{log}");
+
+    let restore = format!(
+        r#""restore": {{"state": "{}", "memory": "{}"}}"#,
+        state.display(),
+        memory.display()
+    );
+    let clones: Vec<_> = (0..2)
+        .map(|i| {
+            let uds = scratch.path(&format!("clone{i}.sock"));
+            let console = scratch.path(&format!("clone{i}.log"));
+            let config = scratch.path(&format!("clone{i}.json"));
+            std::fs::write(&config, vm_config(&guest, &console, &uds, &restore)).unwrap();
+            let vmm = spawn_vmm(&config);
+            std::thread::spawn(move || run_two_containers(vmm, &uds, &console))
+        })
+        .collect();
+    for clone in clones {
+        clone.join().expect("a restored VM ran its containers");
+    }
+}
+
+fn run_two_containers(mut vmm: Vmm, uds: &std::path::Path, console: &std::path::Path) {
+    let text = || std::fs::read_to_string(console).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stream = loop {
+        if let Some(s) = vmpod_sandbox::vsock::connect(uds, AGENT_PORT) {
+            break s;
+        }
         if let Some(status) = vmm.0.try_wait().unwrap() {
-            panic!(
-                "vmpod-vmm ended ({status}) before the agent was ready:\n{}",
-                text()
-            );
+            panic!("the restored VM ended ({status}):\n{}", text());
         }
         assert!(
             Instant::now() < deadline,
-            "no agent after 600 s:\n{}",
+            "no agent in the restored VM:\n{}",
             text()
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut client = Client::handshake(connect(&uds, AGENT_PORT)).expect("hello");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut client = Client::handshake(stream).expect("hello");
     for (id, script, code, output) in [
         ("echo", "echo hello", 0, "hello\n"),
         ("code", "exit 42", 42, ""),
@@ -101,7 +163,7 @@ fn echo_and_an_exit_code_on_vmpod_vmm() {
                 user: None,
             }))
             .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", text()));
-        let mut stdout = connect(&uds, STDIO_PORT);
+        let mut stdout = connect(uds, STDIO_PORT);
         write_frame(
             &mut stdout,
             &StdioHello {
