@@ -84,12 +84,32 @@ fn vmm_with_config(
         .expect("spawn vmpod-vmm")
 }
 
+/// Runs vmpod-vmm with `config` to its end.
+fn finished(
+    scratch: &common::Scratch,
+    name: &str,
+    config: serde_json::Value,
+) -> std::process::Output {
+    vmm_with_config(scratch, name, config)
+        .wait_with_output()
+        .unwrap()
+}
+
+fn assert_exit_0(out: &std::process::Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
     common::require_kvm();
     let scratch = common::Scratch::new("snapshot");
     let (state, memory) = (scratch.path("state.json"), scratch.path("memory"));
-    let template = vmm_with_config(
+    let out = finished(
         &scratch,
         "template",
         serde_json::json!({
@@ -100,13 +120,7 @@ fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
             "snapshot": {"state": state, "memory": memory},
         }),
     );
-    let out = template.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit_0(&out);
     assert_eq!(
         std::fs::read_to_string(scratch.path("template.log")).unwrap(),
         "0\n1\n2\n3\n4\n"
@@ -176,13 +190,11 @@ fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
     for (name, content, needle) in cases {
         let bad = scratch.path(&format!("{name}.json.state"));
         std::fs::write(&bad, content).unwrap();
-        let out = vmm_with_config(
+        let out = finished(
             &scratch,
             name,
             serde_json::json!({"console": "off", "restore": {"state": bad, "memory": memory}}),
-        )
-        .wait_with_output()
-        .unwrap();
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(needle), "{name}: {stderr}");
@@ -190,7 +202,7 @@ fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
     // The devices come back as the snapshot has them, and must be the ones it has.
     let with_rng = scratch.path("rng-state.json");
     let rng_memory = scratch.path("rng-memory");
-    let out = vmm_with_config(
+    let out = finished(
         &scratch,
         "rng-template",
         serde_json::json!({
@@ -198,41 +210,25 @@ fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
             "console": "off", "rng": true,
             "snapshot": {"state": with_rng, "memory": rng_memory},
         }),
-    )
-    .wait_with_output()
-    .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    let out = vmm_with_config(
+    assert_exit_0(&out);
+    let out = finished(
         &scratch,
         "rng-clone",
         serde_json::json!({
             "console": scratch.path("rng-clone.log"), "rng": true,
             "restore": {"state": with_rng, "memory": rng_memory},
         }),
-    )
-    .wait_with_output()
-    .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    assert_exit_0(&out);
     assert!(std::fs::read_to_string(scratch.path("rng-clone.log"))
         .unwrap()
         .starts_with("5\n"));
-    let out = vmm_with_config(
+    let out = finished(
         &scratch,
         "rng-missing",
         serde_json::json!({"console": "off", "restore": {"state": with_rng, "memory": rng_memory}}),
-    )
-    .wait_with_output()
-    .unwrap();
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -242,13 +238,11 @@ fn a_counting_guest_continues_where_its_snapshot_left_it_in_ten_copies() {
 
     let short = scratch.path("short-memory");
     std::fs::write(&short, &template_memory[..4096]).unwrap();
-    let out = vmm_with_config(
+    let out = finished(
         &scratch,
         "short",
         serde_json::json!({"console": "off", "restore": {"state": state, "memory": short}}),
-    )
-    .wait_with_output()
-    .unwrap();
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("holds 4096 bytes"), "{stderr}");
 }

@@ -66,6 +66,22 @@ pub struct VmState {
     pub clock: kvm_clock_data,
 }
 
+/// A KVM MSR list asking for `indices`.
+fn msr_request(indices: &[u32]) -> Result<Msrs, StateError> {
+    let entries: Vec<kvm_msr_entry> = indices
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|_| StateError::Msrs {
+        set: 0,
+        wanted: entries.len(),
+        first_refused: indices.first().copied().unwrap_or(0),
+    })
+}
+
 /// The MSRs worth saving: those KVM lists that this vCPU lets us read. Some hosts list MSRs
 /// they then refuse (kvm-pvm exposes few), so each refused one is left out.
 pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, StateError> {
@@ -75,18 +91,7 @@ pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, StateError> {
     let mut readable = Vec::new();
     let mut rest: Vec<u32> = listed.as_slice().to_vec();
     while !rest.is_empty() {
-        let entries: Vec<kvm_msr_entry> = rest
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Msrs {
-            set: 0,
-            wanted: entries.len(),
-            first_refused: rest[0],
-        })?;
+        let mut msrs = msr_request(&rest)?;
         // KVM reads in order and stops at the first MSR it refuses.
         let read = vcpu.get_msrs(&mut msrs).map_err(save("MSRs"))?;
         readable.extend_from_slice(&rest[..read]);
@@ -104,23 +109,12 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, StateE
     let xcrs = vcpu.get_xcrs().map_err(save("XCRs"))?;
     let debugregs = vcpu.get_debug_regs().map_err(save("debug registers"))?;
     let lapic = vcpu.get_lapic().map_err(save("the LAPIC"))?;
-    let entries: Vec<kvm_msr_entry> = msr_indices
-        .iter()
-        .map(|&index| kvm_msr_entry {
-            index,
-            ..Default::default()
-        })
-        .collect();
-    let mut msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Msrs {
-        set: 0,
-        wanted: entries.len(),
-        first_refused: msr_indices.first().copied().unwrap_or(0),
-    })?;
+    let mut msrs = msr_request(msr_indices)?;
     let read = vcpu.get_msrs(&mut msrs).map_err(save("MSRs"))?;
-    if read != entries.len() {
+    if read != msr_indices.len() {
         return Err(StateError::Msrs {
             set: read,
-            wanted: entries.len(),
+            wanted: msr_indices.len(),
             first_refused: msr_indices[read],
         });
     }
