@@ -182,7 +182,7 @@ pub fn start(args: &RunArgs, prepared: Prepared) -> Result<i32, Failure> {
         monitor_pid: 0,
         status: Status::Starting,
         vsock: None,
-        hypervisor: prepared.hypervisor.clone(),
+        hypervisor: prepared.hypervisor.flag().to_string(),
         remove_on_exit: args.rm,
         env: prepared
             .spec

@@ -8,7 +8,7 @@ use vmpod_protocol::{
     ClientError, CreateContainer, ErrorKind, RequestBody, StdStream, StdioWiring,
 };
 use vmpod_sandbox::hypervisor::Disk;
-use vmpod_sandbox::{Backend, Sandbox, SandboxConfig, VolumeSnapshot};
+use vmpod_sandbox::{Sandbox, SandboxConfig, VolumeSnapshot};
 
 /// The one container of a `vmpod run` sandbox.
 pub const CONTAINER: &str = "main";
@@ -22,9 +22,8 @@ pub struct Launched {
 }
 
 pub fn launch(p: &Prepared, timing: &mut crate::run::Timing) -> Result<Launched, Failure> {
-    let backend = Backend::choose(&p.hypervisor).map_err(|e| Failure::runtime(e.to_string()))?;
     let mut sandbox = Sandbox::start(SandboxConfig {
-        backend,
+        backend: p.hypervisor,
         cpus: p.cpus,
         memory_mib: p.memory_mib,
         disks: p

@@ -87,7 +87,8 @@ pub struct Prepared {
     pub user: Option<String>,
     pub cpus: u8,
     pub memory_mib: u32,
-    pub hypervisor: String,
+    /// Chosen once, here: a background monitor boots with the same backend.
+    pub hypervisor: Backend,
     pub debug: bool,
     pub kernel_args: String,
     pub netns: Option<PathBuf>,
@@ -414,7 +415,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         user: args.user.clone().or(image_user),
         cpus: cpus.ceil() as u8,
         memory_mib: memory_mib.min(u64::from(u32::MAX)) as u32,
-        hypervisor: backend.flag().to_string(),
+        hypervisor: backend,
         debug: args.debug,
         kernel_args: args.kernel_args.clone(),
         netns: args.netns.clone(),

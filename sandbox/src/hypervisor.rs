@@ -48,7 +48,7 @@ pub trait Hypervisor {
     fn kill(&mut self);
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Backend {
     /// vmpod-vmm on KVM: the product path.
     Vmm,
@@ -79,7 +79,7 @@ impl Backend {
         }
     }
 
-    /// What `choose` takes to pick this backend again (in another process).
+    /// The backend's short name, as `--hypervisor` takes it.
     pub fn flag(self) -> &'static str {
         match self {
             Backend::Vmm => "vmm",
