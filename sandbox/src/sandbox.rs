@@ -195,8 +195,18 @@ impl Sandbox {
                 });
             }
             if let Some(stream) = connect(self.vm.vsock_uds(), AGENT_PORT) {
-                self.agent = Some(Client::handshake(stream)?);
-                return Ok(());
+                // A Hello that gets no answer is retried like a refused connection.
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .map_err(io("set a timeout on the agent connection"))?;
+                if let Ok(client) = Client::handshake(stream) {
+                    client
+                        .stream()
+                        .set_read_timeout(None)
+                        .map_err(io("clear the agent connection's timeout"))?;
+                    self.agent = Some(client);
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 return Err(SandboxError::AgentTimeout(LIMIT));
