@@ -1,5 +1,5 @@
 //! vmpod-agent: PID 1 of a vmpod guest. Sets the guest up, then serves the vmpod protocol on
-//! vsock until the host asks it to power off.
+//! vsock (or a virtio-serial port, see serial.rs) until the host asks it to power off.
 //!
 //! Not PID 1 (a test on the host), it serves on two Unix sockets instead:
 //!   vmpod-agent --listen-unix CONTROL_PATH STDIO_PATH
@@ -10,6 +10,7 @@ mod init;
 mod net;
 mod relay;
 mod rootfs;
+mod serial;
 mod server;
 mod sys;
 mod user;
@@ -60,14 +61,24 @@ fn run_as_init() -> Result<(), String> {
     if cmdline.split_whitespace().any(|w| w == "vmpod.debug") {
         DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let cid = sys::vsock_local_cid().map_err(|e| format!("vsock: {e}"))?;
-    debug!("vsock CID {cid}");
-    let control = sys::vsock_listen(AGENT_PORT)
-        .map_err(|e| format!("listen on vsock port {AGENT_PORT}: {e}"))?;
-    let stdio = sys::vsock_listen(STDIO_PORT)
-        .map_err(|e| format!("listen on vsock port {STDIO_PORT}: {e}"))?;
-    init::signal_ready();
-    eprintln!("vmpod-agent: ready on vsock port {AGENT_PORT}");
+    let (control, stdio) = if let Some(port) = serial::find_port() {
+        debug!("serving on {}", port.display());
+        let listeners =
+            serial::listen(&port).map_err(|e| format!("serve on {}: {e}", port.display()))?;
+        init::signal_ready();
+        eprintln!("vmpod-agent: ready on {}", serial::PORT_NAME);
+        listeners
+    } else {
+        let cid = sys::vsock_local_cid().map_err(|e| format!("vsock: {e}"))?;
+        debug!("vsock CID {cid}");
+        let control = sys::vsock_listen(AGENT_PORT)
+            .map_err(|e| format!("listen on vsock port {AGENT_PORT}: {e}"))?;
+        let stdio = sys::vsock_listen(STDIO_PORT)
+            .map_err(|e| format!("listen on vsock port {STDIO_PORT}: {e}"))?;
+        init::signal_ready();
+        eprintln!("vmpod-agent: ready on vsock port {AGENT_PORT}");
+        (control, stdio)
+    };
     serve(control, stdio)
 }
 

@@ -4,6 +4,7 @@
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use vmpod_protocol::{Rootfs, Upper};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +26,15 @@ pub enum RootfsError {
     },
     #[error("create {0}")]
     Dir(PathBuf, #[source] std::io::Error),
+    #[error("probe the disk slot again through {0}")]
+    Reprobe(PathBuf, #[source] std::io::Error),
+    #[error("the disk with serial '{0}' is empty even after probing it again")]
+    EmptyDisk(String),
 }
 
 /// Where the disks' block devices are found by their virtio serial.
 const SYS_BLOCK: &str = "/sys/block";
+const VIRTIO_BLK_DRIVER: &str = "/sys/bus/virtio/drivers/virtio_blk";
 
 fn disk_by_serial(serial: &str) -> Result<PathBuf, RootfsError> {
     if serial.is_empty()
@@ -38,15 +44,72 @@ fn disk_by_serial(serial: &str) -> Result<PathBuf, RootfsError> {
     {
         return Err(RootfsError::BadSerial(serial.to_string()));
     }
+    match find_disk(serial)? {
+        // A disk slot of a restored template: the guest probed it while it was empty, and its
+        // disk came only with this clone. The VMM announces it with a configuration change
+        // (the driver then reads the new size); where that does not come, probing the device
+        // again reads the size too. Nothing of the empty slot was ever cached.
+        (name, 0) => {
+            if let Some(size) = wait_for_size(&name, Duration::from_secs(1)) {
+                if size > 0 {
+                    return Ok(Path::new("/dev").join(name));
+                }
+            }
+            crate::debug!("disk {serial} is still empty: probing it again");
+            reprobe(&name)?;
+            match find_disk(serial)? {
+                (name, size) if size > 0 => Ok(Path::new("/dev").join(name)),
+                _ => Err(RootfsError::EmptyDisk(serial.to_string())),
+            }
+        }
+        (name, _) => Ok(Path::new("/dev").join(name)),
+    }
+}
+
+/// The block device with this serial and its size in sectors.
+fn find_disk(serial: &str) -> Result<(std::ffi::OsString, u64), RootfsError> {
     let entries =
         std::fs::read_dir(SYS_BLOCK).map_err(|_| RootfsError::NoSuchDisk(serial.into()))?;
     for entry in entries.flatten() {
         let found = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
         if found.trim() == serial {
-            return Ok(Path::new("/dev").join(entry.file_name()));
+            let size = std::fs::read_to_string(entry.path().join("size"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            return Ok((entry.file_name(), size));
         }
     }
     Err(RootfsError::NoSuchDisk(serial.to_string()))
+}
+
+/// The disk's size once it is not 0, within `limit`.
+fn wait_for_size(name: &std::ffi::OsStr, limit: Duration) -> Option<u64> {
+    let path = Path::new(SYS_BLOCK).join(name).join("size");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let size: u64 = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+        if size > 0 {
+            return Some(size);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+/// Unbinds the disk's virtio device from its driver and binds it again.
+fn reprobe(name: &std::ffi::OsStr) -> Result<(), RootfsError> {
+    let device = Path::new(SYS_BLOCK).join(name).join("device");
+    let virtio = std::fs::read_link(&device)
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .ok_or_else(|| RootfsError::Reprobe(device.clone(), std::io::ErrorKind::NotFound.into()))?;
+    let driver = Path::new(VIRTIO_BLK_DRIVER);
+    for action in ["unbind", "bind"] {
+        std::fs::write(driver.join(action), &virtio)
+            .map_err(|e| RootfsError::Reprobe(driver.join(action), e))?;
+    }
+    Ok(())
 }
 
 fn mkdir(path: &Path) -> Result<(), RootfsError> {

@@ -178,5 +178,30 @@ pub fn add_entropy(bytes: &[u8]) -> io::Result<()> {
     const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
     // SAFETY: RNDADDENTROPY reads a rand_pool_info of the size its header states.
     cvt(unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) })?;
+    // A clone of a template starts with its template's CRNG state: reseed now, not at the
+    // kernel's next scheduled reseed, so no two clones hand out the same random bytes.
+    const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    cvt(unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) })?;
     Ok(())
+}
+
+/// The VM's own identity: its hostname and /etc/machine-id (per sandbox, not per template).
+pub fn set_identity(hostname: &str, machine_id: &str) -> io::Result<()> {
+    let valid_host = !hostname.is_empty()
+        && hostname.len() <= 64
+        && hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let valid_id = machine_id.len() == 32 && machine_id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid_host || !valid_id {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("hostname {hostname:?} or machine-id {machine_id:?} is malformed"),
+        ));
+    }
+    // SAFETY: the pointer and length describe `hostname`'s bytes.
+    cvt(unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) })?;
+    std::fs::create_dir_all("/etc")?;
+    std::fs::write("/etc/machine-id", format!("{machine_id}\n"))
 }

@@ -8,7 +8,7 @@ use vmpod_protocol::{
     ClientError, CreateContainer, ErrorKind, RequestBody, StdStream, StdioWiring,
 };
 use vmpod_sandbox::hypervisor::Disk;
-use vmpod_sandbox::{Sandbox, SandboxConfig, VolumeSnapshot};
+use vmpod_sandbox::{Boot, Sandbox, SandboxConfig, VolumeSnapshot};
 
 /// The one container of a `vmpod run` sandbox.
 pub const CONTAINER: &str = "main";
@@ -24,6 +24,11 @@ pub struct Launched {
 pub fn launch(p: &Prepared, timing: &mut crate::run::Timing) -> Result<Launched, Failure> {
     let mut sandbox = Sandbox::start(SandboxConfig {
         backend: p.hypervisor,
+        boot: if p.cold_boot {
+            Boot::Cold
+        } else {
+            Boot::Template
+        },
         cpus: p.cpus,
         memory_mib: p.memory_mib,
         disks: p

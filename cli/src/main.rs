@@ -3,6 +3,7 @@
 //!   vmpod run [OPTIONS] IMAGE [CMD [ARG...]]     (or --rootfs DIR CMD [ARG...])
 //!   vmpod ps | exec | kill | rm | logs             (background containers, `run -d`)
 //!   vmpod image import | ls | rm, vmpod images
+//!   vmpod template build | ls | rm
 
 mod detach;
 mod image;
@@ -12,6 +13,7 @@ mod rootfs;
 mod run;
 mod session;
 mod signals;
+mod template;
 
 use clap::{Parser, Subcommand};
 
@@ -62,6 +64,9 @@ enum Command {
     Image(image::ImageCommand),
     /// List images.
     Images,
+    /// Manage VM templates.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// A background container's owner (started by `run -d`).
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
@@ -100,6 +105,7 @@ fn main() {
         Command::Logs { follow, container } => detach::logs(&container, follow),
         Command::Image(command) => image::run(command),
         Command::Images => image::list(),
+        Command::Template(command) => template::run(command),
         Command::Monitor { id } => Ok(detach::monitor(&id)),
     };
     let code = match result {

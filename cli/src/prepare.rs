@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// auto, vmm or qemu.
     #[arg(long, default_value = "auto")]
     pub hypervisor: String,
+    /// Boot the VM's kernel instead of restoring the VM template of its shape.
+    #[arg(long = "cold-boot")]
+    pub cold_boot: bool,
     /// Run this directory as the root filesystem instead of an image.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -89,6 +92,7 @@ pub struct Prepared {
     pub memory_mib: u32,
     /// Chosen once, here: a background monitor boots with the same backend.
     pub hypervisor: Backend,
+    pub cold_boot: bool,
     pub debug: bool,
     pub kernel_args: String,
     pub netns: Option<PathBuf>,
@@ -416,6 +420,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         cpus: cpus.ceil() as u8,
         memory_mib: memory_mib.min(u64::from(u32::MAX)) as u32,
         hypervisor: backend,
+        cold_boot: args.cold_boot,
         debug: args.debug,
         kernel_args: args.kernel_args.clone(),
         netns: args.netns.clone(),

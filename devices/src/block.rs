@@ -7,6 +7,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
@@ -54,6 +56,8 @@ pub struct Block {
     id: [u8; ID_LEN],
     config: Vec<u8>,
     bounce: Vec<u8>,
+    /// A template's disk slot: the guest sees an empty disk until the flag is set.
+    inserted: Option<Arc<AtomicBool>>,
 }
 
 impl Block {
@@ -93,7 +97,24 @@ impl Block {
             id,
             config,
             bounce: vec![0; BOUNCE_BUFFER],
+            inserted: None,
         })
+    }
+
+    /// Makes the disk a slot of a restored template: it reads as empty (capacity 0, as when
+    /// the template was saved) until the returned flag is set; the caller then tells the
+    /// driver its configuration changed, and the guest finds the disk's real size.
+    pub fn as_slot(mut self) -> (Block, Arc<AtomicBool>) {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.inserted = Some(Arc::clone(&flag));
+        (self, flag)
+    }
+
+    fn visible_sectors(&self) -> u64 {
+        match &self.inserted {
+            Some(flag) if !flag.load(Ordering::Acquire) => 0,
+            _ => self.capacity_sectors,
+        }
     }
 
     /// Serves one request; returns the bytes written into the guest's buffers (status included).
@@ -133,7 +154,7 @@ impl Block {
     fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let start = sector.checked_mul(SECTOR_SIZE)?;
         let end = start.checked_add(len as u64)?;
-        (end <= self.capacity_sectors * SECTOR_SIZE).then_some(start)
+        (end <= self.visible_sectors() * SECTOR_SIZE).then_some(start)
     }
 
     fn read(&mut self, sector: u64, writer: &mut Writer) -> u8 {
@@ -202,7 +223,13 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        if self.visible_sectors() == self.capacity_sectors {
+            read_config_bytes(&self.config, offset, data);
+        } else {
+            let mut config = self.config.clone();
+            config[..8].copy_from_slice(&0u64.to_le_bytes());
+            read_config_bytes(&config, offset, data);
+        }
     }
 
     fn process_queue(
@@ -437,6 +464,30 @@ mod tests {
         let mut past = [0xffu8; 4];
         block.read_config(4096, &mut past);
         assert_eq!(past, [0; 4]);
+    }
+
+    #[test]
+    fn a_slot_reads_as_empty_until_inserted() {
+        let disk = Disk::new("slot", &pattern(8192));
+        let (mut block, inserted) = Block::open(&disk.path, true, None).unwrap().as_slot();
+        let capacity = |block: &Block| {
+            let mut bytes = [0u8; 8];
+            block.read_config(0, &mut bytes);
+            u64::from_le_bytes(bytes)
+        };
+        assert_eq!(capacity(&block), 0);
+        let mem = guest_memory();
+        header(&mem, VIRTIO_BLK_T_IN, 0);
+        let (mut queue, _mock) = queue_with_chain(
+            &mem,
+            &[(HEADER, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+        );
+        block
+            .process_queue(0, std::slice::from_mut(&mut queue), &mem)
+            .unwrap();
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR, "no medium yet");
+        inserted.store(true, Ordering::Release);
+        assert_eq!(capacity(&block), 16);
     }
 
     #[test]

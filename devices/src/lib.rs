@@ -8,5 +8,7 @@ pub mod net;
 pub mod rng;
 #[cfg(feature = "vhost-user")]
 pub mod vhost_user;
+#[cfg(feature = "vhost-user")]
+mod vhost_user_config;
 pub mod virtio;
 pub mod vsock;

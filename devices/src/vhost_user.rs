@@ -2,11 +2,16 @@
 //! can use the same device logic vmpod-vmm runs in process: `-device vhost-user-blk`,
 //! `vhost-user-rng`, `vhost-user-vsock-device` with a shared-memory guest.
 
+use std::collections::BTreeSet;
 use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -18,6 +23,7 @@ use vmm_sys_util::event::{
 use crate::virtio::{UsedQueues, VirtioDevice};
 
 const FRONT_END_MAX_QUEUE_SIZE: usize = 1024;
+const VHOST_F_LOG_ALL: u32 = 26;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserError {
@@ -35,6 +41,11 @@ pub struct VhostUserDevice {
     /// Stops the worker thread when the front end goes away (without it the daemon never
     /// finishes).
     exit: (EventConsumer, EventNotifier),
+    /// Descriptors open before the front end connected (vhost_user_config.rs).
+    baseline: BTreeSet<RawFd>,
+    /// Kept so its socket stays open: the channel below is a duplicate of it.
+    _backend: Option<Backend>,
+    channel: Arc<Mutex<Option<UnixStream>>>,
 }
 
 impl VhostUserDevice {
@@ -68,12 +79,25 @@ impl VhostUserBackendMut for VhostUserDevice {
         usize::from(own.unwrap_or(0)).max(FRONT_END_MAX_QUEUE_SIZE)
     }
 
+    /// VHOST_F_LOG_ALL and LOG_SHMFD let QEMU save the VM (a template) at all. Only a stopped
+    /// VM is ever saved, when no device writes guest memory; a live migration, which would
+    /// need dirty logging, fails at SET_LOG_BASE instead of corrupting memory.
     fn features(&self) -> u64 {
-        self.device().features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        self.device().features()
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | (1 << VHOST_F_LOG_ALL)
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::BACKEND_REQ
+    }
+
+    fn set_backend_req_fd(&mut self, backend: Backend) {
+        let found = crate::vhost_user_config::find_channel(&self.baseline);
+        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = found;
+        self._backend = Some(backend);
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -137,11 +161,13 @@ impl VhostUserBackendMut for VhostUserDevice {
     }
 }
 
-/// Serves `device` to one vhost-user front end (QEMU) on `socket` until it disconnects.
+/// Serves `device` to one vhost-user front end (QEMU) on `socket` until it disconnects. Each
+/// message on `config_changes` tells the front end the device's configuration changed.
 pub fn serve(
     name: &str,
     device: Box<dyn VirtioDevice>,
     socket: &Path,
+    config_changes: Option<Receiver<()>>,
 ) -> Result<(), VhostUserError> {
     let backend_fd = device.backend_fd();
     let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
@@ -150,9 +176,30 @@ pub fn serve(
         device: Mutex::new(device),
         mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         exit,
+        baseline: crate::vhost_user_config::open_fds(),
+        _backend: None,
+        channel: Arc::new(Mutex::new(None)),
     };
+    if let Some(changes) = config_changes {
+        let channel = Arc::clone(&backend.channel);
+        std::thread::spawn(move || {
+            for () in changes {
+                let mut channel = channel.lock().unwrap_or_else(|p| p.into_inner());
+                let sent = match channel.as_mut() {
+                    Some(c) => crate::vhost_user_config::send_config_change(c),
+                    None => Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the front end opened no backend channel",
+                    )),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!("vhost-user: announcing a config change: {e}");
+                }
+            }
+        });
+    }
     let backend_event = backend.backend_event();
-    let backend = std::sync::Arc::new(std::sync::RwLock::new(backend));
+    let backend = Arc::new(std::sync::RwLock::new(backend));
     let mut daemon = VhostUserDaemon::new(
         name.to_string(),
         backend,

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod frame;
 pub mod message;
+pub mod mux;
 
 pub use client::{Client, ClientError};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME};

@@ -73,6 +73,11 @@ pub enum RequestBody {
     AddEntropy {
         bytes: Vec<u8>,
     },
+    /// The VM's hostname and /etc/machine-id: per sandbox, so clones of one template differ.
+    SetIdentity {
+        hostname: String,
+        machine_id: String,
+    },
     /// Stops every container and powers the VM off once every client has closed its control
     /// connection (two seconds at most): until the host has read the reply, it may still be in
     /// the guest's socket buffers, which a power-off loses.

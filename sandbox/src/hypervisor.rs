@@ -19,6 +19,19 @@ pub struct VmSpec {
     pub net: Option<NetAttachment>,
     /// Where the backend keeps its sockets and the console log.
     pub state_dir: PathBuf,
+    /// Booted to become a template, or restored from one; `None` for a plain boot.
+    pub template: Option<TemplateRole>,
+}
+
+/// A template's part in a VM's start (template.rs).
+#[derive(Debug, Clone)]
+pub enum TemplateRole {
+    /// Booted to be saved: the agent on a virtio-serial port (a vsock device cannot be saved),
+    /// every disk an empty slot, guest memory in the file `memory`.
+    Build { memory: PathBuf },
+    /// Restored from a saved `state` and `memory`; the disks fill the template's slots, in
+    /// order.
+    Restore { state: PathBuf, memory: PathBuf },
 }
 
 /// A tap fd the VMM inherits (at the same number) and the guest NIC's MAC.
@@ -46,6 +59,15 @@ pub trait Hypervisor {
     fn ended(&mut self) -> Option<String>;
     /// Stops the VM and every helper process; idempotent.
     fn kill(&mut self);
+    /// Saves the running VM (booted with [`TemplateRole::Build`], agent connections closed)
+    /// to `state`; the VM stays stopped.
+    fn save(&mut self, state: &Path) -> Result<(), SandboxError> {
+        Err(SandboxError::Invalid(format!(
+            "{} cannot save a VM to {} yet",
+            self.name(),
+            state.display()
+        )))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

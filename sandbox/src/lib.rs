@@ -5,17 +5,22 @@
 pub mod endpoint;
 pub mod erofs;
 pub mod error;
+mod guest_memory;
 pub mod hypervisor;
 pub mod image;
+mod lock;
 pub mod network;
 pub mod paths;
 mod process;
 pub mod qemu;
+mod qmp;
 pub mod sandbox;
+mod serial_agent;
+pub mod template;
 pub mod vmm;
 pub mod vsock;
 
 pub use endpoint::Endpoint;
 pub use error::SandboxError;
 pub use hypervisor::{Backend, Hypervisor, VmSpec};
-pub use sandbox::{Sandbox, SandboxConfig, VolumeSnapshot};
+pub use sandbox::{ensure_template, kernel_cmdline, Boot, Sandbox, SandboxConfig, VolumeSnapshot};

@@ -1,20 +1,35 @@
 //! The QEMU backend: microvm, our blk and vsock devices as vmpod-vhost-user backends (one
 //! process each), guest memory a shared memfd so the backends can map it.
+//!
+//! Templates: QEMU's own migration stream, saved to a file from a stopped VM and loaded with
+//! `-incoming`. QEMU refuses to migrate a vhost-user-vsock device, so a template's agent talks
+//! over a virtio-serial port instead (serial_agent.rs). Guest memory travels in the stream
+//! rather than being mapped from a shared file: the vhost-user backends must map guest memory
+//! shared, which a private copy-on-write mapping of the template could not give them.
 
 use crate::error::{io, SandboxError};
-use crate::hypervisor::{Hypervisor, VmSpec};
+use crate::hypervisor::{Hypervisor, TemplateRole, VmSpec};
 use crate::paths;
 use crate::process::{die_with_parent, inherit_fd};
+use crate::qmp::Qmp;
+use crate::serial_agent::SerialAgent;
+use serde_json::json;
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Qemu {
     kvm: bool,
     uds: PathBuf,
     console: PathBuf,
+    /// QEMU's stderr, kept for errors when a template is built or restored.
+    log: Option<PathBuf>,
     qemu: Option<Child>,
     backends: Vec<Child>,
+    serial: Option<SerialAgent>,
+    qmp: Option<Qmp>,
 }
 
 impl Qemu {
@@ -23,21 +38,35 @@ impl Qemu {
             kvm,
             uds: PathBuf::new(),
             console: PathBuf::new(),
+            log: None,
             qemu: None,
             backends: Vec::new(),
+            serial: None,
+            qmp: None,
         }
     }
 
-    fn backend(&mut self, socket: &Path, args: &[String]) -> Result<(), SandboxError> {
-        let child = die_with_parent(
+    /// Starts one device backend; its stdin is ours when `commands` (a disk slot's "insert").
+    fn backend(
+        &mut self,
+        socket: &Path,
+        args: &[String],
+        commands: bool,
+    ) -> Result<Option<ChildStdin>, SandboxError> {
+        let mut child = die_with_parent(
             Command::new(paths::program("vmpod-vhost-user")?)
                 .arg("--socket")
                 .arg(socket)
                 .args(args),
         )
-        .stdin(Stdio::null())
+        .stdin(if commands {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .map_err(io("start vmpod-vhost-user"))?;
+        let stdin = child.stdin.take();
         self.backends.push(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
@@ -54,8 +83,63 @@ impl Qemu {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        Ok(stdin)
+    }
+
+    fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map(|t| format!(" (QEMU said: {t})"))
+            .unwrap_or_default()
+    }
+
+    /// Loads the template's state into the QEMU started with `-incoming defer`, runs it, and
+    /// hands the disks to their slots: each backend then announces a configuration change,
+    /// and the guest's driver reads the disk's real size.
+    fn restore(&mut self, state: &Path, slots: Vec<ChildStdin>) -> Result<(), SandboxError> {
+        let fail = |this: &mut Qemu, what: String| {
+            let said = this.log_text();
+            SandboxError::Invalid(format!("restore {}: {what}{said}", state.display()))
+        };
+        let qmp = self.qmp.as_mut().ok_or_else(|| {
+            SandboxError::Invalid("QEMU was started without its QMP socket".into())
+        })?;
+        let uri = format!("exec:cat {}", shell_quote(state));
+        if let Err(e) = qmp.execute("migrate-incoming", json!({ "uri": uri })) {
+            return Err(fail(self, e.to_string()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = match self.qmp.as_mut().map(Qmp::status) {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => return Err(fail(self, e.to_string())),
+                None => unreachable!("checked above"),
+            };
+            match status.as_str() {
+                "inmigrate" if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                "paused" | "running" => break,
+                other => return Err(fail(self, format!("QEMU's VM is {other}"))),
+            }
+        }
+        if let Some(qmp) = self.qmp.as_mut() {
+            qmp.execute("cont", json!({}))?;
+        }
+        for mut slot in slots {
+            slot.write_all(b"insert\n")
+                .map_err(io("hand a disk to its slot in the restored VM"))?;
+        }
         Ok(())
     }
+}
+
+/// `path` as one word for `/bin/sh` (QEMU runs `exec:` URIs through it).
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
 
 /// CPU features kvm-pvm cannot give a guest, as vmpod-vmm hides them (guest-kernel/README.md).
@@ -75,30 +159,64 @@ impl Hypervisor for Qemu {
         self.uds = vm.state_dir.join("vsock.sock");
         self.console = vm.state_dir.join("console.log");
         let mut devices = Vec::new();
-        let vsock_sock = vm.state_dir.join("vu-vsock.sock");
-        self.backend(
-            &vsock_sock,
-            &["--vsock".into(), format!("3,{}", self.uds.display())],
-        )?;
-        devices.extend([
-            "-chardev".to_string(),
-            format!("socket,id=vs,path={}", vsock_sock.display()),
-            "-device".into(),
-            "vhost-user-vsock-device,chardev=vs".into(),
-        ]);
+        if vm.template.is_some() {
+            let chardev = vm.state_dir.join("agent-serial.sock");
+            self.serial = Some(SerialAgent::listen(&chardev, &self.uds)?);
+            devices.extend([
+                "-device".to_string(),
+                "virtio-serial-device,max_ports=2".into(),
+                "-chardev".into(),
+                format!("socket,id=agent,path={}", chardev.display()),
+                "-device".into(),
+                format!(
+                    "virtserialport,chardev=agent,name={}",
+                    crate::serial_agent::PORT_NAME
+                ),
+            ]);
+        } else {
+            let vsock_sock = vm.state_dir.join("vu-vsock.sock");
+            self.backend(
+                &vsock_sock,
+                &["--vsock".into(), format!("3,{}", self.uds.display())],
+                false,
+            )?;
+            devices.extend([
+                "-chardev".to_string(),
+                format!("socket,id=vs,path={}", vsock_sock.display()),
+                "-device".into(),
+                "vhost-user-vsock-device,chardev=vs".into(),
+            ]);
+        }
+        let restoring = matches!(vm.template, Some(TemplateRole::Restore { .. }));
+        let mut slots = Vec::new();
         for (i, disk) in vm.disks.iter().enumerate() {
             let sock = vm.state_dir.join(format!("vu-blk{i}.sock"));
             let mut spec = format!("{},serial={}", disk.path.display(), disk.serial);
             if disk.read_only {
                 spec += ",ro";
             }
-            self.backend(&sock, &["--blk".into(), spec])?;
+            if restoring {
+                spec += ",slot";
+            }
+            if let Some(stdin) = self.backend(&sock, &["--blk".into(), spec], restoring)? {
+                slots.push(stdin);
+            }
             devices.extend([
                 "-chardev".to_string(),
                 format!("socket,id=blk{i},path={}", sock.display()),
                 "-device".into(),
                 format!("vhost-user-blk,chardev=blk{i}"),
             ]);
+        }
+        let qmp_sock = vm.state_dir.join("qmp.sock");
+        if vm.template.is_some() {
+            devices.extend([
+                "-qmp".to_string(),
+                format!("unix:{},server=on,wait=off", qmp_sock.display()),
+            ]);
+        }
+        if restoring {
+            devices.extend(["-incoming".to_string(), "defer".into()]);
         }
         if let Some(net) = &vm.net {
             devices.extend([
@@ -125,10 +243,38 @@ impl Hypervisor for Qemu {
             "max".to_string()
         };
         let memory = format!("{}M", vm.memory_mib);
+        let stderr = if vm.template.is_some() {
+            let log = vm.state_dir.join("qemu.log");
+            let file =
+                std::fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;
+            self.log = Some(log);
+            Stdio::from(file)
+        } else {
+            Stdio::inherit()
+        };
         let mut qemu = Command::new("qemu-system-x86_64");
         if let Some(net) = &vm.net {
             inherit_fd(&mut qemu, net.tap_fd);
         }
+        // Held until QEMU has opened it (its own copy lives on in QEMU).
+        let mut clone_memory = None;
+        let memory_backend = match &vm.template {
+            None => format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+            Some(TemplateRole::Build { memory: file }) => format!(
+                "memory-backend-file,id=mem,size={memory},share=on,mem-path={}",
+                file.display()
+            ),
+            Some(TemplateRole::Restore { memory: file, .. }) => {
+                let fd = crate::guest_memory::clone_into_memfd(file)?;
+                inherit_fd(&mut qemu, fd.as_raw_fd());
+                let backend = format!(
+                    "memory-backend-file,id=mem,size={memory},share=on,mem-path=/proc/self/fd/{}",
+                    fd.as_raw_fd()
+                );
+                clone_memory = Some(fd);
+                backend
+            }
+        };
         let child = die_with_parent(
             qemu.args([
                 "-M",
@@ -142,12 +288,7 @@ impl Hypervisor for Qemu {
                 "-smp",
                 &vm.cpus.to_string(),
             ])
-            .args([
-                "-object",
-                &format!("memory-backend-memfd,id=mem,size={memory},share=on"),
-                "-m",
-                &memory,
-            ])
+            .args(["-object", &memory_backend, "-m", &memory])
             .args([
                 "-global",
                 "virtio-mmio.force-legacy=false",
@@ -167,12 +308,55 @@ impl Hypervisor for Qemu {
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(io(
             "start qemu-system-x86_64 (apt-get install qemu-system-x86)",
         ))?;
         self.qemu = Some(child);
+        if vm.template.is_some() {
+            // Guest memory is a file of its own (or a clone's copy of it): the stream
+            // leaves it out.
+            let ignore_shared = json!({"capabilities": [
+                {"capability": "x-ignore-shared", "state": true}
+            ]});
+            self.qmp = Some(
+                Qmp::connect(&qmp_sock, Duration::from_secs(10)).map_err(|e| {
+                    let said = self.log_text();
+                    SandboxError::Invalid(format!("{}{said}", crate::error::chain(&e)))
+                })?,
+            );
+            drop(clone_memory);
+            if let Some(qmp) = self.qmp.as_mut() {
+                qmp.execute("migrate-set-capabilities", ignore_shared)?;
+            }
+        }
+        if let Some(TemplateRole::Restore { state, .. }) = &vm.template {
+            self.restore(state, slots)?;
+        }
         Ok(())
+    }
+
+    fn save(&mut self, state: &Path) -> Result<(), SandboxError> {
+        let serial = self.serial.as_ref().ok_or_else(|| {
+            SandboxError::Invalid("only a VM booted as a template can be saved".into())
+        })?;
+        serial.hang_up()?;
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| SandboxError::Invalid("QEMU has no QMP socket".into()))?;
+        qmp.execute("stop", json!({}))?;
+        // The stream goes to a local file: QEMU's network-sized default bandwidth cap only
+        // slows it down.
+        qmp.execute(
+            "migrate-set-parameters",
+            json!({ "max-bandwidth": 1u64 << 40 }),
+        )?;
+        let uri = format!("exec:cat > {}", shell_quote(state));
+        qmp.execute("migrate", json!({ "uri": uri }))?;
+        qmp.wait_for_migration(Duration::from_secs(120))
+            .map_err(|e| SandboxError::Invalid(format!("save {}: {e}", state.display())))
     }
 
     fn vsock_uds(&self) -> &Path {
@@ -204,6 +388,8 @@ impl Hypervisor for Qemu {
     }
 
     fn kill(&mut self) {
+        self.qmp = None;
+        self.serial = None;
         for child in self.qemu.iter_mut().chain(self.backends.iter_mut()) {
             let _ = child.kill();
             let _ = child.wait();

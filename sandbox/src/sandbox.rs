@@ -4,9 +4,10 @@
 use crate::endpoint::Endpoint;
 use crate::erofs;
 use crate::error::{io, SandboxError};
-use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, VmSpec};
+use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, TemplateRole, VmSpec};
 use crate::network::PodNetwork;
 use crate::paths;
+use crate::template::{self, Layout, Template, Wanted};
 use crate::vsock::connect;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -15,8 +16,21 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmpod_protocol::{Client, RequestBody, StdStream, AGENT_PORT};
 
+/// How the VM comes up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// A full boot of kernel and agent.
+    Cold,
+    /// Restored from the template of its shape (template.rs), which is built first if there
+    /// is none; a full boot where the backend or the shape has no templates yet.
+    Template,
+    /// Booted to be saved as a template (`Sandbox::save`).
+    AsTemplate,
+}
+
 pub struct SandboxConfig {
     pub backend: Backend,
+    pub boot: Boot,
     pub cpus: u8,
     pub memory_mib: u32,
     pub disks: Vec<Disk>,
@@ -138,25 +152,43 @@ impl Sandbox {
             }),
             _ => None,
         };
+        let cmdline = kernel_cmdline(config.debug, &config.kernel_args);
+        let template = match config.boot {
+            Boot::Cold => None,
+            Boot::AsTemplate => Some(TemplateRole::Build {
+                memory: state_dir.join("memory"),
+            }),
+            Boot::Template if net.is_some() => None,
+            Boot::Template => ensure_template(
+                config.backend,
+                config.cpus,
+                config.memory_mib,
+                disks.len(),
+                &cmdline,
+            )?
+            .map(|t| TemplateRole::Restore {
+                state: t.state(),
+                memory: t.memory(),
+            }),
+        };
+        let restored = matches!(template, Some(TemplateRole::Restore { .. }));
         let spec = VmSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             kernel,
             initrd,
-            cmdline: format!(
-                "{}{}",
-                if config.debug { "vmpod.debug " } else { "" },
-                config.kernel_args
-            )
-            .trim()
-            .to_string(),
+            cmdline,
             disks,
             net,
             state_dir,
+            template,
         };
         sandbox.vm.start(&spec)?;
         drop(tap_fd);
         sandbox.wait_for_agent()?;
+        if restored {
+            sandbox.freshen()?;
+        }
         let wanted = sandbox
             .network
             .as_ref()
@@ -173,6 +205,38 @@ impl Sandbox {
                 })?;
         }
         Ok(sandbox)
+    }
+
+    /// A restored clone starts with its template's clock, entropy pool and identity: each
+    /// gets its own before anything runs in it.
+    fn freshen(&mut self) -> Result<(), SandboxError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut entropy = vec![0u8; 64];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut entropy))
+            .map_err(io("read /dev/urandom"))?;
+        let machine_id = format!("{}{}", random_id()?, random_id()?) + &random_id()?[..8];
+        let hostname = format!("vmpod-{}", self.id);
+        let agent = self.agent();
+        agent.call_done(RequestBody::SetTime {
+            unix_secs: now.as_secs() as i64,
+            nanos: now.subsec_nanos(),
+        })?;
+        agent.call_done(RequestBody::AddEntropy { bytes: entropy })?;
+        agent.call_done(RequestBody::SetIdentity {
+            hostname,
+            machine_id,
+        })?;
+        Ok(())
+    }
+
+    /// Saves this VM (started with [`Boot::AsTemplate`]) to `state`. Its agent connection is
+    /// closed first: a template holds no open stream.
+    pub fn save(&mut self, state: &Path) -> Result<(), SandboxError> {
+        drop(self.agent.take());
+        self.vm.save(state)
     }
 
     pub fn hypervisor_name(&self) -> &'static str {
@@ -245,6 +309,91 @@ impl Sandbox {
     pub fn vm_ended(&mut self) -> Option<String> {
         self.vm.ended()
     }
+}
+
+/// The guest kernel command line a sandbox adds to the backend's own.
+pub fn kernel_cmdline(debug: bool, kernel_args: &str) -> String {
+    format!("{}{kernel_args}", if debug { "vmpod.debug " } else { "" })
+        .trim()
+        .to_string()
+}
+
+/// The template for a sandbox of this shape, built now if there is none; `None` where the
+/// backend has no templates yet (vmpod-vmm: its snapshots work, its disk slots do not).
+pub fn ensure_template(
+    backend: Backend,
+    cpus: u8,
+    memory_mib: u32,
+    slots: usize,
+    cmdline: &str,
+) -> Result<Option<Template>, SandboxError> {
+    if backend == Backend::Vmm {
+        return Ok(None);
+    }
+    let layout = Layout {
+        backend: backend.flag().to_string()
+            + if backend == (Backend::Qemu { kvm: true }) {
+                "-kvm"
+            } else {
+                ""
+            },
+        cpus,
+        memory_mib,
+        slots,
+        cmdline: cmdline.to_string(),
+    };
+    let kernel = paths::guest_file("vmlinux")?;
+    let initrd = paths::guest_file("initramfs.cpio")?;
+    let wanted = Wanted::new(backend, layout, &kernel, &initrd)?;
+    let store = template::Store::open()?;
+    let template = store.ensure(&wanted, |state| {
+        build_template(backend, cpus, memory_mib, slots, cmdline, state)
+    })?;
+    Ok(Some(template))
+}
+
+/// Boots a VM with `slots` empty disks and saves it to `state` once its agent answers.
+fn build_template(
+    backend: Backend,
+    cpus: u8,
+    memory_mib: u32,
+    slots: usize,
+    cmdline: &str,
+    state: &Path,
+) -> Result<(), SandboxError> {
+    let empty = state.with_file_name("empty-slot");
+    std::fs::write(&empty, b"").map_err(io(format!("create {}", empty.display())))?;
+    let config = SandboxConfig {
+        backend,
+        boot: Boot::AsTemplate,
+        cpus,
+        memory_mib,
+        disks: (0..slots)
+            .map(|i| Disk {
+                path: empty.clone(),
+                serial: format!("slot{i}"),
+                read_only: true,
+            })
+            .collect(),
+        volumes: Vec::new(),
+        debug: false,
+        kernel_args: cmdline.to_string(),
+        netns: None,
+    };
+    let result = Sandbox::start(config).and_then(|mut sandbox| {
+        sandbox.save(state)?;
+        // Saved: the VM is stopped, its memory file complete.
+        let memory = sandbox.state_dir.join("memory");
+        let kept = state.with_file_name("memory");
+        std::fs::rename(&memory, &kept).map_err(io(format!(
+            "move {} to {}",
+            memory.display(),
+            kept.display()
+        )))?;
+        crate::guest_memory::sparsify(&kept)
+    });
+    let _ = std::fs::remove_file(&empty);
+    result
 }
 
 impl Drop for Sandbox {

@@ -24,7 +24,7 @@ use vmpod_protocol::{
     Client, CreateContainer, Event, ExecProcess, RequestBody, ResponseBody, Rootfs, Upper,
 };
 use vmpod_sandbox::hypervisor::Disk;
-use vmpod_sandbox::{Backend, Endpoint, SandboxConfig};
+use vmpod_sandbox::{Backend, Boot, Endpoint, SandboxConfig};
 
 /// Where the shim notes the VM's state directory in each bundle, for `delete` after a crash.
 pub const SANDBOX_NOTE: &str = "vmpod-sandbox";
@@ -379,6 +379,7 @@ impl TaskService {
             let hypervisor = std::env::var("VMPOD_HYPERVISOR").unwrap_or_else(|_| "auto".into());
             let backend = Backend::choose(&hypervisor).map_err(|e| internal(e.to_string()))?;
             let vm = Vm::boot(SandboxConfig {
+                boot: Boot::Cold,
                 backend,
                 cpus,
                 memory_mib,

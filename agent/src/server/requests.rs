@@ -106,6 +106,14 @@ impl Server {
                 sys::add_entropy(&bytes).map_err(|e| failed(format!("add entropy: {e}")))?;
                 Ok(ResponseBody::Done)
             }
+            RequestBody::SetIdentity {
+                hostname,
+                machine_id,
+            } => {
+                sys::set_identity(&hostname, &machine_id)
+                    .map_err(|e| err(ErrorKind::BadRequest, format!("set the identity: {e}")))?;
+                Ok(ResponseBody::Done)
+            }
             RequestBody::Shutdown => {
                 let ids: Vec<String> = self.containers.keys().cloned().collect();
                 for id in ids {

@@ -8,6 +8,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
 use clap::Parser;
 use vmpod_devices::block::Block;
@@ -29,7 +32,8 @@ struct Args {
     /// The vhost-user socket to listen on (the front end connects to it).
     #[arg(long)]
     socket: PathBuf,
-    /// virtio-blk backed by a file: PATH[,ro][,serial=ID].
+    /// virtio-blk backed by a file: PATH[,ro][,serial=ID][,slot]. A slot (of a restored
+    /// template) reads as an empty disk until the line "insert" arrives on stdin.
     #[arg(long, conflicts_with_all = ["rng", "vsock"])]
     blk: Option<String>,
     /// virtio-rng fed from the host's getrandom.
@@ -43,26 +47,61 @@ struct Args {
     net: Option<String>,
 }
 
-fn device(args: &Args) -> Result<(&'static str, Box<dyn VirtioDevice>), String> {
+type Device = (&'static str, Box<dyn VirtioDevice>, Option<Receiver<()>>);
+
+/// Shows the slot's disk to the guest when "insert" arrives on stdin.
+fn watch_for_insert(inserted: Arc<AtomicBool>) -> Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            match line {
+                Ok(l) if l.trim() == "insert" => {
+                    inserted.store(true, Ordering::Release);
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(l) => eprintln!("vmpod-vhost-user: unknown command '{l}' (insert)"),
+                Err(_) => return,
+            }
+        }
+    });
+    rx
+}
+
+fn device(args: &Args) -> Result<Device, String> {
     if let Some(spec) = &args.blk {
         let mut parts = spec.split(',');
         let path = parts
             .next()
             .filter(|p| !p.is_empty())
             .ok_or("--blk needs a path")?;
-        let (mut read_only, mut serial) = (false, None);
+        let (mut read_only, mut serial, mut slot) = (false, None, false);
         for option in parts {
             match option.split_once('=') {
                 None if option == "ro" => read_only = true,
+                None if option == "slot" => slot = true,
                 Some(("serial", id)) => serial = Some(id),
-                _ => return Err(format!("unknown --blk option '{option}' (ro, serial=ID)")),
+                _ => {
+                    return Err(format!(
+                        "unknown --blk option '{option}' (ro, serial=ID, slot)"
+                    ))
+                }
             }
         }
         let block = Block::open(path.as_ref(), read_only, serial).map_err(|e| e.to_string())?;
-        return Ok(("vmpod-blk", Box::new(block)));
+        if slot {
+            let (block, inserted) = block.as_slot();
+            return Ok((
+                "vmpod-blk",
+                Box::new(block),
+                Some(watch_for_insert(inserted)),
+            ));
+        }
+        return Ok(("vmpod-blk", Box::new(block), None));
     }
     if args.rng {
-        return Ok(("vmpod-rng", Box::new(Rng::new())));
+        return Ok(("vmpod-rng", Box::new(Rng::new()), None));
     }
     if let Some(spec) = &args.vsock {
         let (cid, path) = spec.split_once(',').ok_or("--vsock takes CID,UDS_PATH")?;
@@ -72,7 +111,7 @@ fn device(args: &Args) -> Result<(&'static str, Box<dyn VirtioDevice>), String> 
             .filter(|c| *c >= 3)
             .ok_or_else(|| format!("--vsock CID must be a number of 3 or more, not '{cid}'"))?;
         let vsock = Vsock::new(cid, path.as_ref()).map_err(|e| e.to_string())?;
-        return Ok(("vmpod-vsock", Box::new(vsock)));
+        return Ok(("vmpod-vsock", Box::new(vsock), None));
     }
     if let Some(spec) = &args.net {
         let mut parts = spec.split(',');
@@ -89,7 +128,7 @@ fn device(args: &Args) -> Result<(&'static str, Box<dyn VirtioDevice>), String> 
         }
         let tap = Tap::open(name, netns.as_deref()).map_err(|e| e.to_string())?;
         let net = Net::new(tap, DEFAULT_MAC).map_err(|e| e.to_string())?;
-        return Ok(("vmpod-net", Box::new(net)));
+        return Ok(("vmpod-net", Box::new(net), None));
     }
     Err("name a device: --blk, --rng, --vsock or --net".to_string())
 }
@@ -110,8 +149,9 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::from(e.use_stderr()));
         }
     };
-    let result = device(&args).and_then(|(name, device)| {
-        vmpod_devices::vhost_user::serve(name, device, &args.socket).map_err(|e| e.to_string())
+    let result = device(&args).and_then(|(name, device, config_changes)| {
+        vmpod_devices::vhost_user::serve(name, device, &args.socket, config_changes)
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

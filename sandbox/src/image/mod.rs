@@ -11,8 +11,9 @@ pub mod layer;
 
 pub use import::import;
 
+use crate::lock::Lock;
+
 use serde::{Deserialize, Serialize};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const IMAGE_ROOT: &str = "/var/lib/vmpod/images";
@@ -121,33 +122,9 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// An flock held until dropped.
-struct Lock {
-    _file: std::fs::File,
-}
-
-impl Lock {
-    fn take(path: &Path, exclusive: bool) -> Result<Lock, ImageError> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| ImageError::io(format!("open {}", path.display()), e))?;
-        let op = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        // SAFETY: flock(2) on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-            return Err(ImageError::io(
-                format!("lock {}", path.display()),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Lock { _file: file })
-    }
+/// The store's flock, with the error naming the lock file.
+fn lock(path: &Path, exclusive: bool) -> Result<Lock, ImageError> {
+    Lock::take(path, exclusive).map_err(|e| ImageError::io(format!("lock {}", path.display()), e))
 }
 
 impl Store {
@@ -177,11 +154,11 @@ impl Store {
     /// Importers hold it shared, `image rm` exclusive: a layer being imported is never
     /// collected as unused.
     fn layers_lock(&self, exclusive: bool) -> Result<Lock, ImageError> {
-        Lock::take(&self.root.join("layers.lock"), exclusive)
+        lock(&self.root.join("layers.lock"), exclusive)
     }
 
     fn index_lock(&self) -> Result<Lock, ImageError> {
-        Lock::take(&self.root.join("images.lock"), true)
+        lock(&self.root.join("images.lock"), true)
     }
 
     pub fn list(&self) -> Result<Vec<Image>, ImageError> {
