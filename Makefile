@@ -58,6 +58,7 @@ bench: images
 	cargo run --release -p vmpod-agent --example bench_agent
 	scripts/bench_run.py
 	scripts/bench_shim.py
+	scripts/bench_template.py
 
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)

@@ -35,13 +35,13 @@ pub fn run(command: TemplateCommand) -> Result<i32, Failure> {
             for t in store()?.list() {
                 let l = &t.meta.wanted.layout;
                 println!(
-                    "{:<17} {:<9} {:>5} {:>6}Mi {:>6} {:>7}Mi {:>7.1}s  {}",
+                    "{:<17} {:<9} {:>5} {:>6}Mi {:>6} {:>7}Ki {:>8.1}s  {}",
                     t.key,
                     l.backend,
                     l.cpus,
                     l.memory_mib,
                     l.slots,
-                    t.meta.state_bytes >> 20,
+                    t.meta.state_bytes >> 10,
                     t.meta.build_ms as f64 / 1000.0,
                     l.cmdline
                 );
@@ -73,10 +73,10 @@ fn build(args: &RunArgs) -> Result<i32, Failure> {
     match template {
         Some(t) => {
             eprintln!(
-                "vmpod: template {} ready in {:.1} s ({} MiB of state)",
+                "vmpod: template {} ready in {:.1} s ({} KiB of device state)",
                 t.key,
                 started.elapsed().as_secs_f64(),
-                t.meta.state_bytes >> 20
+                t.meta.state_bytes >> 10
             );
             println!("{}", t.key);
             Ok(0)

@@ -183,7 +183,18 @@ impl Sandbox {
             state_dir,
             template,
         };
-        sandbox.vm.start(&spec)?;
+        let restored_from = match &spec.template {
+            Some(TemplateRole::Restore { state, .. }) => state.parent().map(Path::to_path_buf),
+            _ => None,
+        };
+        sandbox.vm.start(&spec).map_err(|e| match &restored_from {
+            Some(dir) => SandboxError::Invalid(format!(
+                "{}; remove the template with `vmpod template rm {}`, or boot with --cold-boot",
+                crate::error::chain(&e),
+                dir.file_name().unwrap_or_default().to_string_lossy()
+            )),
+            None => e,
+        })?;
         drop(tap_fd);
         sandbox.wait_for_agent()?;
         if restored {

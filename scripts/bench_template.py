@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Template benchmark: `vmpod run --rm busybox true` restored from its VM template, the same
+with --cold-boot, and `runc run` of the same busybox tree, alternating, with medians, p90 and
+ratios; VM start to agent ready (VMPOD_TIMING's vm_boot_to_agent: for a template, QEMU's start,
+the memory copy, the restore and the agent's first answer) for both vmpod cases; and the host
+memory of 20 idle sandboxes (`run -d busybox sleep 3600`, the sum of PSS of every process each
+keeps, guest memory included) from the template and cold-booted.
+Prints a table, writes results/template.csv and results/template.png.
+
+  scripts/bench_template.py [--runs N] [--idle N]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import pct, plot, table, tree_pss_mib, write_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
+ROOTFS = GUEST / "busybox-rootfs"
+VMPOD = ROOT / "target/release/vmpod"
+
+
+def runc_bundle(tmp):
+    b = tmp / "bundle"
+    b.mkdir(exist_ok=True)
+    subprocess.run(["runc", "spec"], cwd=b, check=True)
+    config = json.loads((b / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["true"]
+    config["root"] = {"path": str(ROOTFS), "readonly": True}
+    (b / "config.json").write_text(json.dumps(config))
+    return b
+
+
+def vmpod(*args, check=True):
+    out = subprocess.run([str(VMPOD), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, env=dict(os.environ, VMPOD_TIMING="1"))
+    if check and out.returncode != 0:
+        sys.exit(f"bench: vmpod {' '.join(args)} failed: {out.stderr.strip()}")
+    return out
+
+
+def start_times(tmp, runs):
+    b = runc_bundle(tmp)
+    cases = {
+        "vmpod template": [str(VMPOD), "run", "--rm", "busybox", "true"],
+        "vmpod cold boot": [str(VMPOD), "run", "--rm", "--cold-boot", "busybox", "true"],
+        "runc": ["runc", "run", "--bundle", str(b), f"bench-template-{os.getpid()}"],
+    }
+    times = {name: [] for name in cases}
+    to_agent = {"vmpod template": [], "vmpod cold boot": []}
+    env = dict(os.environ, VMPOD_TIMING="1")
+    for i in range(runs):
+        for name, cmd in cases.items():
+            t0 = time.monotonic()
+            out = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                 text=True)
+            elapsed = time.monotonic() - t0
+            if out.returncode != 0:
+                sys.exit(f"bench: {name} failed ({out.returncode}): {out.stderr.strip()}")
+            times[name].append(elapsed * 1e3)
+            for line in out.stderr.splitlines():
+                if line.startswith("vmpod: timing ms:"):
+                    for field in line.split(":", 2)[2].split():
+                        step, ms = field.split("=")
+                        if step == "vm_boot_to_agent":
+                            to_agent[name].append(float(ms))
+        print(f"  run {i}: " + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items()),
+              file=sys.stderr)
+    return times, to_agent
+
+
+def monitors():
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if b"__monitor" in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def idle_memory(count, cold):
+    """Mean PSS per sandbox, in MiB, with `count` idle sandboxes running at once."""
+    names = [f"bench-idle-{os.getpid()}-{i}" for i in range(count)]
+    extra = ["--cold-boot"] if cold else []
+    try:
+        for name in names:
+            vmpod("run", "-d", "--name", name, *extra, "busybox", "sleep", "3600")
+        time.sleep(5)
+        found = monitors()
+        if len(found) != count:
+            sys.exit(f"bench: {len(found)} sandboxes running, not {count}")
+        total = sum(tree_pss_mib(pid) for pid in found)
+        return total / count
+    finally:
+        vmpod("rm", "-f", *names, check=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--idle", type=int, default=20)
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    args = parser.parse_args()
+    for path in (VMPOD, ROOTFS):
+        if not path.exists():
+            sys.exit(f"bench: {path} is missing; run `make build guest` first")
+    # The template is built before anything is timed.
+    vmpod("template", "build", "busybox")
+    with tempfile.TemporaryDirectory(prefix="vmpod-bench-template-") as tmp:
+        times, to_agent = start_times(Path(tmp), args.runs)
+    memory = {
+        "vmpod template": idle_memory(args.idle, cold=False),
+        "vmpod cold boot": idle_memory(args.idle, cold=True),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table("start to exit of `true`", times, memory, "runc", args.runs)
+    print(f"(idle MiB: PSS per sandbox with {args.idle} idle sandboxes running at once)")
+    for name, values in to_agent.items():
+        print(f"{name}: VM start to agent ready median {statistics.median(values):.1f} ms, "
+              f"p90 {pct(values, 90):.1f} ms")
+    ratio = statistics.median(to_agent["vmpod cold boot"]) / statistics.median(
+        to_agent["vmpod template"])
+    print(f"template vs cold boot to agent ready: {ratio:.1f}x faster")
+    for row in rows:
+        if row["case"] in to_agent:
+            row["to_agent_median_ms"] = round(statistics.median(to_agent[row["case"]]), 1)
+        else:
+            row["to_agent_median_ms"] = ""
+    write_csv(out / "template.csv", rows)
+    plot(out, "template", "vmpod run from a template vs a cold boot vs runc (medians)", rows,
+         "ms, start to exit of true (log)", f"MiB PSS per idle sandbox ({args.idle} at once)")
+    print(f"csv: {out / 'template.csv'}, plot: {out / 'template.png'}")
+
+
+if __name__ == "__main__":
+    main()
