@@ -302,8 +302,9 @@ fn smoke_on_vmpod_vmm() {
     // The product path; on kvm-pvm hosts the boot alone takes most of a minute.
     support::require_kvm();
     let _serial = serial();
+    // A full boot: templates on vmpod-vmm have their own test (templates.rs).
     let out = run(
-        &["--hypervisor", "vmm"],
+        &["--hypervisor", "vmm", "--cold-boot"],
         &["sh", "-c", "echo hello; exit 3"],
     );
     assert_eq!(

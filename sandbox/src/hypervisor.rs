@@ -59,8 +59,13 @@ pub trait Hypervisor {
     fn ended(&mut self) -> Option<String>;
     /// Stops the VM and every helper process; idempotent.
     fn kill(&mut self);
-    /// Saves the running VM (booted with [`TemplateRole::Build`], agent connections closed)
-    /// to `state`; the VM stays stopped.
+    /// Whether this VM, booted as a template, saves itself when its agent is ready (the host
+    /// must not connect first) rather than when `save` asks.
+    fn saves_when_ready(&self) -> bool {
+        false
+    }
+    /// Saves the VM booted with [`TemplateRole::Build`] to `state` (its agent connections
+    /// closed); the VM stays stopped.
     fn save(&mut self, state: &Path) -> Result<(), SandboxError> {
         Err(SandboxError::Invalid(format!(
             "{} cannot save a VM to {} yet",

@@ -196,6 +196,9 @@ impl Sandbox {
             None => e,
         })?;
         drop(tap_fd);
+        if sandbox.vm.saves_when_ready() {
+            return Ok(sandbox);
+        }
         sandbox.wait_for_agent()?;
         if restored {
             sandbox.freshen()?;
@@ -330,7 +333,7 @@ pub fn kernel_cmdline(debug: bool, kernel_args: &str) -> String {
 }
 
 /// The template for a sandbox of this shape, built now if there is none; `None` where the
-/// backend has no templates yet (vmpod-vmm: its snapshots work, its disk slots do not).
+/// backend cannot save such a VM (vmpod-vmm saves one-vCPU VMs only, for now).
 pub fn ensure_template(
     backend: Backend,
     cpus: u8,
@@ -338,7 +341,7 @@ pub fn ensure_template(
     slots: usize,
     cmdline: &str,
 ) -> Result<Option<Template>, SandboxError> {
-    if backend == Backend::Vmm {
+    if backend == Backend::Vmm && cpus != 1 {
         return Ok(None);
     }
     let layout = Layout {

@@ -87,11 +87,12 @@ impl Wanted {
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Whether `self` is an older build of `current`'s files: the same kernel and initramfs
-    /// paths, but one of them, the hypervisor or vmpod changed since. Templates of other
+    /// Whether `self` is an older build of `current`'s files: the same backend, kernel and
+    /// initramfs paths, but one of them, the hypervisor or vmpod changed since. Templates of other
     /// guest directories (another installation, a test's copy) are not touched.
     fn superseded_by(&self, current: &Wanted) -> bool {
-        self.kernel.path == current.kernel.path
+        self.layout.backend == current.layout.backend
+            && self.kernel.path == current.kernel.path
             && self.initrd.path == current.initrd.path
             && (self.vmpod != current.vmpod
                 || self.kernel != current.kernel

@@ -166,6 +166,13 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
                 .restore(state)
                 .map_err(|e| VmmError::Restore(e.to_string()))?;
         }
+        // The devices' host sides are this config's (a clone's disks fill the template's
+        // empty slots): every driver rereads its device's configuration once vCPUs run.
+        for device in &attached {
+            if let Ok(transport) = device.transport.lock() {
+                transport.announce_config_change();
+            }
+        }
     }
     step(started, "VM created");
     if let Some(files) = &config.snapshot {

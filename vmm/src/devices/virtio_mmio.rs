@@ -54,6 +54,7 @@ const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
 
 const INTERRUPT_USED_RING: u32 = 1;
+const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -88,6 +89,20 @@ impl MmioTransport {
 
     pub fn queue_count(&self) -> usize {
         self.queues.len()
+    }
+
+    /// Tells a running driver that the device's configuration may have changed: a restored
+    /// VM's disks are the clone's, not the template's empty slots, and the driver reads their
+    /// size again.
+    pub fn announce_config_change(&self) {
+        if !self.driver_ok() {
+            return;
+        }
+        self.interrupt_status
+            .fetch_or(INTERRUPT_CONFIG_CHANGE, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            tracing::warn!("virtio-mmio: cannot raise the config interrupt: {e}");
+        }
     }
 
     fn driver_ok(&self) -> bool {
@@ -656,6 +671,19 @@ mod tests {
         let err = other.restore(&wrong).unwrap_err();
         assert!(err.to_string().contains("outside guest memory"), "{err}");
         assert_eq!(read32(&other, REG_STATUS), 0, "nothing changed on refusal");
+    }
+
+    #[test]
+    fn a_config_change_reaches_only_a_running_driver() {
+        let (mut t, irq) = transport();
+        t.announce_config_change();
+        assert!(irq.read().is_err(), "no interrupt before DRIVER_OK");
+        bring_up(&mut t, 0x10_0000, 1);
+        t.announce_config_change();
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(read32(&t, REG_INTERRUPT_STATUS), INTERRUPT_CONFIG_CHANGE);
+        write32(&mut t, REG_INTERRUPT_ACK, INTERRUPT_CONFIG_CHANGE);
+        assert_eq!(read32(&t, REG_INTERRUPT_STATUS), 0);
     }
 
     #[test]
