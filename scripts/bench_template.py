@@ -4,10 +4,12 @@ with --cold-boot, and `runc run` of the same busybox tree, alternating, with med
 ratios; VM start to agent ready (VMPOD_TIMING's vm_boot_to_agent: for a template, QEMU's start,
 the memory copy, the restore and the agent's first answer) for both vmpod cases; and the host
 memory of 20 idle sandboxes (`run -d busybox sleep 3600`, the sum of PSS of every process each
-keeps, guest memory included) from the template and cold-booted.
+keeps, guest memory included) from the template and cold-booted; and, where /dev/kvm opens,
+the same for a few idle vmpod-vmm sandboxes from their template (their guest memory is the
+template's file mapped copy-on-write, so clones share its pages).
 Prints a table, writes results/template.csv and results/template.png.
 
-  scripts/bench_template.py [--runs N] [--idle N]
+  scripts/bench_template.py [--runs N] [--idle N] [--vmm-idle N]
 """
 
 import argparse
@@ -91,10 +93,10 @@ def monitors():
     return pids
 
 
-def idle_memory(count, cold):
+def idle_memory(count, cold, hypervisor="auto"):
     """Mean PSS per sandbox, in MiB, with `count` idle sandboxes running at once."""
     names = [f"bench-idle-{os.getpid()}-{i}" for i in range(count)]
-    extra = ["--cold-boot"] if cold else []
+    extra = ["--hypervisor", hypervisor] + (["--cold-boot"] if cold else [])
     try:
         for name in names:
             vmpod("run", "-d", "--name", name, *extra, "busybox", "sleep", "3600")
@@ -112,6 +114,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--idle", type=int, default=20)
+    parser.add_argument("--vmm-idle", type=int, default=5,
+                        help="idle vmpod-vmm sandboxes (slow to start on kvm-pvm); 0 skips")
     parser.add_argument("--out", default=str(ROOT / "results"))
     args = parser.parse_args()
     for path in (VMPOD, ROOTFS):
@@ -125,10 +129,17 @@ def main():
         "vmpod template": idle_memory(args.idle, cold=False),
         "vmpod cold boot": idle_memory(args.idle, cold=True),
     }
+    vmm_idle = None
+    if args.vmm_idle and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        vmpod("template", "build", "--hypervisor", "vmm", "busybox")
+        vmm_idle = idle_memory(args.vmm_idle, cold=False, hypervisor="vmm")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = table("start to exit of `true`", times, memory, "runc", args.runs)
     print(f"(idle MiB: PSS per sandbox with {args.idle} idle sandboxes running at once)")
+    if vmm_idle is not None:
+        print(f"vmpod-vmm template: {vmm_idle:.1f} MiB PSS per sandbox with {args.vmm_idle} "
+              "idle sandboxes running at once")
     for name, values in to_agent.items():
         print(f"{name}: VM start to agent ready median {statistics.median(values):.1f} ms, "
               f"p90 {pct(values, 90):.1f} ms")

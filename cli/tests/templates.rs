@@ -320,14 +320,21 @@ fn a_vmm_template_is_saved_at_agent_ready_and_restored() {
     let _serial = serial();
     let guest = Guest::new("vmm");
     for word in ["built", "restored"] {
-        let out = guest.ok(&["run", "--hypervisor", "vmm", "--rm", "busybox", "echo", word]);
+        let out = guest.ok(&[
+            "run",
+            "--hypervisor",
+            "vmm",
+            "--rm",
+            "busybox",
+            "echo",
+            word,
+        ]);
         assert_eq!(out.trim(), word);
     }
     let templates = guest.templates();
     assert_eq!(templates.len(), 1, "{templates:?}");
     let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(templates[0].1.join("meta.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(templates[0].1.join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["wanted"]["layout"]["backend"], "vmm");
     nothing_left();
 }

@@ -28,7 +28,7 @@ const HEADER: usize = 9;
 const MAGIC: &[u8; 8] = b"vmpodmux";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Hello = 1,
     Open = 2,
     Opened = 3,
@@ -65,7 +65,7 @@ fn hello() -> Vec<u8> {
 }
 
 /// Reads until the peer's hello; `false` at end of input.
-fn find_hello(r: &mut impl Read) -> io::Result<bool> {
+pub fn find_hello(r: &mut impl Read) -> io::Result<bool> {
     let wanted = hello();
     let mut seen = Vec::with_capacity(wanted.len());
     let mut byte = [0u8; 1];
@@ -85,7 +85,7 @@ fn find_hello(r: &mut impl Read) -> io::Result<bool> {
 
 /// The next frame; `None` at end of input. A malformed header is an error: the peer is not
 /// speaking this protocol (or a guest is misbehaving), and the session ends.
-fn read_frame(r: &mut impl Read) -> io::Result<Option<(u32, Kind, Vec<u8>)>> {
+pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u32, Kind, Vec<u8>)>> {
     let mut header = [0u8; HEADER];
     let mut got = 0;
     while got < HEADER {
