@@ -244,6 +244,7 @@ impl Store {
         if let Some(t) = self.load(&key, wanted)? {
             return Ok(t);
         }
+        self.remove_abandoned_builds();
         let tmp = self
             .root
             .join(format!(".build-{key}-{}", std::process::id()));
@@ -255,6 +256,8 @@ impl Store {
             return Err(e);
         }
         let dir = self.root.join(&key);
+        // A directory without a readable record (a removal cut short) is no template.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).map_err(|e| {
             let _ = std::fs::remove_dir_all(&tmp);
             io(format!("move the template into {}", dir.display()))(e)
@@ -291,6 +294,27 @@ impl Store {
         let text = serde_json::to_vec_pretty(&meta)
             .map_err(|e| invalid(format!("encode {}: {e}", path.display())))?;
         std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))
+    }
+
+    /// Removes what builders killed mid-build left (`.build-<key>-<pid>` of a dead pid); the
+    /// store's lock is held, so no live build is touched.
+    fn remove_abandoned_builds(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(".build-")
+                .and_then(|rest| rest.rsplit('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// Removes templates `current` supersedes: they can never be restored again.
@@ -377,4 +401,95 @@ fn difference(saved: &Wanted, wanted: &Wanted) -> Option<String> {
             )
         })
         .or_else(|| field("vmpod", saved.vmpod.clone(), wanted.vmpod.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(dir: &Path) -> Wanted {
+        let file = |name: &str| Fingerprint {
+            path: dir.join(name),
+            size: 1,
+            inode: 2,
+            mtime_ns: 3,
+        };
+        Wanted {
+            layout: Layout {
+                backend: "qemu".into(),
+                cpus: 1,
+                memory_mib: 1,
+                slots: 2,
+                cmdline: String::new(),
+            },
+            vmpod: "test".into(),
+            kernel: file("vmlinux"),
+            initrd: file("initramfs.cpio"),
+            hypervisor: file("qemu"),
+        }
+    }
+
+    /// A build that writes what a real one leaves: a state and 1 MiB of memory.
+    fn build(state: &Path) -> Result<(), SandboxError> {
+        std::fs::write(state, b"state").unwrap();
+        std::fs::write(state.with_file_name("memory"), vec![0u8; 1 << 20]).unwrap();
+        Ok(())
+    }
+
+    #[test]
+    fn leftovers_of_killed_builds_go_and_a_damaged_template_is_refused() {
+        let root = std::env::temp_dir().join(format!("vmpod-templates-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = Store::at(&root).unwrap();
+        let w = wanted(&root);
+        // A builder killed mid-build (no such pid), and a template whose removal was cut short.
+        std::fs::create_dir_all(root.join(".build-0123-4000000000")).unwrap();
+        std::fs::create_dir_all(root.join(w.key())).unwrap();
+        let t = store.ensure(&w, build).unwrap();
+        assert!(!root.join(".build-0123-4000000000").exists());
+        assert_eq!(store.list().len(), 1);
+        // The same again: restored, not rebuilt.
+        store.ensure(&w, |_| panic!("built twice")).unwrap();
+        // Memory of the wrong size, then a truncated state.
+        std::fs::write(t.memory(), b"short").unwrap();
+        let e = store.load(&t.key, &w).unwrap_err().to_string();
+        assert!(e.contains("not the 1048576 of the VM"), "{e}");
+        std::fs::write(t.memory(), vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(t.state(), b"st").unwrap();
+        let e = store.load(&t.key, &w).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        // Another shape under this key.
+        let mut other = w.clone();
+        other.layout.memory_mib = 2;
+        let e = store.load(&t.key, &other).unwrap_err().to_string();
+        assert!(e.contains("memory (MiB) 1, not this sandbox's 2"), "{e}");
+        store.remove(&t.key).unwrap();
+        assert!(store.remove(&t.key).is_err());
+        assert!(store.remove("../etc").is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_new_build_prunes_only_what_it_supersedes() {
+        let root = std::env::temp_dir().join(format!("vmpod-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = Store::at(&root).unwrap();
+        let old = wanted(&root);
+        let mut vmm = old.clone();
+        vmm.layout.backend = "vmm".into();
+        let mut elsewhere = old.clone();
+        elsewhere.kernel.path = root.join("other/vmlinux");
+        for w in [&old, &vmm, &elsewhere] {
+            store.ensure(w, build).unwrap();
+        }
+        let mut new = old.clone();
+        new.initrd.mtime_ns += 1;
+        store.ensure(&new, build).unwrap();
+        let keys: Vec<String> = store.list().into_iter().map(|t| t.key).collect();
+        assert!(!keys.contains(&old.key()), "the superseded template stayed");
+        for kept in [&vmm, &elsewhere, &new] {
+            assert!(keys.contains(&kept.key()), "{keys:?}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
