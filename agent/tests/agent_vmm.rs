@@ -38,7 +38,7 @@ fn vm_config(
     tail: &str,
 ) -> String {
     format!(
-        r#"{{"cpus": 1, "memory_mib": 256, "console": "{}",
+        r#"{{"cpus": 2, "memory_mib": 256, "console": "{}",
             "cmdline": "console=ttyS0 quiet",
             "disks": [{{"path": "{}", "read_only": true, "serial": "busybox"}}],
             "vsock": {{"guest_cid": 3, "uds_path": "{}"}}, {tail}}}"#,
@@ -57,8 +57,8 @@ fn spawn_vmm(config: &std::path::Path) -> Vmm {
         .expect("spawn vmpod-vmm"))
 }
 
-/// The boot once, as a template: vmpod-vmm saves the VM when the agent says it is ready
-/// (the boot-timer byte) and exits. Then two VMs restored from it at once, each running an
+/// The boot once, as a template of two vCPUs: vmpod-vmm saves the VM when the agent says it
+/// is ready (the boot-timer byte), pulling the other vCPU out of the guest, and exits. Then two VMs restored from it at once, each running an
 /// echo and an exit code, then powering off.
 #[test]
 fn containers_run_in_vms_restored_from_a_template_on_vmpod_vmm() {
@@ -139,7 +139,8 @@ fn run_two_containers(mut vmm: Vmm, uds: &std::path::Path, console: &std::path::
     };
     let mut client = Client::handshake(stream).expect("hello");
     for (id, script, code, output) in [
-        ("echo", "echo hello", 0, "hello\n"),
+        // Both vCPUs came back: the template was saved with its AP parked mid-flight.
+        ("echo", "echo hello; nproc", 0, "hello\n2\n"),
         ("code", "exit 42", 42, ""),
     ] {
         let mut spec = oci_spec::runtime::Spec::default();

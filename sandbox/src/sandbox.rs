@@ -165,11 +165,12 @@ impl Sandbox {
                 config.memory_mib,
                 disks.len(),
                 &cmdline,
-            )?
+            )
             .map(|t| TemplateRole::Restore {
                 state: t.state(),
                 memory: t.memory(),
-            }),
+            })
+            .map(Some)?,
         };
         let restored = matches!(template, Some(TemplateRole::Restore { .. }));
         let spec = VmSpec {
@@ -332,18 +333,14 @@ pub fn kernel_cmdline(debug: bool, kernel_args: &str) -> String {
         .to_string()
 }
 
-/// The template for a sandbox of this shape, built now if there is none; `None` where the
-/// backend cannot save such a VM (vmpod-vmm saves one-vCPU VMs only, for now).
+/// The template for a sandbox of this shape, built now if there is none.
 pub fn ensure_template(
     backend: Backend,
     cpus: u8,
     memory_mib: u32,
     slots: usize,
     cmdline: &str,
-) -> Result<Option<Template>, SandboxError> {
-    if backend == Backend::Vmm && cpus != 1 {
-        return Ok(None);
-    }
+) -> Result<Template, SandboxError> {
     let layout = Layout {
         backend: backend.flag().to_string()
             + if backend == (Backend::Qemu { kvm: true }) {
@@ -360,10 +357,9 @@ pub fn ensure_template(
     let initrd = paths::guest_file("initramfs.cpio")?;
     let wanted = Wanted::new(backend, layout, &kernel, &initrd)?;
     let store = template::Store::open()?;
-    let template = store.ensure(&wanted, |state| {
+    store.ensure(&wanted, |state| {
         build_template(backend, cpus, memory_mib, slots, cmdline, state)
-    })?;
-    Ok(Some(template))
+    })
 }
 
 /// Boots a VM with `slots` empty disks and saves it to `state` once its agent answers.

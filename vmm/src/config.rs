@@ -300,11 +300,6 @@ impl VmConfig {
                 return Err(ConfigError::InitrdMissing(initrd.clone()));
             }
         }
-        if self.snapshot.is_some() && self.cpus != 1 {
-            return Err(ConfigError::Unsupported(
-                "snapshots are of one-vCPU VMs for now".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -409,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_are_of_one_vcpu_without_devices_and_restores_need_their_files() {
+    fn snapshots_take_any_vcpu_count_and_restores_need_their_files() {
         let kernel = std::env::current_exe().unwrap();
         let files = SnapshotFiles {
             state: kernel.clone(),
@@ -421,10 +416,7 @@ mod tests {
             snapshot: Some(files.clone()),
             ..VmConfig::default()
         };
-        assert!(matches!(
-            config.validate(),
-            Err(ConfigError::Unsupported(_))
-        ));
+        assert!(config.validate().is_ok());
         config.cpus = 1;
         assert!(config.validate().is_ok());
         let restore = VmConfig {

@@ -176,15 +176,23 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     }
     step(started, "VM created");
     if let Some(files) = &config.snapshot {
-        let vcpu = &mut vcpus[0];
-        let msrs = vstate::snapshot::readable_msrs(&kvm, vcpu.fd()).map_err(VmmError::State)?;
-        vcpu.snapshot_when_ready(vstate::vcpu::SnapshotRequest {
-            vm: vm.clone(),
-            mem: mem.clone(),
-            files: files.clone(),
-            msrs,
-            memory_mib: config.memory_mib,
-        });
+        let msrs = vstate::snapshot::readable_msrs(&kvm, vcpus[0].fd()).map_err(VmmError::State)?;
+        let pause = Arc::new(vstate::pause::Pause::new(
+            vstate::vcpu::SnapshotRequest {
+                vm: vm.clone(),
+                mem: mem.clone(),
+                files: files.clone(),
+                msrs,
+                memory_mib: config.memory_mib,
+            },
+            vcpus.len(),
+        ));
+        if vcpus.len() > 1 {
+            vstate::pause::install_kick_handler().map_err(VmmError::Signals)?;
+        }
+        for vcpu in &mut vcpus {
+            vcpu.snapshot_when_ready(pause.clone());
+        }
     }
     step(started, "vCPUs configured");
 
@@ -232,8 +240,9 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     for vcpu in vcpus {
         // On kvm-pvm our guest kernel asks the VMM to start its APs (real-mode SIPI cannot work
         // there); elsewhere they wait in KVM for the usual INIT/SIPI.
-        let start_request =
-            (ap_start_port && vcpu.index() != 0).then(|| bus.ap_start.register(vcpu.index()));
+        // A restored VM's APs are running already.
+        let start_request = (ap_start_port && vcpu.index() != 0 && restored.is_none())
+            .then(|| bus.ap_start.register(vcpu.index()));
         vcpu.start(bus.clone(), lifecycle.clone(), start_request)?;
     }
 

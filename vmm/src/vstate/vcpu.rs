@@ -14,6 +14,7 @@ use crate::boot::regs::{initial_regs, initial_sregs, ApStart, EntryPoint};
 use crate::devices::boot_timer::BOOT_DONE;
 use crate::devices::{Bus, BOOT_TIMER_PORT};
 use crate::lifecycle::{ExitReason, Lifecycle};
+use crate::vstate::pause::Pause;
 use crate::vstate::snapshot as snapshot_state;
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
@@ -56,11 +57,12 @@ pub enum VcpuError {
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
-    snapshot: Option<SnapshotRequest>,
+    /// Shared by every vCPU of a VM that is saved at the guest's ready byte.
+    pause: Option<Arc<Pause>>,
 }
 
-/// Save the VM when the guest writes its ready byte: what the vCPU needs to do it from its
-/// own thread (only there is it out of KVM_RUN at that moment).
+/// Save the VM when the guest writes its ready byte: what the vCPU that sees it needs to do it
+/// from its own thread (only there is it out of KVM_RUN at that moment).
 pub struct SnapshotRequest {
     pub vm: Arc<crate::vstate::vm::Vm>,
     pub mem: vm_memory::GuestMemoryMmap,
@@ -78,13 +80,14 @@ impl Vcpu {
         Ok(Vcpu {
             index,
             fd,
-            snapshot: None,
+            pause: None,
         })
     }
 
-    /// Makes this vCPU save the VM at the guest's ready byte and stop there.
-    pub fn snapshot_when_ready(&mut self, request: SnapshotRequest) {
-        self.snapshot = Some(request);
+    /// Makes this vCPU take part in saving the VM at the guest's ready byte: it leads if it
+    /// sees the byte, and parks when the leader pulls it out.
+    pub fn snapshot_when_ready(&mut self, pause: Arc<Pause>) {
+        self.pause = Some(pause);
     }
 
     pub fn index(&self) -> u8 {
@@ -204,14 +207,20 @@ impl Vcpu {
     }
 
     fn run_loop(&mut self, bus: &Bus) -> ExitReason {
+        if let Some(pause) = &self.pause {
+            let run: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
+            pause.register(usize::from(self.index), run);
+        }
         loop {
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let ready = port == BOOT_TIMER_PORT && data.first() == Some(&BOOT_DONE);
                     bus.pio_write(port, data);
                     if ready {
-                        if let Some(request) = self.snapshot.take() {
-                            return self.save_snapshot(request, bus);
+                        if let Some(pause) = self.pause.clone() {
+                            if let Some(request) = pause.lead() {
+                                return self.save_snapshot(request, &pause, bus);
+                            }
                         }
                     }
                 }
@@ -238,13 +247,32 @@ impl Vcpu {
                     let what = format!("unexpected exit {other:?}");
                     return self.crash(&what);
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if let Some(pause) = self.pause.clone() {
+                        if pause.pausing() {
+                            return self.park(&pause);
+                        }
+                    }
+                }
                 Err(e) => return self.crash(&format!("KVM_RUN failed: {e}")),
             }
         }
     }
 
-    fn save_snapshot(&mut self, request: SnapshotRequest, bus: &Bus) -> ExitReason {
+    /// A kicked vCPU: KVM has completed whatever access it was in (the kick's immediate_exit
+    /// returns only after that), so its registers are consistent to save.
+    fn park(&mut self, pause: &Pause) -> ExitReason {
+        let state = snapshot_state::save_vcpu(&self.fd, &pause.msrs).map_err(|e| e.to_string());
+        pause.park(usize::from(self.index), state)
+    }
+
+    fn save_snapshot(&mut self, request: SnapshotRequest, pause: &Pause, bus: &Bus) -> ExitReason {
+        let outcome = self.lead_snapshot(request, pause, bus);
+        pause.finish(outcome.clone());
+        outcome
+    }
+
+    fn lead_snapshot(&mut self, request: SnapshotRequest, pause: &Pause, bus: &Bus) -> ExitReason {
         // KVM finishes the port write only on the next KVM_RUN; with immediate_exit it does
         // that and returns at once, leaving a consistent state to save.
         self.fd.set_kvm_immediate_exit(1);
@@ -255,15 +283,17 @@ impl Vcpu {
             Ok(()) => return ExitReason::SnapshotFailed("the vCPU did not stop".into()),
             Err(e) => return ExitReason::SnapshotFailed(format!("KVM_RUN: {e}")),
         }
+        pause.kick_others(usize::from(self.index));
         let saved = (|| -> Result<(), String> {
-            let vcpu =
+            let own =
                 snapshot_state::save_vcpu(&self.fd, &request.msrs).map_err(|e| e.to_string())?;
+            let vcpus = pause.collect(usize::from(self.index), own)?;
             let vm = snapshot_state::save_vm(request.vm.fd()).map_err(|e| e.to_string())?;
             let state = crate::snapshot::Snapshot {
                 format: crate::snapshot::FORMAT.into(),
                 version: crate::snapshot::VERSION,
                 memory_mib: request.memory_mib,
-                vcpus: vec![vcpu],
+                vcpus,
                 vm,
                 devices: crate::snapshot::DevicesState {
                     serial: bus.serial_state(),
