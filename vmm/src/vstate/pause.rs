@@ -80,22 +80,21 @@ impl Pause {
     }
 
     /// Called by each vCPU thread as it starts running the guest.
-    pub fn register(&self, index: usize, run: *mut kvm_run) {
+    pub fn register(&self, index: usize, run: &mut kvm_run) {
         let mut p = self.progress();
         if let Some(slot) = p.threads.get_mut(index) {
             // SAFETY: pthread_self has no preconditions.
             let id = unsafe { libc::pthread_self() };
             *slot = Some(Thread {
                 id,
-                run: run as usize,
+                run: run as *mut kvm_run as usize,
             });
         }
         let pausing = self.pausing.load(Ordering::Acquire);
         drop(p);
         // A vCPU that starts after the others were kicked kicks itself.
         if pausing {
-            // SAFETY: `run` is this thread's own kvm_run page.
-            unsafe { (*run).immediate_exit = 1 };
+            run.immediate_exit = 1;
         }
     }
 

@@ -208,8 +208,7 @@ impl Vcpu {
 
     fn run_loop(&mut self, bus: &Bus) -> ExitReason {
         if let Some(pause) = &self.pause {
-            let run: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
-            pause.register(usize::from(self.index), run);
+            pause.register(usize::from(self.index), self.fd.get_kvm_run());
         }
         loop {
             match self.fd.run() {
