@@ -14,6 +14,8 @@ pub enum NetError {
     BadCidr(String),
     #[error("'{0}' is not an IPv4 address")]
     BadAddress(String),
+    #[error("'{0}' is not a MAC address (like 02:00:0a:00:00:02)")]
+    BadMac(String),
     #[error("{what} on {interface}")]
     Ioctl {
         what: &'static str,
@@ -110,9 +112,51 @@ fn interface_by_mac(mac: &str) -> Result<String, NetError> {
     Err(NetError::NoSuchMac(mac.to_string()))
 }
 
+/// The VM's only NIC (an interface with a device behind it), given `mac`: a VM restored from a
+/// template has the template's address on it. `None` when there is not exactly one NIC.
+fn adopt_only_nic(sock: &OwnedFd, mac: &str) -> Result<Option<String>, NetError> {
+    let nics: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("device").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let [name] = nics.as_slice() else {
+        return Ok(None);
+    };
+    let bytes = parse_mac(mac).ok_or_else(|| NetError::BadMac(mac.to_string()))?;
+    let fail = |source| NetError::Ioctl {
+        what: "set the MAC address",
+        interface: name.clone(),
+        source,
+    };
+    let mut req = ifreq(name).map_err(fail)?;
+    // SAFETY: sockaddr is plain data; all-zero is a valid value.
+    let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+    hw.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in hw.sa_data.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = hw;
+    ioctl(sock, libc::SIOCSIFHWADDR, &mut req).map_err(fail)?;
+    Ok(Some(name.clone()))
+}
+
+fn parse_mac(mac: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = mac.split(':');
+    for byte in out.iter_mut() {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 /// Checks the whole request before touching anything, so a bad one changes nothing.
 pub fn validate(config: &NetworkConfig) -> Result<(), NetError> {
     for interface in &config.interfaces {
+        parse_mac(&interface.mac).ok_or_else(|| NetError::BadMac(interface.mac.clone()))?;
         for cidr in &interface.addresses {
             parse_cidr(cidr)?;
         }
@@ -141,7 +185,14 @@ pub fn setup(config: &NetworkConfig) -> Result<(), NetError> {
         source,
     })?;
     for interface in &config.interfaces {
-        let name = interface_by_mac(&interface.mac)?;
+        let name = match interface_by_mac(&interface.mac) {
+            Ok(name) => name,
+            // A clone of a template whose NIC still has the template's address.
+            Err(e) if config.interfaces.len() == 1 => {
+                adopt_only_nic(&sock, &interface.mac)?.ok_or(e)?
+            }
+            Err(e) => return Err(e),
+        };
         let fail = |what: &'static str| {
             let name = name.clone();
             move |source| NetError::Ioctl {
@@ -228,6 +279,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("02:76:6d:70:00:0A"),
+            Some([0x02, 0x76, 0x6d, 0x70, 0x00, 0x0a])
+        );
+        for bad in [
+            "",
+            "02:76:6d:70:00",
+            "02:76:6d:70:00:01:02",
+            "zz:76:6d:70:00:01",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn cidrs_and_masks() {
         assert_eq!(
             parse_cidr("10.0.0.2/24").unwrap(),
@@ -253,6 +320,18 @@ mod tests {
         assert_eq!(
             validate(&config).unwrap_err().to_string(),
             "'nonsense' is not an IPv4 address"
+        );
+        let config = NetworkConfig {
+            interfaces: vec![vmpod_protocol::Interface {
+                mac: "02:00".into(),
+                addresses: vec![],
+                mtu: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            validate(&config).unwrap_err().to_string(),
+            "'02:00' is not a MAC address (like 02:00:0a:00:00:02)"
         );
     }
 }

@@ -29,18 +29,19 @@ pub fn run(command: TemplateCommand) -> Result<i32, Failure> {
         TemplateCommand::Build(args) => build(&args),
         TemplateCommand::Ls => {
             println!(
-                "{:<17} {:<9} {:>5} {:>8} {:>6} {:>9} {:>9}  CMDLINE",
-                "KEY", "BACKEND", "CPUS", "MEMORY", "SLOTS", "STATE", "BUILT IN"
+                "{:<17} {:<9} {:>5} {:>8} {:>6} {:>4} {:>9} {:>9}  CMDLINE",
+                "KEY", "BACKEND", "CPUS", "MEMORY", "SLOTS", "NIC", "STATE", "BUILT IN"
             );
             for t in store()?.list() {
                 let l = &t.meta.wanted.layout;
                 println!(
-                    "{:<17} {:<9} {:>5} {:>6}Mi {:>6} {:>7}Ki {:>8.1}s  {}",
+                    "{:<17} {:<9} {:>5} {:>6}Mi {:>6} {:>4} {:>7}Ki {:>8.1}s  {}",
                     t.key,
                     l.backend,
                     l.cpus,
                     l.memory_mib,
                     l.slots,
+                    if l.nic { "yes" } else { "no" },
                     t.meta.state_bytes >> 10,
                     t.meta.build_ms as f64 / 1000.0,
                     l.cmdline
@@ -67,6 +68,7 @@ fn build(args: &RunArgs) -> Result<i32, Failure> {
         p.cpus,
         p.memory_mib,
         p.layers.len() + p.volumes.len(),
+        p.netns.is_some(),
         &vmpod_sandbox::kernel_cmdline(p.debug, &p.kernel_args),
     )
     .map_err(|e| Failure::runtime(format!("build the template: {}", chain(&e))))?;

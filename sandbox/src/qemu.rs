@@ -107,6 +107,14 @@ impl Qemu {
         let qmp = self.qmp.as_mut().ok_or_else(|| {
             SandboxError::Invalid("QEMU was started without its QMP socket".into())
         })?;
+        // QEMU would announce the template's MAC on the clone's network after loading; the
+        // agent gives the NIC the pod's address instead.
+        if let Err(e) = qmp.execute("migrate-set-parameters", json!({ "announce-rounds": 0 })) {
+            return Err(fail(self, e.to_string()));
+        }
+        let Some(qmp) = self.qmp.as_mut() else {
+            return Err(SandboxError::Invalid("QEMU's QMP socket is gone".into()));
+        };
         let uri = format!("exec:cat {}", shell_quote(state));
         if let Err(e) = qmp.execute("migrate-incoming", json!({ "uri": uri })) {
             return Err(fail(self, e.to_string()));

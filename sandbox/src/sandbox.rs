@@ -24,8 +24,9 @@ pub enum Boot {
     /// Restored from the template of its shape (template.rs), which is built first if there
     /// is none; a full boot where the backend or the shape has no templates yet.
     Template,
-    /// Booted to be saved as a template (`Sandbox::save`).
-    AsTemplate,
+    /// Booted to be saved as a template (`Sandbox::save`), with a NIC on a throwaway tap
+    /// when `nic`.
+    AsTemplate { nic: bool },
 }
 
 pub struct SandboxConfig {
@@ -145,25 +146,37 @@ impl Sandbox {
             written.map_err(io(format!("write {}", cleanup.display())))?;
             tap_fd = Some(fd);
         }
+        if let Boot::AsTemplate { nic: true } = config.boot {
+            // Unattached and not persistent: it goes when the template's VMM closes it.
+            let name = format!("vmpt{}", std::process::id() % 100_000);
+            let tap = vmpod_devices::net::Tap::open(&name, None).map_err(|e| {
+                SandboxError::Invalid(format!("create the template's tap {name}: {e}"))
+            })?;
+            tap_fd = Some(tap.into_fd());
+        }
         let net = match (&tap_fd, &sandbox.network) {
             (Some(fd), Some(network)) => Some(NetAttachment {
                 tap_fd: fd.as_raw_fd(),
                 mac: network.interface.mac.clone(),
+            }),
+            (Some(fd), None) => Some(NetAttachment {
+                tap_fd: fd.as_raw_fd(),
+                mac: TEMPLATE_MAC.into(),
             }),
             _ => None,
         };
         let cmdline = kernel_cmdline(config.debug, &config.kernel_args);
         let template = match config.boot {
             Boot::Cold => None,
-            Boot::AsTemplate => Some(TemplateRole::Build {
+            Boot::AsTemplate { .. } => Some(TemplateRole::Build {
                 memory: state_dir.join("memory"),
             }),
-            Boot::Template if net.is_some() => None,
             Boot::Template => ensure_template(
                 config.backend,
                 config.cpus,
                 config.memory_mib,
                 disks.len(),
+                net.is_some(),
                 &cmdline,
             )
             .map(|t| TemplateRole::Restore {
@@ -326,6 +339,9 @@ impl Sandbox {
     }
 }
 
+/// A template's NIC address; a clone's agent gives the NIC the pod's own.
+const TEMPLATE_MAC: &str = "02:76:6d:70:00:01";
+
 /// The guest kernel command line a sandbox adds to the backend's own.
 pub fn kernel_cmdline(debug: bool, kernel_args: &str) -> String {
     format!("{}{kernel_args}", if debug { "vmpod.debug " } else { "" })
@@ -339,6 +355,7 @@ pub fn ensure_template(
     cpus: u8,
     memory_mib: u32,
     slots: usize,
+    nic: bool,
     cmdline: &str,
 ) -> Result<Template, SandboxError> {
     let layout = Layout {
@@ -351,6 +368,7 @@ pub fn ensure_template(
         cpus,
         memory_mib,
         slots,
+        nic,
         cmdline: cmdline.to_string(),
     };
     let kernel = paths::guest_file("vmlinux")?;
@@ -358,16 +376,17 @@ pub fn ensure_template(
     let wanted = Wanted::new(backend, layout, &kernel, &initrd)?;
     let store = template::Store::open()?;
     store.ensure(&wanted, |state| {
-        build_template(backend, cpus, memory_mib, slots, cmdline, state)
+        build_template(backend, (cpus, memory_mib), slots, nic, cmdline, state)
     })
 }
 
-/// Boots a VM with `slots` empty disks and saves it to `state` once its agent answers.
+/// Boots a VM with `slots` empty disks (and a NIC when `nic`) and saves it to `state` once
+/// its agent answers.
 fn build_template(
     backend: Backend,
-    cpus: u8,
-    memory_mib: u32,
+    (cpus, memory_mib): (u8, u32),
     slots: usize,
+    nic: bool,
     cmdline: &str,
     state: &Path,
 ) -> Result<(), SandboxError> {
@@ -375,7 +394,7 @@ fn build_template(
     std::fs::write(&empty, b"").map_err(io(format!("create {}", empty.display())))?;
     let config = SandboxConfig {
         backend,
-        boot: Boot::AsTemplate,
+        boot: Boot::AsTemplate { nic },
         cpus,
         memory_mib,
         disks: (0..slots)

@@ -27,6 +27,9 @@ pub struct Layout {
     pub memory_mib: u32,
     /// Read-only disk slots the container's layers are inserted into.
     pub slots: usize,
+    /// A NIC, whose tap and address each clone brings.
+    #[serde(default)]
+    pub nic: bool,
     pub cmdline: String,
 }
 
@@ -390,6 +393,7 @@ fn difference(saved: &Wanted, wanted: &Wanted) -> Option<String> {
         })
         .or_else(|| field("vCPUs", s.cpus.to_string(), w.cpus.to_string()))
         .or_else(|| field("disk slots", s.slots.to_string(), w.slots.to_string()))
+        .or_else(|| field("NIC", s.nic.to_string(), w.nic.to_string()))
         .or_else(|| field("kernel command line", s.cmdline.clone(), w.cmdline.clone()))
         .or_else(|| field("kernel", path_fp(&saved.kernel), path_fp(&wanted.kernel)))
         .or_else(|| field("initramfs", path_fp(&saved.initrd), path_fp(&wanted.initrd)))
@@ -420,6 +424,7 @@ mod tests {
                 cpus: 1,
                 memory_mib: 1,
                 slots: 2,
+                nic: false,
                 cmdline: String::new(),
             },
             vmpod: "test".into(),

@@ -378,8 +378,7 @@ impl TaskService {
             let (cpus, memory_mib) = vm_size(&spec);
             let hypervisor = std::env::var("VMPOD_HYPERVISOR").unwrap_or_else(|_| "auto".into());
             let backend = Backend::choose(&hypervisor).map_err(|e| internal(e.to_string()))?;
-            // Restored from a template (pods with a network namespace boot cold for now);
-            // VMPOD_COLD_BOOT in the shim's environment always boots.
+            // Restored from a template; VMPOD_COLD_BOOT in the shim's environment boots.
             let boot = if std::env::var_os("VMPOD_COLD_BOOT").is_some() {
                 Boot::Cold
             } else {
