@@ -84,5 +84,6 @@ def table(title, times, memory, base_name, runs):
         rows.append({"case": name, "median_ms": round(med, 1), "p90_ms": round(pct(ts, 90), 1),
                      f"ratio_vs_{base_name.replace(' ', '_')}": round(med / base, 2),
                      "idle_pss_mib": round(memory.get(name, 0), 1)})
-        print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:9.1f}x {memory.get(name, 0):9.1f}")
+        idle = f"{memory[name]:9.1f}" if name in memory else f"{'-':>9}"
+        print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:9.1f}x {idle}")
     return rows
