@@ -320,10 +320,14 @@ impl Store {
         }
     }
 
-    /// Removes templates `current` supersedes: they can never be restored again.
+    /// Removes templates `current` supersedes, and those whose kernel or initramfs is gone
+    /// (a build tree removed): they can never be restored again.
     fn prune_stale(&self, current: &Wanted) {
+        let key = current.key();
         for t in self.list() {
-            if t.meta.wanted.superseded_by(current) {
+            let w = &t.meta.wanted;
+            let gone = !w.kernel.path.exists() || !w.initrd.path.exists();
+            if t.key != key && (w.superseded_by(current) || gone) {
                 let _ = std::fs::remove_dir_all(&t.dir);
             }
         }
@@ -484,7 +488,15 @@ mod tests {
         vmm.layout.backend = "vmm".into();
         let mut elsewhere = old.clone();
         elsewhere.kernel.path = root.join("other/vmlinux");
-        for w in [&old, &vmm, &elsewhere] {
+        let mut gone = old.clone();
+        gone.kernel.path = root.join("removed/vmlinux");
+        for dir in ["other", "removed"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for file in [&old.kernel.path, &old.initrd.path, &elsewhere.kernel.path] {
+            std::fs::write(file, b"").unwrap();
+        }
+        for w in [&old, &vmm, &elsewhere, &gone] {
             store.ensure(w, build).unwrap();
         }
         let mut new = old.clone();
@@ -492,6 +504,10 @@ mod tests {
         store.ensure(&new, build).unwrap();
         let keys: Vec<String> = store.list().into_iter().map(|t| t.key).collect();
         assert!(!keys.contains(&old.key()), "the superseded template stayed");
+        assert!(
+            !keys.contains(&gone.key()),
+            "a template of a removed kernel stayed"
+        );
         for kept in [&vmm, &elsewhere, &new] {
             assert!(keys.contains(&kept.key()), "{keys:?}");
         }
