@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import plot, table, tree_pss_mib, write_csv
+from benchlib import alternate, plot, table, tree_pss_mib, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
@@ -54,25 +54,8 @@ def commands(tmp, args, name):
 
 
 def start_times(tmp, runs):
-    cmds = commands(tmp, ["true"], f"bench{os.getpid()}")
-    times = {name: [] for name in cmds}
-    steps = {}
-    env = dict(os.environ, VMPOD_TIMING="1")
-    for i in range(runs):
-        for name, cmd in cmds.items():
-            t0 = time.monotonic()
-            out = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-            elapsed = time.monotonic() - t0
-            if out.returncode != 0:
-                sys.exit(f"bench: {name} failed ({out.returncode}): {out.stderr.strip()}")
-            times[name].append(elapsed * 1e3)
-            for line in out.stderr.splitlines():
-                if line.startswith("vmpod: timing ms:"):
-                    for field in line.split(":", 2)[2].split():
-                        step, ms = field.split("=")
-                        steps.setdefault(step, []).append(float(ms))
-        print(f"  run {i}: " + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items()), file=sys.stderr)
-    return times, steps
+    times, steps = alternate(commands(tmp, ["true"], f"bench{os.getpid()}"), runs)
+    return times, steps["vmpod (qemu tcg)"]
 
 
 def idle_memory(tmp):

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import pct, plot, table, tree_pss_mib, write_csv
+from benchlib import alternate, pct, plot, table, tree_pss_mib, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
@@ -57,26 +57,9 @@ def start_times(tmp, runs):
         "vmpod cold boot": [str(VMPOD), "run", "--rm", "--cold-boot", "busybox", "true"],
         "runc": ["runc", "run", "--bundle", str(b), f"bench-template-{os.getpid()}"],
     }
-    times = {name: [] for name in cases}
-    to_agent = {"vmpod template": [], "vmpod cold boot": []}
-    env = dict(os.environ, VMPOD_TIMING="1")
-    for i in range(runs):
-        for name, cmd in cases.items():
-            t0 = time.monotonic()
-            out = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                 text=True)
-            elapsed = time.monotonic() - t0
-            if out.returncode != 0:
-                sys.exit(f"bench: {name} failed ({out.returncode}): {out.stderr.strip()}")
-            times[name].append(elapsed * 1e3)
-            for line in out.stderr.splitlines():
-                if line.startswith("vmpod: timing ms:"):
-                    for field in line.split(":", 2)[2].split():
-                        step, ms = field.split("=")
-                        if step == "vm_boot_to_agent":
-                            to_agent[name].append(float(ms))
-        print(f"  run {i}: " + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items()),
-              file=sys.stderr)
+    times, steps = alternate(cases, runs)
+    to_agent = {name: steps[name]["vm_boot_to_agent"]
+                for name in ("vmpod template", "vmpod cold boot")}
     return times, to_agent
 
 

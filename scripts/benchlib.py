@@ -5,7 +5,34 @@ import csv
 import os
 import statistics
 import subprocess
+import sys
+import time
 from pathlib import Path
+
+
+def alternate(cases, runs):
+    """Runs every case's command `runs` times, alternating; returns the wall times in ms per
+    case and, per case, the steps vmpod reports with VMPOD_TIMING (step -> list of ms)."""
+    times = {name: [] for name in cases}
+    steps = {name: {} for name in cases}
+    env = dict(os.environ, VMPOD_TIMING="1")
+    for i in range(runs):
+        for name, cmd in cases.items():
+            t0 = time.monotonic()
+            out = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                 text=True)
+            elapsed = time.monotonic() - t0
+            if out.returncode != 0:
+                sys.exit(f"bench: {name} failed ({out.returncode}): {out.stderr.strip()}")
+            times[name].append(elapsed * 1e3)
+            for line in out.stderr.splitlines():
+                if line.startswith("vmpod: timing ms:"):
+                    for field in line.split(":", 2)[2].split():
+                        step, ms = field.split("=")
+                        steps[name].setdefault(step, []).append(float(ms))
+        print(f"  run {i}: " + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items()),
+              file=sys.stderr)
+    return times, steps
 
 
 def pct(values, p):

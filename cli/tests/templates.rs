@@ -30,24 +30,11 @@ impl Guest {
     }
 
     fn vmpod(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vmpod"))
-            .args(args)
-            .env("VMPOD_GUEST_DIR", self.dir())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run vmpod")
+        vmpod_env(args, None, &[("VMPOD_GUEST_DIR", &self.dir())])
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.vmpod(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "vmpod {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        ok_env(args, &[("VMPOD_GUEST_DIR", &self.dir())])
     }
 
     /// This guest's templates: (key, directory), by key.

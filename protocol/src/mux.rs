@@ -198,6 +198,23 @@ impl Shared {
         self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits for a change until `deadline`; `None` once it has passed.
+    fn wait_until<'a>(
+        &self,
+        state: MutexGuard<'a, State>,
+        deadline: Instant,
+    ) -> Option<MutexGuard<'a, State>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let (state, _) = self
+            .changed
+            .wait_timeout(state, left)
+            .unwrap_or_else(|p| p.into_inner());
+        Some(state)
+    }
+
     fn generation(&self) -> u64 {
         lock(&self.link).generation
     }
@@ -437,15 +454,10 @@ impl HostMux {
         let shared = &self.shared;
         let mut state = lock(&shared.state);
         while !state.ready && !state.dead {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
+            match shared.wait_until(state, deadline) {
+                Some(s) => state = s,
+                None => return Ok(false),
             }
-            state = shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
         if state.dead {
             return Err(io::Error::new(
@@ -469,19 +481,18 @@ impl HostMux {
                 }
                 _ => return Ok(false),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                if let Some(s) = state.streams.remove(&id) {
-                    let _ = s.local.shutdown(Shutdown::Both);
+            match shared.wait_until(state, deadline) {
+                Some(s) => state = s,
+                None => {
+                    // No answer: the stream is dropped, its local end sees the end.
+                    let mut state = lock(&shared.state);
+                    if let Some(s) = state.streams.remove(&id) {
+                        let _ = s.local.shutdown(Shutdown::Both);
+                    }
+                    shared.changed.notify_all();
+                    return Ok(false);
                 }
-                shared.changed.notify_all();
-                return Ok(false);
             }
-            state = shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
     }
 
@@ -495,16 +506,10 @@ impl HostMux {
         let deadline = Instant::now() + timeout;
         let mut state = lock(&self.shared.state);
         while !state.streams.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
+            match self.shared.wait_until(state, deadline) {
+                Some(s) => state = s,
+                None => return false,
             }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
         true
     }

@@ -6,7 +6,7 @@
 pub mod support;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 pub use support::repo_root;
 
@@ -34,8 +34,14 @@ pub fn rootfs() -> PathBuf {
 }
 
 pub fn vmpod(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    vmpod_env(args, stdin, &[])
+}
+
+/// `vmpod ARGS` with more environment (e.g. its own VMPOD_GUEST_DIR).
+pub fn vmpod_env(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &Path)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -61,7 +67,11 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// `vmpod ARGS` must succeed; its stdout.
 pub fn ok(args: &[&str]) -> String {
-    let out = vmpod(args, None);
+    ok_env(args, &[])
+}
+
+pub fn ok_env(args: &[&str], env: &[(&str, &Path)]) -> String {
+    let out = vmpod_env(args, None, env);
     assert_eq!(
         out.status.code(),
         Some(0),
