@@ -45,13 +45,31 @@ fn boot_on_vmm(cpus: u32, memory_mib: u32, cmdline: &str, console: &Path) -> Out
     ])
 }
 
+/// kvm-pvm now and then starts a process with a wrong FS base, which dies at its first TLS
+/// access (guest-kernel/README.md). When that process is init itself, the guest panics before
+/// the test's init has run a line: only such a boot is tried again, and it is said.
+fn kvm_pvm_killed_init(console: &str) -> bool {
+    is_kvm_pvm()
+        && console.contains("init[1]: segfault at ")
+        && console.contains("Attempted to kill init!")
+}
+
 #[test]
 fn linux_guest_on_vmpod_vmm_reaches_user_space_with_2_vcpus_and_256_mib() {
     require_kvm();
     let scratch = Scratch::new("linux-vmm");
     let console = scratch.path("console.log");
-    let output = boot_on_vmm(2, 256, "console=ttyS0", &console);
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    let mut tries = 1;
+    let (output, text) = loop {
+        let output = boot_on_vmm(2, 256, "console=ttyS0", &console);
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if tries < 3 && kvm_pvm_killed_init(&text) {
+            eprintln!("kvm-pvm killed init at its first TLS access (try {tries}); booting again");
+            tries += 1;
+            continue;
+        }
+        break (output, text);
+    };
     assert_eq!(
         output.status.code(),
         Some(0),
