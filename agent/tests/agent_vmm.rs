@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::support::{repo_root, require_kvm, Scratch};
+use common::support::{is_kvm_pvm, repo_root, require_kvm, Scratch};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
@@ -138,56 +138,30 @@ fn run_two_containers(mut vmm: Vmm, uds: &std::path::Path, console: &std::path::
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut client = Client::handshake(stream).expect("hello");
-    for (id, script, code, output) in [
+    for (name, script, code, output) in [
         // Both vCPUs came back: the template was saved with its AP parked mid-flight.
         ("echo", "echo hello; nproc", 0, "hello\n2\n"),
         ("code", "exit 42", 42, ""),
     ] {
-        let mut spec = oci_spec::runtime::Spec::default();
-        let mut process = spec.process().clone().unwrap();
-        process.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
-        spec.set_process(Some(process));
-        client
-            .call(RequestBody::CreateContainer(CreateContainer {
-                container_id: id.into(),
-                spec: Box::new(spec),
-                rootfs: Rootfs {
-                    layers: vec!["busybox".into()],
-                    upper: Upper::Tmpfs,
-                    volumes: vec![],
-                },
-                stdio: StdioWiring {
-                    stdin: false,
-                    stdout: true,
-                    stderr: false,
-                },
-                user: None,
-            }))
-            .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", text()));
-        let mut stdout = connect(uds, STDIO_PORT);
-        write_frame(
-            &mut stdout,
-            &StdioHello {
-                container_id: id.into(),
-                exec_id: None,
-                stream: StdStream::Stdout,
-            },
-        )
-        .unwrap();
-        client
-            .call(RequestBody::StartContainer {
-                container_id: id.into(),
-            })
-            .expect("start");
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).unwrap();
-        let exit = client.wait(id, None).expect("wait");
-        assert_eq!((exit.status, out.as_str()), (code, output));
-        client
-            .call_done(RequestBody::RemoveContainer {
-                container_id: id.into(),
-            })
-            .expect("remove");
+        // kvm-pvm now and then starts a process with a wrong FS base, which dies at its first
+        // TLS access (guest-kernel/README.md): a container whose shell died so, before
+        // printing a byte, is run again under a new id, and it is said.
+        let mut tries = 1;
+        loop {
+            let id = format!("{name}{tries}");
+            let (status, out) = run_container(&mut client, uds, &id, script, &text);
+            let flake = status == 139
+                && out.is_empty()
+                && is_kvm_pvm()
+                && text().contains("segfault at 0 ");
+            if flake && tries < 3 {
+                eprintln!("kvm-pvm killed {id}'s shell at its first TLS access; running it again");
+                tries += 1;
+                continue;
+            }
+            assert_eq!((status, out.as_str()), (code, output), "{}", text());
+            break;
+        }
     }
     client.call_done(RequestBody::Shutdown).expect("shutdown");
     drop(client);
@@ -198,4 +172,59 @@ fn run_two_containers(mut vmm: Vmm, uds: &std::path::Path, console: &std::path::
         "vmpod-vmm exits 0 when the agent powers off:\n{}",
         text()
     );
+}
+
+/// Creates, starts and waits for one container running `script`; its exit status and stdout.
+fn run_container(
+    client: &mut Client<UnixStream>,
+    uds: &std::path::Path,
+    id: &str,
+    script: &str,
+    text: &dyn Fn() -> String,
+) -> (i32, String) {
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+    spec.set_process(Some(process));
+    client
+        .call(RequestBody::CreateContainer(CreateContainer {
+            container_id: id.into(),
+            spec: Box::new(spec),
+            rootfs: Rootfs {
+                layers: vec!["busybox".into()],
+                upper: Upper::Tmpfs,
+                volumes: vec![],
+            },
+            stdio: StdioWiring {
+                stdin: false,
+                stdout: true,
+                stderr: false,
+            },
+            user: None,
+        }))
+        .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", text()));
+    let mut stdout = connect(uds, STDIO_PORT);
+    write_frame(
+        &mut stdout,
+        &StdioHello {
+            container_id: id.into(),
+            exec_id: None,
+            stream: StdStream::Stdout,
+        },
+    )
+    .unwrap();
+    client
+        .call(RequestBody::StartContainer {
+            container_id: id.into(),
+        })
+        .expect("start");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    let exit = client.wait(id, None).expect("wait");
+    client
+        .call_done(RequestBody::RemoveContainer {
+            container_id: id.into(),
+        })
+        .expect("remove");
+    (exit.status, out)
 }
