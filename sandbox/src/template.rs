@@ -438,6 +438,23 @@ mod tests {
         }
     }
 
+    /// A scratch store directory, removed however the test ends.
+    struct Root(PathBuf);
+
+    impl Root {
+        fn new(tag: &str) -> Root {
+            let root = std::env::temp_dir().join(format!("vmpod-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            Root(root)
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A build that writes what a real one leaves: a state and 1 MiB of memory.
     fn build(state: &Path) -> Result<(), SandboxError> {
         std::fs::write(state, b"state").unwrap();
@@ -447,8 +464,8 @@ mod tests {
 
     #[test]
     fn leftovers_of_killed_builds_go_and_a_damaged_template_is_refused() {
-        let root = std::env::temp_dir().join(format!("vmpod-templates-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let scratch = Root::new("templates");
+        let root = scratch.0.clone();
         let store = Store::at(&root).unwrap();
         let w = wanted(&root);
         // A builder killed mid-build (no such pid), and a template whose removal was cut short.
@@ -475,13 +492,12 @@ mod tests {
         store.remove(&t.key).unwrap();
         assert!(store.remove(&t.key).is_err());
         assert!(store.remove("../etc").is_err());
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn a_new_build_prunes_only_what_it_supersedes() {
-        let root = std::env::temp_dir().join(format!("vmpod-prune-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let scratch = Root::new("prune");
+        let root = scratch.0.clone();
         let store = Store::at(&root).unwrap();
         let old = wanted(&root);
         let mut vmm = old.clone();
@@ -511,6 +527,5 @@ mod tests {
         for kept in [&vmm, &elsewhere, &new] {
             assert!(keys.contains(&kept.key()), "{keys:?}");
         }
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }
