@@ -34,7 +34,6 @@ fn create(client: &mut AgentClient, id: &str, args: &[&str], stdout: bool) {
             rootfs: Rootfs {
                 layers: vec!["busybox".into()],
                 upper: Upper::Tmpfs,
-                volumes: vec![],
             },
             stdio: StdioWiring {
                 stdin: false,

@@ -12,6 +12,7 @@ mod relay;
 mod rootfs;
 mod serial;
 mod server;
+mod shared;
 mod sys;
 mod user;
 

@@ -11,8 +11,6 @@ use vmpod_protocol::{Rootfs, Upper};
 pub enum RootfsError {
     #[error("no disk with serial '{0}' in the VM")]
     NoSuchDisk(String),
-    #[error("volume destination '{0}' must be an absolute path other than /")]
-    BadDestination(String),
     #[error("a container needs at least one layer")]
     NoLayers,
     #[error("serial '{0}' may only hold letters, digits, '-', '_' and '.'")]
@@ -142,8 +140,6 @@ pub struct Layers {
 #[derive(Debug)]
 pub struct Assembled {
     pub rootfs: PathBuf,
-    /// Read-only volumes as (mounted layer, destination in the container).
-    pub volumes: Vec<(PathBuf, String)>,
     layers: Vec<String>,
     mounts: Vec<PathBuf>,
 }
@@ -188,16 +184,8 @@ impl Layers {
         if spec.layers.is_empty() {
             return Err(RootfsError::NoLayers);
         }
-        if let Some(bad) = spec
-            .volumes
-            .iter()
-            .find(|v| !v.destination.starts_with('/') || v.destination.trim_matches('/').is_empty())
-        {
-            return Err(RootfsError::BadDestination(bad.destination.clone()));
-        }
         let mut done = Assembled {
             rootfs: dir.join("rootfs"),
-            volumes: Vec::new(),
             layers: Vec::new(),
             mounts: Vec::new(),
         };
@@ -220,11 +208,6 @@ impl Layers {
         for serial in &spec.layers {
             lower.push(self.acquire(serial)?);
             done.layers.push(serial.clone());
-        }
-        for volume in &spec.volumes {
-            let source = self.acquire(&volume.serial)?;
-            done.layers.push(volume.serial.clone());
-            done.volumes.push((source, volume.destination.clone()));
         }
         let scratch = dir.join("scratch");
         match &spec.upper {
@@ -299,23 +282,10 @@ mod tests {
         let spec = Rootfs {
             layers: vec![],
             upper: Upper::Tmpfs,
-            volumes: vec![],
         };
         assert!(matches!(
             layers.assemble(&spec, Path::new("/nonexistent/c")),
             Err(RootfsError::NoLayers)
-        ));
-        let spec = Rootfs {
-            layers: vec!["rootfs".into()],
-            upper: Upper::Tmpfs,
-            volumes: vec![vmpod_protocol::Volume {
-                serial: "vol0".into(),
-                destination: "data".into(),
-            }],
-        };
-        assert!(matches!(
-            layers.assemble(&spec, Path::new("/nonexistent/c")),
-            Err(RootfsError::BadDestination(_))
         ));
     }
 }

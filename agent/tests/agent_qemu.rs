@@ -30,7 +30,6 @@ fn busybox() -> Rootfs {
     Rootfs {
         layers: vec!["busybox".into()],
         upper: Upper::Tmpfs,
-        volumes: vec![],
     }
 }
 
@@ -533,7 +532,6 @@ fn bad_input_gets_an_error_reply_and_the_agent_keeps_serving() {
         rootfs: Rootfs {
             layers: vec!["no-such-disk".into()],
             upper: Upper::Tmpfs,
-            volumes: vec![],
         },
         stdio: StdioWiring::default(),
         user: None,
@@ -819,7 +817,6 @@ fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
         upper: Upper::Disk {
             serial: "scratch".into(),
         },
-        volumes: vec![],
     };
     let (status, _) = run_spec(
         &vm,

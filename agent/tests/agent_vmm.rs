@@ -193,7 +193,6 @@ fn run_container(
             rootfs: Rootfs {
                 layers: vec!["busybox".into()],
                 upper: Upper::Tmpfs,
-                volumes: vec![],
             },
             stdio: StdioWiring {
                 stdin: false,

@@ -8,7 +8,7 @@ use vmpod_protocol::{
     ClientError, CreateContainer, ErrorKind, RequestBody, StdStream, StdioWiring,
 };
 use vmpod_sandbox::hypervisor::Disk;
-use vmpod_sandbox::{Boot, Sandbox, SandboxConfig, VolumeSnapshot};
+use vmpod_sandbox::{Boot, Sandbox, SandboxConfig};
 
 /// The one container of a `vmpod run` sandbox.
 pub const CONTAINER: &str = "main";
@@ -40,14 +40,7 @@ pub fn launch(p: &Prepared, timing: &mut crate::run::Timing) -> Result<Launched,
                 read_only: true,
             })
             .collect(),
-        volumes: p
-            .volumes
-            .iter()
-            .map(|(dir, serial)| VolumeSnapshot {
-                dir: dir.clone(),
-                serial: serial.clone(),
-            })
-            .collect(),
+        shared: p.shared.clone(),
         debug: p.debug,
         kernel_args: p.kernel_args.clone(),
         netns: p.netns.clone(),

@@ -14,6 +14,7 @@ mod run;
 mod session;
 mod signals;
 mod template;
+mod volumes;
 
 use clap::{Parser, Subcommand};
 

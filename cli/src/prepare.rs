@@ -1,13 +1,13 @@
 //! From `vmpod run`'s flags and an image (or `--rootfs DIR`) to everything a sandbox and its
 //! container need, checked before any VM starts: bad input fails here, with nothing to undo.
 
-use crate::{rootfs, Failure};
+use crate::{rootfs, volumes, Failure};
 use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use vmpod_protocol::{Rootfs, Upper, Volume};
+use vmpod_protocol::{Rootfs, Upper};
 use vmpod_sandbox::image::Store;
-use vmpod_sandbox::Backend;
+use vmpod_sandbox::{Backend, SharedVolume};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -49,9 +49,15 @@ pub struct RunArgs {
     /// The container's memory limit (e.g. 256m, 1g); the VM gets it plus the agent's share.
     #[arg(long, short = 'm')]
     pub memory: Option<String>,
-    /// HOST_DIR:CONTAINER_PATH:ro, a read-only snapshot of the directory taken at start.
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR:ro")]
+    /// Bind a host directory or file, live (a missing directory is created).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro|:rw]")]
     pub volume: Vec<String>,
+    /// type=bind,source=HOST,target=CTR[,readonly] or type=tmpfs,target=CTR[,tmpfs-size=N].
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// A tmpfs in the VM's memory at PATH.
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTIONS]")]
+    pub tmpfs: Vec<String>,
     /// A network namespace (as a CNI plugin made it) whose interface and IP the VM takes over.
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
@@ -85,8 +91,8 @@ pub struct Prepared {
     pub rootfs: Rootfs,
     /// Read-only layer disks: (erofs image, serial).
     pub layers: Vec<(PathBuf, String)>,
-    /// Host directories to snapshot: (dir, serial).
-    pub volumes: Vec<(PathBuf, String)>,
+    /// Host paths shared live with the guest, in the order the spec's binds name them.
+    pub shared: Vec<SharedVolume>,
     pub user: Option<String>,
     pub cpus: u8,
     pub memory_mib: u32,
@@ -181,37 +187,6 @@ fn merge_env(layers: impl IntoIterator<Item = String>) -> Result<Vec<String>, Fa
     Ok(env)
 }
 
-/// `-v HOST:CTR:ro` → (canonical host dir, container path); anything writable is refused.
-fn parse_volume(spec: &str) -> Result<(PathBuf, String), Failure> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (host, ctr, mode) = match parts[..] {
-        [h, c, m] => (h, c, m),
-        [_, _] => {
-            return Err(runtime(format!(
-                "-v {spec}: writable volumes need a filesystem shared with the VM, which vmpod does not have yet; add :ro to hand over a read-only snapshot taken at start"
-            )))
-        }
-        _ => return Err(runtime(format!("-v {spec}: expected HOST_DIR:CONTAINER_PATH:ro"))),
-    };
-    if mode != "ro" {
-        return Err(runtime(format!(
-            "-v {spec}: mode '{mode}' is not supported; only :ro (a snapshot taken at start) is"
-        )));
-    }
-    if !ctr.starts_with('/') || ctr.trim_matches('/').is_empty() {
-        return Err(runtime(format!(
-            "-v {spec}: the container path '{ctr}' must be absolute and not /"
-        )));
-    }
-    let dir = std::path::Path::new(host)
-        .canonicalize()
-        .map_err(|e| runtime(format!("-v {spec}: {host}: {e}")))?;
-    if !dir.is_dir() {
-        return Err(runtime(format!("-v {spec}: {host} is not a directory")));
-    }
-    Ok((dir, ctr.to_string()))
-}
-
 pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
     let cpus: f64 = args
         .cpus
@@ -250,11 +225,17 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
             )));
         }
     }
-    let volumes: Vec<(PathBuf, String)> = args
-        .volume
-        .iter()
-        .map(|v| parse_volume(v))
-        .collect::<Result<_, _>>()?;
+    let mut user_mounts = Vec::new();
+    for v in &args.volume {
+        user_mounts.push(volumes::parse_volume(v)?);
+    }
+    for m in &args.mount {
+        user_mounts.push(volumes::parse_mount(m)?);
+    }
+    for t in &args.tmpfs {
+        user_mounts.push(volumes::parse_tmpfs(t)?);
+    }
+    let (shared, extra_mounts) = volumes::plan(user_mounts)?;
     if let Some(netns) = &args.netns {
         if !netns.exists() {
             return Err(runtime(format!(
@@ -364,6 +345,9 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
     if let Some(h) = &args.hostname {
         spec.set_hostname(Some(h.clone()));
     }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.extend(extra_mounts);
+    spec.set_mounts(Some(mounts));
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(bytes) = limit {
         resources = resources.memory(
@@ -391,22 +375,9 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         .enumerate()
         .map(|(i, path)| (path, format!("layer{i}")))
         .collect();
-    let volume_disks: Vec<(PathBuf, String)> = volumes
-        .iter()
-        .enumerate()
-        .map(|(i, (dir, _))| (dir.clone(), format!("volume{i}")))
-        .collect();
     let rootfs = Rootfs {
         layers: layers.iter().map(|(_, s)| s.clone()).collect(),
         upper: Upper::Tmpfs,
-        volumes: volumes
-            .iter()
-            .zip(&volume_disks)
-            .map(|((_, ctr), (_, serial))| Volume {
-                serial: serial.clone(),
-                destination: ctr.clone(),
-            })
-            .collect(),
     };
     let memory_mib = limit
         .map(|b| (b >> 20) + VM_OVERHEAD_MIB)
@@ -415,7 +386,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         spec,
         rootfs,
         layers,
-        volumes: volume_disks,
+        shared,
         user: args.user.clone().or(image_user),
         cpus: cpus.ceil() as u8,
         memory_mib: memory_mib.min(u64::from(u32::MAX)) as u32,
@@ -451,25 +422,5 @@ mod tests {
         let env = merge_env(["A=1", "B=2", "A=3", "C="].map(String::from)).unwrap();
         assert_eq!(env, ["A=3", "B=2", "C="]);
         assert!(merge_env(["NOEQUALS".to_string()]).is_err());
-    }
-
-    #[test]
-    fn volumes_must_be_read_only_absolute_and_exist() {
-        assert_eq!(
-            parse_volume("/tmp:/data:ro").unwrap(),
-            (PathBuf::from("/tmp"), "/data".to_string())
-        );
-        for (bad, why) in [
-            ("/tmp:/data", "writable volumes"),
-            ("/tmp:/data:rw", "mode 'rw'"),
-            ("/tmp:data:ro", "must be absolute"),
-            ("/tmp:/:ro", "must be absolute"),
-            ("/no/such:/data:ro", "/no/such"),
-            ("justone", "expected HOST_DIR"),
-        ] {
-            let Failure(code, message) = parse_volume(bad).unwrap_err();
-            assert_eq!(code, 125);
-            assert!(message.contains(why), "{bad}: {message}");
-        }
     }
 }

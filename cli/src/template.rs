@@ -67,7 +67,7 @@ fn build(args: &RunArgs) -> Result<i32, Failure> {
         p.hypervisor,
         p.cpus,
         p.memory_mib,
-        p.layers.len() + p.volumes.len(),
+        p.layers.len(),
         p.netns.is_some(),
         &vmpod_sandbox::kernel_cmdline(p.debug, &p.kernel_args),
     )

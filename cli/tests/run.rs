@@ -115,14 +115,20 @@ fn bad_input_exits_125_or_127_naming_the_problem_and_leaves_nothing() {
             "--memory '0'",
         ),
         (
-            &["run", "-v", "/tmp:/tmp", "--rootfs", "/", "true"],
+            &[
+                "run",
+                "--mount",
+                "type=bind,source=/no/such/dir,target=/data",
+                "busybox",
+                "true",
+            ],
             125,
-            "writable volumes need a filesystem shared with the VM",
+            "bind source path does not exist: /no/such/dir",
         ),
         (
-            &["run", "-v", "/no/such/dir:/data:ro", "busybox", "true"],
+            &["run", "-v", "named:/data", "busybox", "true"],
             125,
-            "/no/such/dir",
+            "named volumes are not supported",
         ),
         (
             &["run", "-v", "/tmp:data:ro", "busybox", "true"],
@@ -373,7 +379,7 @@ fn a_guest_kernel_panic_ends_the_run_with_125_and_its_console() {
 }
 
 #[test]
-fn images_run_with_their_config_and_volumes_are_read_only_snapshots() {
+fn images_run_with_their_config_and_read_only_volumes_are_read_only() {
     let _serial = serial();
     // busybox's config: Cmd sh, WorkingDir /; -w, -u by name and -e override it.
     let out = vmpod(
@@ -426,7 +432,7 @@ fn images_run_with_their_config_and_volumes_are_read_only_snapshots() {
         "{}",
         text(&out.stderr)
     );
-    // A snapshot taken at start: a later run sees what the host changed since.
+    // Shared, not copied: a later run sees what the host changed since.
     std::fs::write(dir.path("f"), "changed\n").unwrap();
     let out = vmpod(
         &["run", "--rm", "-v", &volume, "busybox", "cat", "/data/f"],

@@ -15,8 +15,15 @@ pub use frame::{FrameDecoder, FrameError, MAX_FRAME};
 pub use message::*;
 
 /// Bumped on any change a peer of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The agent's control port.
 pub const AGENT_PORT: u32 = 1024;
 /// The agent's port for stdio streams.
 pub const STDIO_PORT: u32 = 1025;
+/// Where the agent mounts the VM's shared filesystem (the sandbox's shared directory: one
+/// virtio-fs or 9p filesystem tagged [`SHARED_FS_TAG`]). A bind mount in a container's spec whose
+/// source lies under it reads the host's files live; the agent mounts the filesystem on the
+/// first such container, so a VM that never needs it (a template) never mounts it.
+pub const SHARED_FS_DIR: &str = "/run/vmpod/shared";
+/// The tag under which the VMM offers the shared directory to the guest.
+pub const SHARED_FS_TAG: &str = "vmpod";

@@ -104,16 +104,6 @@ pub struct Rootfs {
     /// Serials of read-only (erofs) layer disks, lowest layer first.
     pub layers: Vec<String>,
     pub upper: Upper,
-    /// Read-only (erofs) disks mounted into the container.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<Volume>,
-}
-
-/// A read-only disk bound at `destination` in the container.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Volume {
-    pub serial: String,
-    pub destination: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -312,10 +302,6 @@ mod tests {
                 rootfs: Rootfs {
                     layers: vec!["l0".into(), "l1".into()],
                     upper: Upper::Tmpfs,
-                    volumes: vec![Volume {
-                        serial: "vol0".into(),
-                        destination: "/data".into(),
-                    }],
                 },
                 stdio: StdioWiring {
                     stdin: true,
@@ -331,7 +317,6 @@ mod tests {
             panic!("wrong variant")
         };
         assert_eq!(c.rootfs.layers, ["l0", "l1"]);
-        assert_eq!(c.rootfs.volumes[0].destination, "/data");
         assert_eq!(c.user.as_deref(), Some("app:wheel"));
         assert!(c.stdio.stdin && !c.stdio.stderr);
 

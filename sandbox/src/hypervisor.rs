@@ -17,6 +17,8 @@ pub struct VmSpec {
     pub disks: Vec<Disk>,
     /// A virtio-net device on an attached tap.
     pub net: Option<NetAttachment>,
+    /// The directory offered to the guest as its shared filesystem (tag `SHARED_FS_TAG`).
+    pub shared_dir: PathBuf,
     /// Where the backend keeps its sockets and the console log.
     pub state_dir: PathBuf,
     /// Booted to become a template, or restored from one; `None` for a plain boot.

@@ -226,6 +226,22 @@ impl Hypervisor for Qemu {
         if restoring {
             devices.extend(["-incoming".to_string(), "defer".into()]);
         }
+        // QEMU's own 9p server (virtio-fs over vhost-user cannot be migrated by QEMU 7.2, 9p can
+        // while the guest has not mounted it, which a template never does). passthrough keeps
+        // the guest's owners and modes on the host files and refuses every xattr but user.*
+        // and ACLs; remap keeps inode numbers unique across the volumes' file systems.
+        devices.extend([
+            "-fsdev".to_string(),
+            format!(
+                "local,id=shared,path={},security_model=passthrough,multidevs=remap",
+                vm.shared_dir.display()
+            ),
+            "-device".into(),
+            format!(
+                "virtio-9p-device,fsdev=shared,mount_tag={}",
+                vmpod_protocol::SHARED_FS_TAG
+            ),
+        ]);
         if let Some(net) = &vm.net {
             devices.extend([
                 "-netdev".to_string(),

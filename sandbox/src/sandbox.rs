@@ -2,17 +2,18 @@
 //! and removes every file it made, on every path out (errors and panics included).
 
 use crate::endpoint::Endpoint;
-use crate::erofs;
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, TemplateRole, VmSpec};
 use crate::network::PodNetwork;
 use crate::paths;
+use crate::shared::{self, SharedDir, SharedVolume};
 use crate::template::{self, Layout, Template, Wanted};
 use crate::vsock::connect;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmpod_protocol::{Client, RequestBody, StdStream, AGENT_PORT};
 
@@ -35,20 +36,15 @@ pub struct SandboxConfig {
     pub cpus: u8,
     pub memory_mib: u32,
     pub disks: Vec<Disk>,
-    /// Host directories handed to the guest as read-only erofs snapshots taken now, each a
-    /// disk with the given serial.
-    pub volumes: Vec<VolumeSnapshot>,
+    /// Host directories and files shared live with the guest, bound in this order (the guest
+    /// sees the i-th at [`shared::guest_path`]`(i)`); more can be added while it runs.
+    pub shared: Vec<SharedVolume>,
     /// The agent narrates on the console (`vmpod.debug`).
     pub debug: bool,
     /// Appended to the guest kernel's command line (for diagnosis).
     pub kernel_args: String,
     /// A pod network namespace (as a CNI plugin made it) whose interface the guest takes over.
     pub netns: Option<PathBuf>,
-}
-
-pub struct VolumeSnapshot {
-    pub dir: PathBuf,
-    pub serial: String,
 }
 
 pub struct Sandbox {
@@ -58,6 +54,8 @@ pub struct Sandbox {
     agent: Option<Client<UnixStream>>,
     janitor: Option<std::process::Child>,
     network: Option<PodNetwork>,
+    /// Shared with whoever adds volumes while the VM runs (the shim's RPC threads).
+    shared: Option<Arc<Mutex<SharedDir>>>,
 }
 
 /// Removes the state directory if the sandbox's owner dies without doing it (`kill -9`): the
@@ -67,7 +65,7 @@ fn spawn_janitor(state_dir: &Path) -> Result<std::process::Child, SandboxError> 
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(r#"trap 'kill $! 2>/dev/null; [ -f "$0/cleanup.sh" ] && sh "$0/cleanup.sh"; rm -rf "$0"; exit 0' TERM; while :; do sleep 3600 & wait $!; done"#)
+        .arg(r#"trap 'kill $! 2>/dev/null; [ -f "$0/cleanup.sh" ] && sh "$0/cleanup.sh"; rm -rf --one-file-system "$0"; exit 0' TERM; while :; do sleep 3600 & wait $!; done"#)
         .arg(state_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
@@ -117,33 +115,23 @@ impl Sandbox {
             agent: None,
             janitor: None,
             network: None,
+            shared: None,
         };
         sandbox.janitor = Some(spawn_janitor(&state_dir)?);
-        let mut disks = config.disks;
-        for volume in &config.volumes {
-            // In the state directory: gone with the sandbox, whichever way it ends.
-            let image = state_dir.join(format!("{}.erofs", volume.serial));
-            erofs::build(&volume.dir, &image, &["-T0"]).map_err(|e| {
-                SandboxError::Invalid(format!(
-                    "snapshot volume {}: {}",
-                    volume.dir.display(),
-                    crate::error::chain(&e)
-                ))
-            })?;
-            disks.push(Disk {
-                path: image,
-                serial: volume.serial.clone(),
-                read_only: true,
-            });
+        let disks = config.disks;
+        let shared = SharedDir::create(&state_dir)?;
+        let shared_root = shared.root().to_path_buf();
+        sandbox.shared = Some(Arc::new(Mutex::new(shared)));
+        sandbox.write_cleanup()?;
+        for volume in &config.shared {
+            sandbox.share(volume)?;
         }
         // Held until the VMM has inherited it; the tap lives as long as the VMM then.
         let mut tap_fd = None;
         if let Some(netns) = &config.netns {
             let (network, fd) = PodNetwork::attach(netns)?;
-            let cleanup = state_dir.join("cleanup.sh");
-            let written = std::fs::write(&cleanup, network.detach_command() + "\n");
             sandbox.network = Some(network);
-            written.map_err(io(format!("write {}", cleanup.display())))?;
+            sandbox.write_cleanup()?;
             tap_fd = Some(fd);
         }
         if let Boot::AsTemplate { nic: true } = config.boot {
@@ -194,6 +182,7 @@ impl Sandbox {
             cmdline,
             disks,
             net,
+            shared_dir: shared_root,
             state_dir,
             template,
         };
@@ -233,6 +222,36 @@ impl Sandbox {
                 })?;
         }
         Ok(sandbox)
+    }
+
+    /// What the janitor undoes if the owner dies without cleaning up: the shared directory's
+    /// binds first (the state directory is removed after them), then the network.
+    fn write_cleanup(&self) -> Result<(), SandboxError> {
+        let mut lines = String::new();
+        if let Some(shared) = &self.shared {
+            lines += &(shared::lock(shared).cleanup_command() + "\n");
+        }
+        if let Some(network) = &self.network {
+            lines += &(network.detach_command() + "\n");
+        }
+        let cleanup = self.state_dir.join("cleanup.sh");
+        std::fs::write(&cleanup, lines).map_err(io(format!("write {}", cleanup.display())))
+    }
+
+    /// Shares a host directory or file with the guest, live; returns where the guest sees it
+    /// (a bind source for a container's spec).
+    pub fn share(&mut self, volume: &SharedVolume) -> Result<String, SandboxError> {
+        let shared = self.shared_dir()?;
+        let added = shared::lock(&shared).add(volume);
+        added
+    }
+
+    /// The shared directory, for adding and removing volumes from other threads while the VM
+    /// runs; it is torn down with the sandbox whoever still holds it.
+    pub fn shared_dir(&self) -> Result<Arc<Mutex<SharedDir>>, SandboxError> {
+        self.shared
+            .clone()
+            .ok_or_else(|| SandboxError::Invalid("this sandbox has no shared directory".into()))
     }
 
     /// A restored clone starts with its template's clock, entropy pool and identity: each
@@ -404,7 +423,7 @@ fn build_template(
                 read_only: true,
             })
             .collect(),
-        volumes: Vec::new(),
+        shared: Vec::new(),
         debug: false,
         kernel_args: cmdline.to_string(),
         netns: None,
@@ -441,7 +460,18 @@ impl Drop for Sandbox {
         if let Some(network) = self.network.take() {
             network.detach();
         }
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        if let Some(shared) = self.shared.take() {
+            shared::lock(&shared).teardown();
+        }
+        // A bind that would not go must not be reached by the removal: it is a host volume.
+        if shared::has_mounts_under(&self.state_dir) {
+            eprintln!(
+                "vmpod: {} still has mounts under it; left in place",
+                self.state_dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
         if let Some(mut janitor) = self.janitor.take() {
             // SIGTERM: its trap also ends its sleep.
             // SAFETY: kill(2) on our own child.

@@ -43,6 +43,7 @@ impl Hypervisor for VmpodVmm {
             "cmdline": format!("console=ttyS0 quiet {}", vm.cmdline),
             "disks": disks,
             "vsock": {"guest_cid": 3, "uds_path": self.uds},
+            "fs": {"tag": vmpod_protocol::SHARED_FS_TAG, "shared_dir": vm.shared_dir},
         });
         if let Some(net) = &vm.net {
             config["net"] = serde_json::json!({"fd": net.tap_fd, "mac": net.mac});

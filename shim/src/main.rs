@@ -4,6 +4,7 @@
 //!   containerd runs `containerd-shim-vmpod-v2 ... start` (prints the socket address),
 //!   the server it spawns serves the task API, and `... delete` cleans up after a dead shim.
 
+mod binds;
 mod events;
 mod metrics;
 mod rootfs;

@@ -4,7 +4,7 @@
 use crate::events::Events;
 use crate::stdio::{self, Attached, Paths};
 use crate::vm::Vm;
-use crate::{metrics, rootfs};
+use crate::{binds, metrics, rootfs};
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
@@ -96,6 +96,8 @@ impl Proc {
 
 struct Container {
     bundle: String,
+    /// Its host binds, as the guest sees them in the shared directory.
+    shared: Vec<String>,
     init: Proc,
     execs: HashMap<String, Proc>,
     paused: bool,
@@ -197,7 +199,8 @@ pub fn vm_size(spec: &Spec) -> (u8, u32) {
 
 /// The spec as the guest sees it: namespace paths name the host's (a CRI pod's pause
 /// container, the CNI's netns), which the VM replaces; the network one is returned so the
-/// sandbox wires it to the VM. Bind mounts of host paths cannot be honoured yet.
+/// sandbox wires it to the VM. Bind mounts of host paths are shared when the VM runs
+/// (binds.rs).
 pub fn adapt_spec(spec: &mut Spec) -> Result<Option<PathBuf>, String> {
     let mut netns = None;
     if let Some(mut linux) = spec.linux().clone() {
@@ -215,23 +218,6 @@ pub fn adapt_spec(spec: &mut Spec) -> Result<Option<PathBuf>, String> {
             linux.set_namespaces(Some(kept));
         }
         spec.set_linux(Some(linux));
-    }
-    for m in spec.mounts().iter().flatten() {
-        let bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        if bind {
-            return Err(format!(
-                "bind mount of host path {} at {}: vmpod has no filesystem shared with the VM yet",
-                m.source()
-                    .as_ref()
-                    .map(|s| s.display().to_string())
-                    .unwrap_or_default(),
-                m.destination().display()
-            ));
-        }
     }
     Ok(netns)
 }
@@ -398,7 +384,7 @@ impl TaskService {
                         read_only: true,
                     })
                     .collect(),
-                volumes: Vec::new(),
+                shared: Vec::new(),
                 debug: std::env::var_os("VMPOD_DEBUG").is_some(),
                 kernel_args: String::new(),
                 netns,
@@ -425,7 +411,7 @@ impl TaskService {
         &self,
         pod: &mut Pod,
         req: &api::CreateTaskRequest,
-        spec: Spec,
+        mut spec: Spec,
         paths: Paths,
         images: &[PathBuf],
     ) -> Result<u32, ttrpc::Error> {
@@ -449,6 +435,9 @@ impl TaskService {
             }
         }
         let endpoint = vm.endpoint.clone();
+        let shared_dir = vm.shared.clone();
+        let shared = binds::share_host_binds(&mut spec, &shared_dir)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
         let reply = call(
             &endpoint,
             RequestBody::CreateContainer(CreateContainer {
@@ -457,12 +446,12 @@ impl TaskService {
                 rootfs: Rootfs {
                     layers: serials,
                     upper: Upper::Tmpfs,
-                    volumes: Vec::new(),
                 },
                 stdio: paths.wiring(),
                 user: None,
             }),
-        )?;
+        )
+        .inspect_err(|_| binds::unshare(&shared_dir, &shared))?;
         let pid = match reply {
             ResponseBody::Pid(pid) => pid as u32,
             _ => 0,
@@ -477,6 +466,7 @@ impl TaskService {
                         container_id: req.id.clone(),
                     },
                 );
+                binds::unshare(&shared_dir, &shared);
                 return Err(internal(e));
             }
         };
@@ -488,6 +478,7 @@ impl TaskService {
             req.id.clone(),
             Container {
                 bundle: req.bundle.clone(),
+                shared,
                 init,
                 execs: HashMap::new(),
                 paused: false,
@@ -654,6 +645,9 @@ impl containerd_shim::Task for TaskService {
         }
         if let Some(c) = pod.containers.remove(&req.id) {
             let _ = std::fs::remove_file(Path::new(&c.bundle).join(SANDBOX_NOTE));
+            if let Some(vm) = &pod.vm {
+                binds::unshare(&vm.shared, &c.shared);
+            }
         }
         drop(pod);
         self.inner.changed.notify_all();
@@ -986,11 +980,5 @@ mod tests {
         let namespaces = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
         assert!(namespaces.iter().all(|n| n.path().is_none()));
         assert_eq!(namespaces.len(), 3);
-        let mut s = spec(
-            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/data","type":"bind","source":"/srv","options":["rbind","ro"]}]}"#,
-        );
-        assert!(adapt_spec(&mut s)
-            .unwrap_err()
-            .contains("bind mount of host path /srv"));
     }
 }

@@ -3,13 +3,16 @@
 //! worker threads come and go. Everything else reaches the agent through the VM's endpoint.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
+use vmpod_sandbox::shared::SharedDir;
 use vmpod_sandbox::{Endpoint, Sandbox, SandboxConfig};
 
 pub struct Vm {
     pub endpoint: Endpoint,
     pub state_dir: PathBuf,
     pub disks: Vec<(PathBuf, String)>,
+    /// Where containers' host binds are shared with the guest.
+    pub shared: Arc<Mutex<SharedDir>>,
     stop: mpsc::Sender<()>,
     owner: Option<std::thread::JoinHandle<()>>,
 }
@@ -34,17 +37,25 @@ impl Vm {
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok((sandbox.endpoint(), sandbox.state_dir.clone())));
+                let shared = match sandbox.shared_dir() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(vmpod_sandbox::error::chain(&e)));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok((sandbox.endpoint(), sandbox.state_dir.clone(), shared)));
                 // Held until asked to stop (or the shim goes): dropping it stops the VM.
                 let _ = stop_rx.recv();
                 drop(sandbox);
             })
             .map_err(|e| format!("start the VM's thread: {e}"))?;
         match ready_rx.recv() {
-            Ok(Ok((endpoint, state_dir))) => Ok(Vm {
+            Ok(Ok((endpoint, state_dir, shared))) => Ok(Vm {
                 endpoint,
                 state_dir,
                 disks,
+                shared,
                 stop,
                 owner: Some(owner),
             }),

@@ -5,6 +5,7 @@
 use crate::container::{self, Container, ProcessIo, CONTAINERS_DIR};
 use crate::relay::{Relay, Want};
 use crate::rootfs::{Assembled, Layers};
+use crate::shared::SharedFs;
 use crate::{cgroup, net, sys};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -88,6 +89,7 @@ pub struct Server {
     pids: HashMap<i32, ProcKey>,
     containers: HashMap<String, ContainerEntry>,
     layers: Layers,
+    shared: SharedFs,
     shutdown: bool,
 }
 
@@ -151,6 +153,7 @@ impl Server {
             pids: HashMap::new(),
             containers: HashMap::new(),
             layers: Layers::new("/run/vmpod/layers"),
+            shared: SharedFs::default(),
             shutdown: false,
         })
     }

@@ -157,6 +157,9 @@ impl Server {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
+        self.shared
+            .prepare_for(&c.spec)
+            .map_err(|e| err(ErrorKind::BadRequest, crate::chain(&e)))?;
         let assembled = self
             .layers
             .assemble(&c.rootfs, dir)
@@ -322,29 +325,14 @@ impl Server {
     }
 }
 
-/// The spec with what only the assembled rootfs can tell: volume binds and a USER by name.
+/// The spec with what only the assembled rootfs can tell: a USER by name.
 fn personalize(
     spec: &oci_spec::runtime::Spec,
     assembled: &crate::rootfs::Assembled,
     user: Option<&str>,
 ) -> Result<oci_spec::runtime::Spec, String> {
-    use oci_spec::runtime::{MountBuilder, UserBuilder};
+    use oci_spec::runtime::UserBuilder;
     let mut spec = spec.clone();
-    if !assembled.volumes.is_empty() {
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for (source, destination) in &assembled.volumes {
-            mounts.push(
-                MountBuilder::default()
-                    .destination(destination)
-                    .typ("bind")
-                    .source(source)
-                    .options(vec!["rbind".to_string(), "ro".to_string()])
-                    .build()
-                    .map_err(|e| format!("volume {destination}: {e}"))?,
-            );
-        }
-        spec.set_mounts(Some(mounts));
-    }
     if let Some(user) = user {
         let resolved = crate::user::resolve(&assembled.rootfs, user).map_err(|e| e.to_string())?;
         let mut process = spec.process().clone().unwrap_or_default();
