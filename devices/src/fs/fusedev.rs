@@ -135,3 +135,98 @@ fn serve(dev: File, mut server: FuseServer, stop: &AtomicBool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// Why the end-to-end test cannot run here, if it cannot.
+    fn cannot_mount() -> Option<&'static str> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("not root");
+        }
+        if !Path::new("/dev/fuse").exists() {
+            return Some("no /dev/fuse");
+        }
+        None
+    }
+
+    #[test]
+    fn real_file_operations_through_dev_fuse_stay_inside_the_share() {
+        if let Some(reason) = cannot_mount() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+        // <scratch>/outside is the host's; the mount sits one level deeper than the share, so
+        // "../outside" from inside the mount names nothing.
+        let scratch = tempfile::tempdir().unwrap();
+        let share = scratch.path().join("share");
+        let mnt = scratch.path().join("m/mnt");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::write(scratch.path().join("outside"), b"host secret").unwrap();
+        let mount = FuseMount::mount(FuseServer::new(&share).unwrap(), &mnt).unwrap();
+        let m = mount.path();
+
+        let data: Vec<u8> = (0..8usize << 20)
+            .map(|i| (i * 31 + i / 4096) as u8)
+            .collect();
+        std::fs::write(m.join("big"), &data).unwrap();
+        assert!(
+            std::fs::read(m.join("big")).unwrap() == data,
+            "8 MiB read back"
+        );
+        assert!(
+            std::fs::read(share.join("big")).unwrap() == data,
+            "8 MiB on the host"
+        );
+
+        std::fs::create_dir(m.join("many")).unwrap();
+        for i in 0..1000 {
+            std::fs::write(m.join(format!("many/f{i}")), i.to_string()).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(m.join("many")).unwrap().count(), 1000);
+
+        std::fs::rename(m.join("many/f7"), m.join("seven")).unwrap();
+        assert_eq!(std::fs::read_to_string(share.join("seven")).unwrap(), "7");
+        std::fs::remove_file(m.join("many/f8")).unwrap();
+        assert!(!share.join("many/f8").exists());
+
+        std::fs::set_permissions(m.join("seven"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(m.join("seven"), Some(4242), Some(4343)).unwrap();
+        let meta = std::fs::metadata(share.join("seven")).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            (0o600, 4242, 4343)
+        );
+
+        std::os::unix::fs::symlink("../outside", m.join("out")).unwrap();
+        assert_eq!(
+            std::fs::read_link(share.join("out")).unwrap(),
+            Path::new("../outside")
+        );
+        let err = std::fs::read(m.join("out")).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::NotFound,
+            "not followed out of the share"
+        );
+        let nofollow = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(m.join("out"));
+        assert_eq!(nofollow.unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(
+            std::fs::read(scratch.path().join("outside")).unwrap(),
+            b"host secret"
+        );
+
+        drop(mount);
+        assert!(
+            std::fs::read_dir(&mnt).unwrap().next().is_none(),
+            "unmounted"
+        );
+    }
+}
