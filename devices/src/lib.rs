@@ -4,6 +4,7 @@
 //! memory and descriptor chains they build themselves.
 
 pub mod block;
+pub mod fs;
 pub mod net;
 pub mod rng;
 #[cfg(feature = "vhost-user")]

@@ -16,6 +16,7 @@ pub const COMMON_FEATURES: u64 =
 
 pub const DEVICE_TYPE_BLOCK: u32 = 2;
 pub const DEVICE_TYPE_RNG: u32 = 4;
+pub const DEVICE_TYPE_FS: u32 = 26;
 
 /// A chain a device could not serve at all (it was returned to the guest with zero length).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -51,6 +51,10 @@ pub enum ConfigError {
     NetBackend,
     #[error("net mac {0:?} is not of the form aa:bb:cc:dd:ee:ff")]
     Mac(String),
+    #[error("fs tag {0:?} must be 1 to 36 bytes")]
+    FsTag(String),
+    #[error("fs shared_dir {0}: not an existing directory")]
+    FsSharedDir(PathBuf),
     #[error("at most {MAX_VIRTIO_DEVICES} virtio devices fit the interrupt lines; {0} asked for")]
     TooManyDevices(usize),
 }
@@ -130,6 +134,9 @@ pub struct VmConfig {
     /// A virtio-net device on a tap.
     #[serde(default)]
     pub net: Option<NetConfig>,
+    /// A virtio-fs device sharing a host directory (the guest mounts it by its tag).
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
     /// Save the VM when the guest says it is ready (the boot-timer byte), then exit: a template.
     #[serde(default)]
     pub snapshot: Option<SnapshotFiles>,
@@ -187,6 +194,28 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A host directory shared with the guest over virtio-fs: `mount -t virtiofs <tag> DIR`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The name the guest mounts: 1 to 36 bytes.
+    pub tag: String,
+    /// An existing directory; the guest can reach nothing outside it.
+    pub shared_dir: PathBuf,
+}
+
+impl FsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tag.is_empty() || self.tag.len() > vmpod_devices::fs::TAG_LEN {
+            return Err(ConfigError::FsTag(self.tag.clone()));
+        }
+        if !self.shared_dir.is_dir() {
+            return Err(ConfigError::FsSharedDir(self.shared_dir.clone()));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
@@ -223,6 +252,7 @@ impl Default for VmConfig {
             rng: false,
             vsock: None,
             net: None,
+            fs: None,
             snapshot: None,
             restore: None,
         }
@@ -288,10 +318,14 @@ impl VmConfig {
             }
             net.mac()?;
         }
+        if let Some(fs) = &self.fs {
+            fs.validate()?;
+        }
         let devices = self.disks.len()
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some())
-            + usize::from(self.net.is_some());
+            + usize::from(self.net.is_some())
+            + usize::from(self.fs.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -310,6 +344,9 @@ impl VmConfig {
             if !path.is_file() {
                 return Err(ConfigError::SnapshotMissing(path.clone()));
             }
+        }
+        if let Some(fs) = &self.fs {
+            fs.validate()?;
         }
         if self.snapshot.is_some() {
             return Err(ConfigError::Unsupported(
@@ -479,6 +516,51 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "at most 19 virtio devices fit the interrupt lines; 20 asked for"
         );
+    }
+
+    #[test]
+    fn fs_comes_from_json_and_bad_tags_or_dirs_are_refused_by_name() {
+        let config = VmConfig::from_json(
+            r#"{"kernel": "/proc/self/exe", "fs": {"tag": "vmpod", "shared_dir": "/tmp"}}"#,
+            "t",
+        )
+        .unwrap();
+        assert!(config.validate().is_ok());
+        let unknown = VmConfig::from_json(
+            r#"{"kernel": "/k", "fs": {"tag": "v", "shared_dir": "/tmp", "ro": true}}"#,
+            "vm.json",
+        );
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `ro`"));
+        let with = |tag: &str, dir: &str| VmConfig {
+            kernel: "/proc/self/exe".into(),
+            fs: Some(FsConfig {
+                tag: tag.into(),
+                shared_dir: dir.into(),
+            }),
+            ..VmConfig::default()
+        };
+        assert_eq!(
+            with("", "/tmp").validate().unwrap_err().to_string(),
+            "fs tag \"\" must be 1 to 36 bytes"
+        );
+        assert!(matches!(
+            with(&"t".repeat(37), "/tmp").validate(),
+            Err(ConfigError::FsTag(_))
+        ));
+        assert_eq!(
+            with("vmpod", "/nonexistent/share")
+                .validate()
+                .unwrap_err()
+                .to_string(),
+            "fs shared_dir /nonexistent/share: not an existing directory"
+        );
+        assert!(matches!(
+            with("vmpod", "/proc/self/exe").validate(),
+            Err(ConfigError::FsSharedDir(_))
+        ));
     }
 
     #[test]

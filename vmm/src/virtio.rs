@@ -10,6 +10,7 @@ use kvm_ioctls::IoEventAddress;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmpod_devices::block::{Block, BlockError};
+use vmpod_devices::fs::{FsError, VirtioFs};
 use vmpod_devices::net::{Net, NetError, Tap, TapError};
 use vmpod_devices::rng::Rng;
 use vmpod_devices::virtio::VirtioDevice;
@@ -30,6 +31,8 @@ pub enum VirtioError {
     #[error(transparent)]
     Vsock(#[from] MuxerError),
     #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
     Tap(#[from] TapError),
     #[error(transparent)]
     Net(#[from] NetError),
@@ -47,7 +50,8 @@ pub enum VirtioError {
 }
 
 /// Opens every device the config asks for, disks first (so they are vda, vdb, ... in order),
-/// then the network, rng and vsock.
+/// then the network, rng, vsock and the shared directory (last, so configs without it keep
+/// their devices' places and their templates).
 pub fn open_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
@@ -74,6 +78,9 @@ pub fn open_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Vir
             u64::from(vsock.guest_cid),
             &vsock.uds_path,
         )?));
+    }
+    if let Some(fs) = &config.fs {
+        devices.push(Box::new(VirtioFs::new(&fs.tag, &fs.shared_dir)?));
     }
     Ok(devices)
 }
@@ -191,5 +198,56 @@ mod tests {
             "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
         assert_eq!(cmdline_entries(0), "");
+    }
+
+    #[test]
+    fn a_config_with_fs_creates_a_virtio_fs_device_with_its_tag_in_the_config_space() {
+        let share = tempfile::tempdir().unwrap();
+        let config = VmConfig::from_json(
+            &format!(
+                r#"{{"kernel": "/proc/self/exe", "rng": true,
+                    "fs": {{"tag": "vmpod", "shared_dir": "{}"}}}}"#,
+                share.path().display()
+            ),
+            "t",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let mut devices = open_devices(&config).unwrap();
+        assert_eq!(devices.len(), 2);
+        let device = devices.pop().unwrap();
+        let mem = crate::memory::create_guest_memory(16 << 20).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let transport = MmioTransport::new(device, mem, irq);
+        let read32 = |offset| {
+            let mut bytes = [0u8; 4];
+            transport.read(offset, &mut bytes);
+            u32::from_le_bytes(bytes)
+        };
+        assert_eq!(read32(0x000), 0x7472_6976, "virt magic");
+        assert_eq!(read32(0x008), 26, "device id: virtio-fs");
+        let mut tag = [0u8; 40];
+        for (i, chunk) in tag.chunks_mut(4).enumerate() {
+            chunk.copy_from_slice(&read32(0x100 + 4 * i as u64).to_le_bytes());
+        }
+        assert_eq!(&tag[..6], b"vmpod\0");
+        assert_eq!(u32::from_le_bytes(tag[36..40].try_into().unwrap()), 1);
+    }
+
+    #[test]
+    fn a_shared_dir_that_vanished_after_validation_is_refused_by_name() {
+        let config = VmConfig {
+            fs: Some(crate::config::FsConfig {
+                tag: "vmpod".into(),
+                shared_dir: "/nonexistent/share".into(),
+            }),
+            ..VmConfig::default()
+        };
+        let err = open_devices(&config).err().unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("shared directory /nonexistent/share: "),
+            "{err}"
+        );
     }
 }
