@@ -59,6 +59,7 @@ bench: images
 	scripts/bench_run.py
 	scripts/bench_shim.py
 	scripts/bench_template.py
+	scripts/bench_volumes.py
 
 install: build guest
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHARE)

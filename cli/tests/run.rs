@@ -308,17 +308,26 @@ fn smoke_on_vmpod_vmm() {
     // The product path; on kvm-pvm hosts the boot alone takes most of a minute.
     support::require_kvm();
     let _serial = serial();
-    // A full boot: templates on vmpod-vmm have their own test (templates.rs).
+    // A full boot: templates on vmpod-vmm have their own test (templates.rs). The volume
+    // reaches the guest through vmpod-vmm's virtio-fs device, both ways.
+    let volume = support::Scratch::new("vmm-volume");
+    std::fs::write(volume.path("f"), "from the host\n").unwrap();
+    let spec = format!("{}:/data", volume.0.display());
     let out = run(
-        &["--hypervisor", "vmm", "--cold-boot"],
-        &["sh", "-c", "echo hello; exit 3"],
+        &["--hypervisor", "vmm", "--cold-boot", "-v", &spec],
+        &[
+            "sh",
+            "-c",
+            "echo hello; cat /data/f; grep -c ' /data virtiofs ' /proc/mounts; echo back > /data/g; exit 3",
+        ],
     );
     assert_eq!(
         (out.status.code(), text(&out.stdout).as_str()),
-        (Some(3), "hello\n"),
+        (Some(3), "hello\nfrom the host\n1\n"),
         "{}",
         text(&out.stderr)
     );
+    assert_eq!(std::fs::read_to_string(volume.path("g")).unwrap(), "back\n");
 }
 
 #[test]

@@ -306,17 +306,29 @@ fn a_vmm_template_is_saved_at_agent_ready_and_restored() {
     support::require_kvm();
     let _serial = serial();
     let guest = Guest::new("vmm");
+    // The clone mounts its own shared directory (virtio-fs) after the restore.
+    let volume = support::Scratch::new("vmm-template-volume");
+    let spec = format!("{}:/data", volume.0.display());
     for word in ["built", "restored"] {
+        std::fs::write(volume.path("word"), word).unwrap();
         let out = guest.ok(&[
             "run",
             "--hypervisor",
             "vmm",
             "--rm",
+            "-v",
+            &spec,
             "busybox",
-            "echo",
-            word,
+            "sh",
+            "-c",
+            "cat /data/word; echo; echo seen > /data/back",
         ]);
         assert_eq!(out.trim(), word);
+        assert_eq!(
+            std::fs::read_to_string(volume.path("back")).unwrap(),
+            "seen\n"
+        );
+        std::fs::remove_file(volume.path("back")).unwrap();
     }
     let templates = guest.templates();
     assert_eq!(templates.len(), 1, "{templates:?}");

@@ -242,7 +242,10 @@ fn the_guest_cannot_reach_outside_its_volume() {
         .find(|d| d.join("shared/v0/suid").exists())
         .expect("the sandbox's shared directory");
     let options = mount_options(&dir.join("shared/v0")).expect("the volume's bind");
-    assert!(options.contains("nosuid") && options.contains("nodev"), "{options}");
+    assert!(
+        options.contains("nosuid") && options.contains("nodev"),
+        "{options}"
+    );
     drop(c);
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "untouched\n");
     assert_eq!(
