@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmpod_protocol::{CreateContainer, ExecProcess, Rootfs, Upper};
 
+#[cfg(test)]
+mod tests;
+
 pub struct TaskService {
     namespace: String,
     exit: Arc<ExitSignal>,
