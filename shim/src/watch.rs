@@ -24,7 +24,6 @@ pub fn watch_exit(
     exec_id: String,
     attached: Option<Attached>,
 ) {
-    let name = format!("exit-{container_id}");
     let watcher = move || {
         let exec = (!exec_id.is_empty()).then_some(exec_id.as_str());
         let result = agent.wait(&container_id, exec);
@@ -59,7 +58,10 @@ pub fn watch_exit(
         }
         pod.notify();
     };
-    if let Err(e) = std::thread::Builder::new().name(name).spawn(watcher) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("exit-watcher".into())
+        .spawn(watcher)
+    {
         log::warn!("start an exit watcher: {e}");
     }
 }
