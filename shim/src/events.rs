@@ -1,6 +1,6 @@
 //! Task events to containerd, in the order they happen: one thread publishes them from a
 //! channel, so an RPC never waits on containerd and Create → Start → Exit → Delete keep their
-//! order.
+//! order. The task service sees only [`EventSink`]; tests record what it publishes.
 
 use containerd_shim::event::Event;
 use containerd_shim::publisher::RemotePublisher;
@@ -8,6 +8,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 pub type Message = Box<dyn Event + Send>;
+
+/// Where the task service's events go. Publishing never blocks on containerd.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, event: Message);
+}
 
 #[derive(Clone)]
 pub struct Events {
@@ -30,8 +35,10 @@ impl Events {
         });
         Events { tx }
     }
+}
 
-    pub fn send(&self, event: impl Event + Send + 'static) {
-        let _ = self.tx.send(Box::new(event));
+impl EventSink for Events {
+    fn publish(&self, event: Message) {
+        let _ = self.tx.send(event);
     }
 }

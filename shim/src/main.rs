@@ -4,19 +4,26 @@
 //!   containerd runs `containerd-shim-vmpod-v2 ... start` (prints the socket address),
 //!   the server it spawns serves the task API, and `... delete` cleans up after a dead shim.
 
+mod agent;
 mod binds;
+mod boot;
+mod error;
 mod events;
 mod metrics;
 mod rootfs;
+mod service;
+mod spec;
+mod state;
 mod stdio;
 mod task;
 mod vm;
+mod watch;
 
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
+use service::TaskService;
 use std::path::Path;
 use std::sync::Arc;
-use task::TaskService;
 
 const RUNTIME: &str = "io.containerd.vmpod.v2";
 /// containerd's CRI puts every container of a pod under the pod sandbox's id.
@@ -54,7 +61,7 @@ impl containerd_shim::Shim for Service {
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         // The shim is gone (killed or crashed): its VM died with it; what it left on disk and
         // in a pod network namespace is removed here.
-        let note = Path::new(task::SANDBOX_NOTE);
+        let note = Path::new(spec::SANDBOX_NOTE);
         if let Ok(state_dir) = std::fs::read_to_string(note) {
             let state_dir = Path::new(state_dir.trim());
             if state_dir.starts_with(vmpod_sandbox::paths::STATE_ROOT) {
@@ -79,9 +86,14 @@ impl containerd_shim::Shim for Service {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let service = TaskService::new(self.namespace.clone(), self.exit.clone());
-        service.set_events(events::Events::start(publisher, self.namespace.clone()));
-        service
+        let events = events::Events::start(publisher, self.namespace.clone());
+        let host = boot::SandboxHost::new(spec::Knobs::from_env());
+        TaskService::new(
+            self.namespace.clone(),
+            self.exit.clone(),
+            Arc::new(events),
+            Arc::new(host),
+        )
     }
 }
 

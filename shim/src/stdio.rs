@@ -84,7 +84,8 @@ impl Paths {
     }
 }
 
-/// The copying threads of one process.
+/// The copying threads of one process (none by default).
+#[derive(Default)]
 pub struct Attached {
     outputs: Vec<std::thread::JoinHandle<()>>,
     /// Our end of the container's stdin, to close it on CloseIO.
@@ -218,9 +219,12 @@ pub fn attach(
 ) -> Result<Attached, String> {
     let wiring = paths.wiring();
     let stream = |which| {
-        endpoint
-            .stream(container, exec, which)
-            .map_err(|e| format!("open the {which:?} stream: {e}"))
+        endpoint.stream(container, exec, which).map_err(|e| {
+            format!(
+                "open the {which:?} stream: {}",
+                vmpod_sandbox::error::chain(&e)
+            )
+        })
     };
     let mut attached = Attached {
         outputs: Vec::new(),
