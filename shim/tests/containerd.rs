@@ -346,24 +346,40 @@ fn ctr_run_rm_passes_output_and_exit_codes() {
         (read("bin.out"), read("bin.err")),
         ("via-binary\n".into(), "err-via-binary\n".into())
     );
-    // A bind mount of a host path cannot be honoured yet: refused by name, nothing left.
+    // Host bind mounts reach the guest live through the sandbox's shared directory: a
+    // read-write one both ways, a read-only one refusing writes; nothing left after.
+    let rw = c.dir.path("bind-rw");
+    let ro = c.dir.path("bind-ro");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(rw.join("f"), "from the host\n").unwrap();
+    std::fs::write(ro.join("kept"), "kept\n").unwrap();
+    let rw_mount = format!("type=bind,src={},dst=/rw,options=rbind:rw", rw.display());
+    let ro_mount = format!("type=bind,src={},dst=/ro,options=rbind:ro", ro.display());
     let out = c.run(&[
         "run",
         "--rm",
         "--mount",
-        "type=bind,src=/tmp,dst=/host,options=rbind:ro",
+        &rw_mount,
+        "--mount",
+        &ro_mount,
         "--runtime",
         RUNTIME,
         IMAGE,
         "bind",
-        "true",
+        "sh",
+        "-c",
+        "cat /rw/f; echo back > /rw/g; echo no > /ro/kept || echo read-only",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("bind mount of host path /tmp"),
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "from the host\nread-only\n",
         "{}",
         text(&out.stderr)
     );
+    assert_eq!(std::fs::read_to_string(rw.join("g")).unwrap(), "back\n");
+    assert_eq!(std::fs::read_to_string(ro.join("kept")).unwrap(), "kept\n");
     let _ = c.run(&["container", "rm", "bind"]);
     nothing_left_within(15);
 }

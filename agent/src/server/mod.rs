@@ -376,7 +376,7 @@ impl Server {
                     .ok()
                     .and_then(|v| v.get("id").and_then(|i| i.as_u64()))
                     .unwrap_or(0);
-                return self.respond(conn, id, Err(err(ErrorKind::BadRequest, e.to_string())));
+                return self.respond(conn, id, Err(err(ErrorKind::BadRequest, crate::chain(&e))));
             }
         };
         let hello = self.controls.get(&conn).map(|c| c.hello).unwrap_or(false);

@@ -134,7 +134,7 @@ impl Server {
                 Ok(Some(frame)) => break frame,
                 Ok(None) => {}
                 Err(e) => {
-                    eprintln!("vmpod-agent: stdio stream refused: {e}");
+                    eprintln!("vmpod-agent: stdio stream refused: {}", crate::chain(&e));
                     self.close_pending(id);
                     return;
                 }
@@ -146,7 +146,7 @@ impl Server {
         let hello: StdioHello = match decode(&frame) {
             Ok(h) => h,
             Err(e) => {
-                eprintln!("vmpod-agent: stdio stream refused: {e}");
+                eprintln!("vmpod-agent: stdio stream refused: {}", crate::chain(&e));
                 return;
             }
         };
