@@ -45,6 +45,7 @@ run: images
 test: images
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/check-imports.py
 	cargo test --workspace --release
 	scripts/fuzz.sh 20
 
@@ -72,6 +73,7 @@ fmt:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/check-imports.py
 
 clean:
 	cargo clean

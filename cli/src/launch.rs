@@ -21,7 +21,7 @@ pub struct Launched {
     pub stdin: Option<UnixStream>,
 }
 
-pub fn launch(p: &Prepared, timing: &mut crate::run::Timing) -> Result<Launched, Failure> {
+pub fn launch(p: &Prepared, timing: &mut crate::timing::Timing) -> Result<Launched, Failure> {
     let mut sandbox = Sandbox::start(SandboxConfig {
         backend: p.hypervisor,
         boot: if p.cold_boot {

@@ -5,15 +5,18 @@
 //!   vmpod image import | ls | rm, vmpod images
 //!   vmpod template build | ls | rm
 
-mod detach;
+mod commands;
+mod containers;
 mod image;
 mod launch;
+mod monitor;
 mod prepare;
 mod rootfs;
 mod run;
 mod session;
 mod signals;
 mod template;
+mod timing;
 mod volumes;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +43,7 @@ enum Command {
         all: bool,
     },
     /// Run a command in a running container.
-    Exec(detach::ExecArgs),
+    Exec(commands::exec::ExecArgs),
     /// Send a signal to a container's main process (default KILL).
     Kill {
         #[arg(short = 's', long, default_value = "KILL")]
@@ -99,15 +102,15 @@ fn main() {
     };
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
-        Command::Ps { all } => detach::ps(all),
-        Command::Exec(args) => detach::exec(args),
-        Command::Kill { signal, container } => detach::kill(&container, &signal),
-        Command::Rm { force, containers } => detach::rm(&containers, force),
-        Command::Logs { follow, container } => detach::logs(&container, follow),
+        Command::Ps { all } => commands::ps::ps(all),
+        Command::Exec(args) => commands::exec::exec(args),
+        Command::Kill { signal, container } => commands::kill::kill(&container, &signal),
+        Command::Rm { force, containers } => commands::rm::rm(&containers, force),
+        Command::Logs { follow, container } => commands::logs::logs(&container, follow),
         Command::Image(command) => image::run(command),
         Command::Images => image::list(),
         Command::Template(command) => template::run(command),
-        Command::Monitor { id } => Ok(detach::monitor(&id)),
+        Command::Monitor { id } => Ok(monitor::monitor(&id)),
     };
     let code = match result {
         Ok(code) => code,

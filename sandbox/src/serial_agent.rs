@@ -3,12 +3,13 @@
 //! hybrid vsock socket is served on top of it, so `Endpoint` and every client work unchanged.
 
 use crate::error::{io, SandboxError};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vmpod_devices::vsock::hybrid;
 use vmpod_protocol::mux::HostMux;
 
 /// The virtio-serial port's name, which the agent looks for.
@@ -105,19 +106,10 @@ impl Drop for SerialAgent {
 /// One client of the hybrid vsock socket: `CONNECT <port>\n`, then `OK <n>\n` and the stream.
 fn serve_client(mut client: UnixStream, mux: &Mutex<Option<HostMux>>) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.last() != Some(&b'\n') && line.len() < 64 {
-        match client.read(&mut byte) {
-            Ok(1) => line.push(byte[0]),
-            _ => return,
-        }
-    }
-    let port = std::str::from_utf8(&line)
-        .ok()
-        .and_then(|l| l.trim_end().strip_prefix("CONNECT "))
-        .and_then(|p| p.parse::<u32>().ok());
-    let Some(port) = port else {
+    let Some(line) = hybrid::read_line(&mut client) else {
+        return;
+    };
+    let Ok(port) = hybrid::parse_connect(&line) else {
         return;
     };
     let _ = client.set_read_timeout(None);
@@ -126,6 +118,6 @@ fn serve_client(mut client: UnixStream, mux: &Mutex<Option<HostMux>>) {
     };
     let Ok(ours) = client.try_clone() else { return };
     if let Ok(true) = m.open(port, ours, OPEN_TIMEOUT) {
-        let _ = client.write_all(format!("OK {port}\n").as_bytes());
+        let _ = client.write_all(hybrid::ok_line(port).as_bytes());
     }
 }

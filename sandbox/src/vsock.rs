@@ -1,9 +1,10 @@
 //! The host end of hybrid vsock: a Unix socket per VM, `CONNECT <port>` to reach a guest port.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+use vmpod_devices::vsock::hybrid;
 
 /// How long the device may take to answer a CONNECT. A guest that never answers (a request
 /// that raced with its listener coming up) must not hang the caller: it retries instead.
@@ -14,18 +15,10 @@ const CONNECT_REPLY: Duration = Duration::from_secs(5);
 pub fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
     let mut stream = UnixStream::connect(uds).ok()?;
     stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .write_all(hybrid::connect_line(port).as_bytes())
         .ok()?;
     stream.set_read_timeout(Some(CONNECT_REPLY)).ok()?;
-    // Byte by byte: what follows the line belongs to the caller.
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.last() != Some(&b'\n') && line.len() < 64 {
-        match stream.read(&mut byte) {
-            Ok(1) => line.push(byte[0]),
-            _ => return None,
-        }
-    }
+    let line = hybrid::read_line(&mut stream)?;
     stream.set_read_timeout(None).ok()?;
-    line.starts_with(b"OK ").then_some(stream)
+    hybrid::parse_ok(&line).is_ok().then_some(stream)
 }

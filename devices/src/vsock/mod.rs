@@ -1,6 +1,7 @@
 //! virtio-vsock, emulated in user space, with the hybrid Unix-socket convention on the host.
 
 mod connection;
+pub mod hybrid;
 pub mod muxer;
 pub mod packet;
 

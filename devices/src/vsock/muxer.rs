@@ -17,6 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{Connection, Key, State};
+use super::hybrid;
 use super::packet::*;
 use crate::virtio::{serve_chains, QueueError, UsedQueues};
 
@@ -27,8 +28,6 @@ pub const TX: usize = 1;
 const MAX_CONNECTIONS: usize = 1024;
 const MAX_HANDSHAKES: usize = 256;
 const MAX_CONTROL_PACKETS: usize = 4096;
-/// `CONNECT 4294967295\n` is 19 bytes; anything longer is not a handshake.
-const MAX_HANDSHAKE_LINE: usize = 32;
 /// Host ports we hand out for host-initiated connections start here.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// The epoll token of the listening socket; streams use their fd.
@@ -188,8 +187,13 @@ impl Muxer {
         let mut byte = [0u8; 1];
         loop {
             match stream.read(&mut byte) {
-                Ok(1) if byte[0] == b'\n' => break,
-                Ok(1) if line.len() < MAX_HANDSHAKE_LINE => line.push(byte[0]),
+                Ok(1) => {
+                    line.push(byte[0]);
+                    // At the limit without a newline the parse below refuses it.
+                    if byte[0] == b'\n' || line.len() >= hybrid::MAX_LINE {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 _ => {
@@ -198,16 +202,15 @@ impl Muxer {
                 }
             }
         }
-        let port = std::str::from_utf8(line)
-            .ok()
-            .and_then(|l| l.strip_prefix("CONNECT "))
-            .and_then(|p| p.trim_end_matches('\r').parse::<u32>().ok());
-        let Some(peer_port) = port else {
-            tracing::debug!(
-                "vsock: malformed handshake {:?}",
-                String::from_utf8_lossy(line)
-            );
-            return self.drop_handshake(fd);
+        let peer_port = match hybrid::parse_connect(line) {
+            Ok(port) => port,
+            Err(e) => {
+                tracing::debug!(
+                    "vsock: malformed handshake {:?}: {e}",
+                    String::from_utf8_lossy(line)
+                );
+                return self.drop_handshake(fd);
+            }
         };
         let Some((stream, _)) = self.handshakes.remove(&fd) else {
             return;
@@ -258,7 +261,7 @@ impl Muxer {
         match (header.op, conn.state) {
             (OP_RESPONSE, State::LocalInit) => {
                 conn.state = State::Established;
-                let line = format!("OK {}\n", conn.local_port);
+                let line = hybrid::ok_line(conn.local_port);
                 conn.queue_host_line(line.as_bytes());
                 self.mark_readable(key);
             }
