@@ -150,10 +150,10 @@ fn run_two_containers(mut vmm: Vmm, uds: &std::path::Path, console: &std::path::
         loop {
             let id = format!("{name}{tries}");
             let (status, out) = run_container(&mut client, uds, &id, script, &text);
-            let flake = status == 139
-                && out.is_empty()
-                && is_kvm_pvm()
-                && text().contains("segfault at 0 ");
+            // The kernel's "segfault at 0" line is KERN_INFO, which `quiet` keeps off the
+            // console, so the signature is the status and the silence; a real crash repeats
+            // and fails on the last try.
+            let flake = status == 139 && out.is_empty() && is_kvm_pvm();
             if flake && tries < 3 {
                 eprintln!("kvm-pvm killed {id}'s shell at its first TLS access; running it again");
                 tries += 1;

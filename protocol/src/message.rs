@@ -349,6 +349,7 @@ mod tests {
     #[test]
     fn unknown_operation_is_a_malformed_message() {
         let err = decode::<Request>(br#"{"id":1,"body":{"op":"format_disk"}}"#).unwrap_err();
-        assert!(err.to_string().contains("format_disk"), "{err}");
+        let cause = std::error::Error::source(&err).map(|c| c.to_string());
+        assert!(cause.unwrap_or_default().contains("format_disk"), "{err}");
     }
 }

@@ -69,7 +69,15 @@ impl containerd_shim::Shim for Service {
                 if cleanup.is_file() {
                     let _ = std::process::Command::new("sh").arg(&cleanup).status();
                 }
-                let _ = std::fs::remove_dir_all(state_dir);
+                // A volume still bound under it would be emptied by the removal.
+                if vmpod_sandbox::shared::has_mounts_under(state_dir) {
+                    log::warn!(
+                        "{} still has mounts under it; left in place",
+                        state_dir.display()
+                    );
+                } else {
+                    let _ = std::fs::remove_dir_all(state_dir);
+                }
             }
             let _ = std::fs::remove_file(note);
         }
