@@ -232,7 +232,7 @@ fn the_guest_cannot_reach_outside_its_volume() {
     // A hard link across volumes fails: each is its own mount.
     assert!(!said.contains("linked"), "{said}");
     // Device nodes (and FIFOs) cannot be made through the share at all: QEMU's 9p refuses
-    // special files. A setuid file can be (as under runc), but the share's binds are nosuid.
+    // special files. A setuid file can be made, but the share's binds are nosuid.
     assert!(!said.contains("made-node"), "{said}");
     assert!(!volume.join("null").exists());
     assert!(said.contains("made-suid"), "{said}");

@@ -29,9 +29,8 @@ pub struct SharedDir {
     next: u64,
 }
 
-fn cstring(path: &Path) -> Result<CString, SandboxError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| SandboxError::Invalid(format!("{} holds a NUL byte", path.display())))
+fn cstring(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
 }
 
 fn mount(
@@ -40,9 +39,8 @@ fn mount(
     fstype: Option<&str>,
     flags: libc::c_ulong,
 ) -> std::io::Result<()> {
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-    let source = source.map(c).transpose()?;
-    let target = c(target)?;
+    let source = source.map(cstring).transpose()?;
+    let target = cstring(target)?;
     let fstype = fstype
         .map(|t| CString::new(t).map_err(std::io::Error::other))
         .transpose()?;
