@@ -41,6 +41,7 @@ fn create(client: &mut AgentClient, id: &str, args: &[&str], stdout: bool) {
                 stderr: false,
             },
             user: None,
+            pod_sandbox: false,
         }))
         .expect("create");
 }

@@ -8,6 +8,7 @@ mod cgroup;
 mod container;
 mod init;
 mod net;
+mod pod;
 mod relay;
 mod rootfs;
 mod serial;
@@ -84,6 +85,11 @@ fn run_as_init() -> Result<(), String> {
 }
 
 fn main() {
+    // The pod's pause process is this binary, and PID 1 of its own PID namespace when the pod
+    // shares one: its name decides before its pid does.
+    if std::env::args_os().next().as_deref() == Some(std::ffi::OsStr::new(pod::PAUSE_PATH)) {
+        pod::pause();
+    }
     if std::process::id() == 1 {
         if let Err(why) = run_as_init() {
             // Said on the console; PID 1 then exits, the kernel panics and the VMM reports it.

@@ -28,6 +28,8 @@ pub enum RootfsError {
     Reprobe(PathBuf, #[source] std::io::Error),
     #[error("the disk with serial '{0}' is empty even after probing it again")]
     EmptyDisk(String),
+    #[error("drop cached blocks of {0}")]
+    Flush(PathBuf, #[source] std::io::Error),
 }
 
 /// Where the disks' block devices are found by their virtio serial.
@@ -110,6 +112,22 @@ fn reprobe(name: &std::ffi::OsStr) -> Result<(), RootfsError> {
     Ok(())
 }
 
+/// Drops the page cache of a disk: a slot the host emptied and filled with another image keeps
+/// the blocks the guest read from the previous one.
+fn flush_cached_blocks(device: &Path) -> Result<(), RootfsError> {
+    // _IO(0x12, 97), <linux/fs.h>.
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    let disk = std::fs::File::open(device).map_err(|e| RootfsError::Flush(device.into(), e))?;
+    // SAFETY: BLKFLSBUF takes no argument; the fd is open for the call.
+    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&disk), BLKFLSBUF, 0) } < 0 {
+        return Err(RootfsError::Flush(
+            device.into(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 fn mkdir(path: &Path) -> Result<(), RootfsError> {
     std::fs::create_dir_all(path).map_err(|e| RootfsError::Dir(path.to_path_buf(), e))
 }
@@ -159,6 +177,7 @@ impl Layers {
             return Ok(target);
         }
         let device = disk_by_serial(serial)?;
+        flush_cached_blocks(&device)?;
         mount_at(&device, &target, "erofs", MsFlags::MS_RDONLY, None)?;
         self.users.insert(serial.to_string(), 1);
         Ok(target)
@@ -177,6 +196,23 @@ impl Layers {
             }
             let _ = std::fs::remove_dir(&target);
         }
+    }
+
+    /// An empty root for the pod's sandbox, which brings no image: a tmpfs at `dir/rootfs`.
+    pub fn empty_root(&mut self, dir: &Path) -> Result<Assembled, RootfsError> {
+        let rootfs = dir.join("rootfs");
+        mount_at(
+            Path::new("tmpfs"),
+            &rootfs,
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=1m"),
+        )?;
+        Ok(Assembled {
+            mounts: vec![rootfs.clone()],
+            rootfs,
+            layers: Vec::new(),
+        })
     }
 
     /// Mounts the layers and the overlay under `dir`; on failure, undoes what it did.

@@ -51,6 +51,7 @@ fn create(
         rootfs: busybox(),
         stdio,
         user: None,
+        pod_sandbox: false,
     }))
 }
 
@@ -535,6 +536,7 @@ fn bad_input_gets_an_error_reply_and_the_agent_keeps_serving() {
         },
         stdio: StdioWiring::default(),
         user: None,
+        pod_sandbox: false,
     }));
     let reply = refused(missing);
     assert!(
@@ -666,6 +668,7 @@ fn run_spec(
                 stderr: false,
             },
             user: None,
+            pod_sandbox: false,
         }))
         .expect("create");
     let out = vm.stream(id, None, StdStream::Stdout);
@@ -756,6 +759,7 @@ fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
                 stderr: false,
             },
             user: None,
+            pod_sandbox: false,
         }))
         .expect("create");
     let out = vm.stream("filtered", None, StdStream::Stdout);
@@ -872,6 +876,7 @@ fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
                 stderr: true,
             },
             user: None,
+            pod_sandbox: false,
         }))
         .expect("create");
     let mut stdin = vm.stream("reader", None, StdStream::Stdin);

@@ -200,6 +200,7 @@ fn run_container(
                 stderr: false,
             },
             user: None,
+            pod_sandbox: false,
         }))
         .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", text()));
     let mut stdout = connect(uds, STDIO_PORT);

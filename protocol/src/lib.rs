@@ -15,7 +15,7 @@ pub use frame::{FrameDecoder, FrameError, MAX_FRAME};
 pub use message::*;
 
 /// Bumped on any change a peer of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The agent's control port.
 pub const AGENT_PORT: u32 = 1024;
 /// The agent's port for stdio streams.
@@ -27,3 +27,6 @@ pub const STDIO_PORT: u32 = 1025;
 pub const SHARED_FS_DIR: &str = "/run/vmpod/shared";
 /// The tag under which the VMM offers the shared directory to the guest.
 pub const SHARED_FS_TAG: &str = "vmpod";
+/// A bind source naming the pod's /dev/shm: one tmpfs in the guest, shared by the pod's
+/// containers and mounted by the agent the first time a container binds it.
+pub const POD_SHM_DIR: &str = "/run/vmpod/pod/shm";

@@ -96,6 +96,11 @@ pub struct CreateContainer {
     /// `spec.process.user`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The pod's sandbox (the CRI's pause container): it brings no image (`rootfs.layers` is
+    /// empty), and the agent runs its own pause process in an empty root, in the namespaces
+    /// the spec asks for. The pod's other containers join those by `/proc/PID/ns/…` paths.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pod_sandbox: bool,
 }
 
 /// A container's root filesystem, assembled by the agent from the VM's disks.
@@ -309,6 +314,7 @@ mod tests {
                     stderr: false,
                 },
                 user: Some("app:wheel".into()),
+                pod_sandbox: false,
             }),
         };
         let back = round_trip(&create);

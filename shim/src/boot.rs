@@ -25,6 +25,10 @@ pub trait PodVm: Send {
     fn state_dir(&self) -> &Path;
     /// The serial under which the guest sees `image`, when it was attached at boot.
     fn layer_serial(&self, image: &Path) -> Option<String>;
+    /// Attaches a layer image to a spare disk slot of the running VM; the guest's serial.
+    fn insert_layer(&self, image: &Path) -> Result<String, String>;
+    /// Empties the slot again, once no container in the guest uses it.
+    fn eject_layer(&self, serial: &str);
     /// Shares the spec's host binds with the guest and points the spec at them; the guest's
     /// paths, to unshare when the container goes. On failure nothing stays shared.
     fn share_host_binds(&self, spec: &mut Spec) -> Result<Vec<String>, String>;
@@ -76,6 +80,12 @@ impl PodVm for BootedVm {
             .find(|(path, _)| path == image)
             .map(|(_, serial)| serial.clone())
     }
+
+    fn insert_layer(&self, _image: &Path) -> Result<String, String> {
+        Err("this VM has no spare disk slots".into())
+    }
+
+    fn eject_layer(&self, _serial: &str) {}
 
     fn share_host_binds(&self, spec: &mut Spec) -> Result<Vec<String>, String> {
         binds::share_host_binds(spec, &self.vm.shared)

@@ -75,10 +75,22 @@ pub enum TaskError {
     },
     #[error("container {0} is not running")]
     ContainerNotRunning(String),
-    #[error("container {container_id}: its layer {} is not attached to the pod's VM, and vmpod cannot attach disks to a running VM yet (containers of a pod must share their image layers)", layer.display())]
-    LayerNotAttached {
+    #[error("container {container_id}: attach its image layer {} to the pod's VM: {reason}", layer.display())]
+    AttachLayer {
         container_id: String,
         layer: PathBuf,
+        reason: String,
+    },
+    #[error("container {container_id} of pod {sandbox_id}: the pod's sandbox container was not created in this shim")]
+    NoSandbox {
+        container_id: String,
+        sandbox_id: String,
+    },
+    #[error("{variable}={value}: {expected}")]
+    Knob {
+        variable: &'static str,
+        value: String,
+        expected: &'static str,
     },
     #[error("checkpoint is not implemented by vmpod: a container's state lives in its VM")]
     CheckpointUnsupported,
@@ -114,7 +126,8 @@ impl TaskError {
             | TaskError::StartedAlready { .. }
             | TaskError::StillRunning { .. }
             | TaskError::ContainerNotRunning(_)
-            | TaskError::LayerNotAttached { .. } => Code::FAILED_PRECONDITION,
+            | TaskError::NoSandbox { .. } => Code::FAILED_PRECONDITION,
+            TaskError::Knob { .. } => Code::INVALID_ARGUMENT,
             TaskError::CheckpointUnsupported => Code::UNIMPLEMENTED,
             TaskError::Agent(e) => match e.refusal() {
                 Some(ErrorKind::NotFound) => Code::NOT_FOUND,
@@ -124,6 +137,7 @@ impl TaskError {
                 _ => Code::UNKNOWN,
             },
             TaskError::Hypervisor(_)
+            | TaskError::AttachLayer { .. }
             | TaskError::Boot(_)
             | TaskError::Layers(_)
             | TaskError::Stdio(_)

@@ -7,8 +7,10 @@
 mod agent;
 mod binds;
 mod boot;
+mod cri;
 mod error;
 mod events;
+mod layers;
 mod metrics;
 mod rootfs;
 mod service;
@@ -26,8 +28,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 const RUNTIME: &str = "io.containerd.vmpod.v2";
-/// containerd's CRI puts every container of a pod under the pod sandbox's id.
-const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 struct Service {
     namespace: String,
@@ -47,10 +47,11 @@ impl containerd_shim::Shim for Service {
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
         // The bundle is the working directory; nothing but the address may be printed.
         let spec = containerd_shim::util::read_spec_from_file("")?;
+        // containerd's CRI puts every container of a pod under the pod sandbox's id.
         let grouping = spec
             .annotations()
             .as_ref()
-            .and_then(|a| a.get(SANDBOX_ID).cloned())
+            .and_then(|a| a.get(cri::SANDBOX_ID).cloned())
             .unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         // containerd finds the shim again after a restart through this file.

@@ -7,6 +7,7 @@
 
 use crate::agent::Agent;
 use crate::boot::VmHost;
+use crate::cri::{self, Role};
 use crate::error::TaskError;
 use crate::events::EventSink;
 use crate::spec::{self, VmPlan, SANDBOX_NOTE};
@@ -98,38 +99,61 @@ impl TaskService {
         })
     }
 
-    /// Boots the pod's VM for the first container, then creates the container in it.
+    /// Boots the pod's VM for its sandbox (or a plain container, the first of its group), then
+    /// creates the container in it.
     fn create_container(&self, req: &api::CreateTaskRequest) -> Result<u32, TaskError> {
         let bundle = Path::new(&req.bundle);
         let mut spec = spec::read_spec(bundle)?;
         let paths = paths(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
-        let netns = spec::adapt_spec(&mut spec).map_err(TaskError::Invalid)?;
+        let role = cri::role(&spec);
         spec::set_terminal(&mut spec, req.terminal);
-        let mounts: Vec<rootfs::Mount> = req
-            .rootfs
-            .iter()
-            .map(|m| rootfs::Mount {
-                kind: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        let dirs = rootfs::layer_dirs(&mounts, bundle).map_err(TaskError::Invalid)?;
-        let images = self.host.layer_images(&dirs)?;
+        // The sandbox brings no image into the VM: the agent is its pause process.
+        let images = if role == Role::Sandbox {
+            Vec::new()
+        } else {
+            let mounts: Vec<rootfs::Mount> = req
+                .rootfs
+                .iter()
+                .map(|m| rootfs::Mount {
+                    kind: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                })
+                .collect();
+            let dirs = rootfs::layer_dirs(&mounts, bundle).map_err(TaskError::Invalid)?;
+            self.host.layer_images(&dirs)?
+        };
+        if role != Role::Plain {
+            cri::guest_shm(&mut spec);
+        }
 
         let mut pod = self.pod.lock();
         pod.ensure_new(&req.id)?;
+        let netns = cri::guest_namespaces(&mut spec, pod.sandbox_pid());
         let booted_here = !pod.has_vm();
         if booted_here {
-            let vm = self.host.boot(VmPlan::new(&spec, images.clone(), netns))?;
+            let plan = match role {
+                Role::Sandbox => VmPlan::for_pod(&spec, netns),
+                Role::Plain => VmPlan::for_container(&spec, images.clone(), netns),
+                Role::PodContainer => {
+                    return Err(TaskError::NoSandbox {
+                        container_id: req.id.clone(),
+                        sandbox_id: cri::sandbox_id(&spec).unwrap_or_default(),
+                    })
+                }
+            };
+            let vm = self.host.boot(plan)?;
             let oom_hangup = watch::watch_oom(vm.agent().as_ref(), self.events.clone());
             pod.set_vm(vm, oom_hangup);
         }
-        let result = self.create_in_vm(&mut pod, req, spec, paths, &images);
+        let result = self.create_in_vm(&mut pod, req, spec, paths, &images, role);
         if result.is_err() && booted_here {
             pod.stop_vm();
         }
         let pid = result?;
+        if role == Role::Sandbox {
+            pod.set_sandbox_pid(pid);
+        }
         if let Ok(vm) = pod.vm() {
             let note = vm.state_dir().display().to_string();
             let _ = std::fs::write(bundle.join(SANDBOX_NOTE), note);
@@ -137,27 +161,96 @@ impl TaskService {
         Ok(pid)
     }
 
+    /// The guest's serial of each layer: a disk the VM booted with, or a spare slot it gets now
+    /// (once for all the containers that use it); the images that took a slot.
+    fn attach_layers(
+        &self,
+        pod: &mut Pod,
+        container_id: &str,
+        images: &[PathBuf],
+    ) -> Result<(Vec<String>, Vec<PathBuf>), TaskError> {
+        let (vm, layers) = pod.vm_and_layers()?;
+        let mut at_boot = Vec::new();
+        let mut later = Vec::new();
+        for image in images {
+            match vm.layer_serial(image) {
+                Some(serial) => at_boot.push(Some(serial)),
+                None => {
+                    at_boot.push(None);
+                    later.push(image.clone());
+                }
+            }
+        }
+        let mut failed_on = None;
+        let attached = layers.acquire(&later, |image| {
+            failed_on = Some(image.to_path_buf());
+            vm.insert_layer(image)
+        });
+        let slotted = match attached {
+            Ok(serials) => serials,
+            Err((reason, eject)) => {
+                for serial in &eject {
+                    vm.eject_layer(serial);
+                }
+                return Err(TaskError::AttachLayer {
+                    container_id: container_id.into(),
+                    layer: failed_on.unwrap_or_default(),
+                    reason,
+                });
+            }
+        };
+        let mut slotted = slotted.into_iter();
+        let serials = at_boot
+            .into_iter()
+            .map(|s| s.or_else(|| slotted.next()).unwrap_or_default())
+            .collect();
+        Ok((serials, later))
+    }
+
+    /// Gives back the slots of a container's layers that no other container uses.
+    fn detach_layers(pod: &mut Pod, images: &[PathBuf]) {
+        if let Ok((vm, layers)) = pod.vm_and_layers() {
+            for serial in &layers.release(images) {
+                vm.eject_layer(serial);
+            }
+        }
+    }
+
     fn create_in_vm(
         &self,
         pod: &mut Pod,
         req: &api::CreateTaskRequest,
-        mut spec: Spec,
+        spec: Spec,
         paths: Paths,
         images: &[PathBuf],
+        role: Role,
     ) -> Result<u32, TaskError> {
+        let (layers, slotted) = self.attach_layers(pod, &req.id, images)?;
+        let result = self.create_with_layers(pod, req, spec, paths, layers, role);
+        match result {
+            Ok(mut container) => {
+                container.slot_layers = slotted;
+                let pid = container.init.pid;
+                pod.add_container(&req.id, container)?;
+                Ok(pid)
+            }
+            Err(e) => {
+                Self::detach_layers(pod, &slotted);
+                Err(e)
+            }
+        }
+    }
+
+    fn create_with_layers(
+        &self,
+        pod: &Pod,
+        req: &api::CreateTaskRequest,
+        mut spec: Spec,
+        paths: Paths,
+        layers: Vec<String>,
+        role: Role,
+    ) -> Result<Container, TaskError> {
         let vm = pod.vm()?;
-        // Disks are attached when the VM boots: a later container of the pod must use layers
-        // the VM already has.
-        let layers = images
-            .iter()
-            .map(|image| {
-                vm.layer_serial(image)
-                    .ok_or_else(|| TaskError::LayerNotAttached {
-                        container_id: req.id.clone(),
-                        layer: image.clone(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let agent = vm.agent();
         let shared = vm.share_host_binds(&mut spec).map_err(TaskError::Invalid)?;
         let pid = agent
@@ -170,6 +263,7 @@ impl TaskService {
                 },
                 stdio: paths.wiring(),
                 user: None,
+                pod_sandbox: role == Role::Sandbox,
             })
             .inspect_err(|_| vm.unshare(&shared))?;
         let attached = match agent.attach(&req.id, None, &paths, &self.namespace) {
@@ -181,8 +275,7 @@ impl TaskService {
             }
         };
         let init = Proc::init(&req.id, paths, pid, attached);
-        pod.add_container(&req.id, Container::new(req.bundle.clone(), shared, init))?;
-        Ok(pid)
+        Ok(Container::new(req.bundle.clone(), shared, init))
     }
 
     pub fn task_start(&self, req: &api::StartRequest) -> Result<api::StartResponse, TaskError> {
@@ -274,6 +367,7 @@ impl TaskService {
             if let Ok(vm) = pod.vm() {
                 vm.unshare(&c.shared);
             }
+            Self::detach_layers(&mut pod, &c.slot_layers);
         }
         drop(pod);
         self.pod.notify();

@@ -1,6 +1,8 @@
 //! A bundle's spec as the guest sees it, and the VM sized for it. The shim's environment knobs
-//! (VMPOD_HYPERVISOR, VMPOD_COLD_BOOT, VMPOD_DEBUG) are read here and nowhere else.
+//! (VMPOD_HYPERVISOR, VMPOD_COLD_BOOT, VMPOD_DEBUG, VMPOD_POD_CPUS, VMPOD_POD_MEMORY_MIB) are
+//! read here and nowhere else.
 
+use crate::cri;
 use crate::error::TaskError;
 use oci_spec::runtime::Spec;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,12 @@ use vmpod_sandbox::{Backend, Boot, SandboxConfig};
 pub const SANDBOX_NOTE: &str = "vmpod-sandbox";
 /// The guest kernel, agent and page cache need this beside the containers' memory limit.
 pub const VM_OVERHEAD_MIB: u64 = 96;
+/// A container's VM when it sets no memory limit.
 pub const DEFAULT_VM_MIB: u64 = 256;
+/// A Kubernetes pod's VM when containerd does not pass the pod's resources (1.6 does not):
+/// VMPOD_POD_MEMORY_MIB and VMPOD_POD_CPUS change it.
+pub const DEFAULT_POD_MIB: u64 = 512;
+pub const DEFAULT_POD_CPUS: u8 = 1;
 
 /// How the shim's environment asks VMs to be made.
 #[derive(Debug, Clone)]
@@ -22,6 +29,29 @@ pub struct Knobs {
     pub cold_boot: bool,
     /// The guest's console and the VMM's log kept verbose (VMPOD_DEBUG set).
     pub debug: bool,
+    /// VMPOD_POD_CPUS and VMPOD_POD_MEMORY_MIB as given, read when a pod's VM is sized.
+    pub pod_cpus: Option<String>,
+    pub pod_memory_mib: Option<String>,
+}
+
+fn knob<T: std::str::FromStr + PartialOrd>(
+    variable: &'static str,
+    value: &Option<String>,
+    default: T,
+    range: (T, T),
+    expected: &'static str,
+) -> Result<T, TaskError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.trim().parse::<T>() {
+        Ok(v) if v >= range.0 && v <= range.1 => Ok(v),
+        _ => Err(TaskError::Knob {
+            variable,
+            value: value.clone(),
+            expected,
+        }),
+    }
 }
 
 impl Knobs {
@@ -30,12 +60,15 @@ impl Knobs {
             hypervisor: std::env::var("VMPOD_HYPERVISOR").unwrap_or_else(|_| "auto".into()),
             cold_boot: std::env::var_os("VMPOD_COLD_BOOT").is_some(),
             debug: std::env::var_os("VMPOD_DEBUG").is_some(),
+            pod_cpus: std::env::var("VMPOD_POD_CPUS").ok(),
+            pod_memory_mib: std::env::var("VMPOD_POD_MEMORY_MIB").ok(),
         }
     }
 
     /// The sandbox that runs `plan`.
     pub fn sandbox_config(&self, plan: VmPlan) -> Result<SandboxConfig, TaskError> {
         let backend = Backend::choose(&self.hypervisor).map_err(TaskError::Hypervisor)?;
+        let (cpus, memory_mib) = self.size(&plan)?;
         // Restored from a template unless the environment asks for a cold boot.
         let boot = if self.cold_boot {
             Boot::Cold
@@ -45,8 +78,8 @@ impl Knobs {
         Ok(SandboxConfig {
             boot,
             backend,
-            cpus: plan.cpus,
-            memory_mib: plan.memory_mib,
+            cpus,
+            memory_mib,
             disks: plan
                 .layers
                 .iter()
@@ -63,13 +96,48 @@ impl Knobs {
             netns: plan.netns,
         })
     }
+
+    /// What the plan asks for, or the defaults: a pod's from the knobs.
+    fn size(&self, plan: &VmPlan) -> Result<(u8, u32), TaskError> {
+        let (default_cpus, default_mib) = if plan.pod {
+            (
+                knob(
+                    "VMPOD_POD_CPUS",
+                    &self.pod_cpus,
+                    DEFAULT_POD_CPUS,
+                    (1, 64),
+                    "a number of vCPUs from 1 to 64",
+                )?,
+                knob(
+                    "VMPOD_POD_MEMORY_MIB",
+                    &self.pod_memory_mib,
+                    DEFAULT_POD_MIB,
+                    (128, 1 << 20),
+                    "MiB of guest memory, at least 128",
+                )?,
+            )
+        } else {
+            (1, DEFAULT_VM_MIB)
+        };
+        let memory = plan
+            .memory_mib
+            .map(|m| m + VM_OVERHEAD_MIB)
+            .unwrap_or(default_mib);
+        Ok((
+            plan.cpus.unwrap_or(default_cpus),
+            memory.min(u64::from(u32::MAX)) as u32,
+        ))
+    }
 }
 
-/// The pod's VM as the first container asks for it.
+/// The VM as the container that boots it asks for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmPlan {
-    pub cpus: u8,
-    pub memory_mib: u32,
+    /// A Kubernetes pod's VM (booted by its sandbox), or a plain container's.
+    pub pod: bool,
+    pub cpus: Option<u8>,
+    /// The containers' memory limit (MiB), to which the guest's overhead is added.
+    pub memory_mib: Option<u64>,
     /// Layer images, lowest first: attached as disks at boot.
     pub layers: Vec<PathBuf>,
     /// The network namespace the VM is wired into.
@@ -77,12 +145,27 @@ pub struct VmPlan {
 }
 
 impl VmPlan {
-    pub fn new(spec: &Spec, layers: Vec<PathBuf>, netns: Option<PathBuf>) -> VmPlan {
-        let (cpus, memory_mib) = vm_size(spec);
+    /// A plain container's VM: its limits, and its layers at boot.
+    pub fn for_container(spec: &Spec, layers: Vec<PathBuf>, netns: Option<PathBuf>) -> VmPlan {
+        let (cpus, memory_mib) = container_limits(spec);
         VmPlan {
+            pod: false,
             cpus,
             memory_mib,
             layers,
+            netns,
+        }
+    }
+
+    /// A pod's VM, booted by its sandbox: the pod's resources when containerd passes them.
+    /// Its containers' layers come later, into spare disk slots.
+    pub fn for_pod(sandbox: &Spec, netns: Option<PathBuf>) -> VmPlan {
+        let (cpus, memory_mib) = cri::pod_resources(sandbox);
+        VmPlan {
+            pod: true,
+            cpus,
+            memory_mib,
+            layers: Vec::new(),
             netns,
         }
     }
@@ -106,49 +189,21 @@ pub fn set_terminal(spec: &mut Spec, terminal: bool) {
     }
 }
 
-/// The VM's size from the first container's resources: its memory limit plus the overhead,
-/// and as many vCPUs as its CPU quota asks for.
-pub fn vm_size(spec: &Spec) -> (u8, u32) {
+/// A container's own memory limit (MiB) and the vCPUs its CPU quota asks for.
+fn container_limits(spec: &Spec) -> (Option<u8>, Option<u64>) {
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
     let memory = resources
         .as_ref()
         .and_then(|r| r.memory().as_ref().and_then(|m| m.limit()))
         .filter(|l| *l > 0)
-        .map(|l| (l as u64 >> 20) + VM_OVERHEAD_MIB)
-        .unwrap_or(DEFAULT_VM_MIB);
+        .map(|l| l as u64 >> 20);
     let cpus = resources
         .as_ref()
         .and_then(|r| r.cpu().clone())
         .and_then(|c| Some((c.quota()?, c.period()?)))
         .filter(|(q, p)| *q > 0 && *p > 0)
-        .map(|(q, p)| (q as u64).div_ceil(p).clamp(1, 64) as u8)
-        .unwrap_or(1);
-    (cpus, memory.min(u64::from(u32::MAX)) as u32)
-}
-
-/// The spec as the guest sees it: namespace paths name the host's (a CRI pod's pause
-/// container, the CNI's netns), which the VM replaces; the network one is returned so the
-/// sandbox wires it to the VM. Bind mounts of host paths are shared when the VM runs
-/// (binds.rs).
-pub fn adapt_spec(spec: &mut Spec) -> Result<Option<PathBuf>, String> {
-    let mut netns = None;
-    if let Some(mut linux) = spec.linux().clone() {
-        if let Some(namespaces) = linux.namespaces().clone() {
-            let mut kept = Vec::new();
-            for mut ns in namespaces {
-                if let Some(path) = ns.path().clone() {
-                    if ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
-                        netns = Some(path);
-                    }
-                    ns.set_path(None);
-                }
-                kept.push(ns);
-            }
-            linux.set_namespaces(Some(kept));
-        }
-        spec.set_linux(Some(linux));
-    }
-    Ok(netns)
+        .map(|(q, p)| (q as u64).div_ceil(p).clamp(1, 64) as u8);
+    (cpus, memory)
 }
 
 #[cfg(test)]
@@ -159,43 +214,74 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
-    #[test]
-    fn the_vm_is_sized_from_the_first_containers_resources() {
-        assert_eq!(vm_size(&Spec::default()), (1, DEFAULT_VM_MIB as u32));
-        let s = spec(
-            r#"{"ociVersion":"1.0.2","linux":{"resources":{"memory":{"limit":536870912},"cpu":{"quota":150000,"period":100000}}}}"#,
-        );
-        assert_eq!(vm_size(&s), (2, 512 + VM_OVERHEAD_MIB as u32));
+    fn knobs() -> Knobs {
+        Knobs {
+            hypervisor: "qemu".into(),
+            cold_boot: true,
+            debug: true,
+            pod_cpus: None,
+            pod_memory_mib: None,
+        }
     }
 
     #[test]
-    fn host_namespace_paths_are_dropped_and_the_netns_kept_for_the_vm() {
-        let mut s = spec(
-            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/var/run/netns/cni-1"},{"type":"ipc","path":"/proc/42/ns/ipc"}]}}"#,
+    fn a_containers_vm_is_sized_from_its_resources() {
+        let plain = VmPlan::for_container(&Spec::default(), Vec::new(), None);
+        assert_eq!(knobs().size(&plain).unwrap(), (1, DEFAULT_VM_MIB as u32));
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"resources":{"memory":{"limit":536870912},"cpu":{"quota":150000,"period":100000}}}}"#,
         );
+        let plan = VmPlan::for_container(&s, Vec::new(), None);
         assert_eq!(
-            adapt_spec(&mut s).unwrap(),
-            Some(PathBuf::from("/var/run/netns/cni-1"))
+            knobs().size(&plan).unwrap(),
+            (2, 512 + VM_OVERHEAD_MIB as u32)
         );
-        let namespaces = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
-        assert!(namespaces.iter().all(|n| n.path().is_none()));
-        assert_eq!(namespaces.len(), 3);
+    }
+
+    #[test]
+    fn a_pods_vm_takes_the_knobs_defaults_unless_the_sandbox_says_more() {
+        let plan = VmPlan::for_pod(&Spec::default(), None);
+        assert!(plan.pod && plan.layers.is_empty());
+        assert_eq!(
+            knobs().size(&plan).unwrap(),
+            (DEFAULT_POD_CPUS, DEFAULT_POD_MIB as u32)
+        );
+        let set = Knobs {
+            pod_cpus: Some("2".into()),
+            pod_memory_mib: Some("1024".into()),
+            ..knobs()
+        };
+        assert_eq!(set.size(&plan).unwrap(), (2, 1024));
+        let annotated = spec(
+            r#"{"ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.sandbox-memory":"268435456"}}"#,
+        );
+        let plan = VmPlan::for_pod(&annotated, None);
+        assert_eq!(set.size(&plan).unwrap(), (2, 256 + VM_OVERHEAD_MIB as u32));
+        for (cpus, memory, named) in [
+            ("0", "512", "VMPOD_POD_CPUS=0"),
+            ("1", "64", "VMPOD_POD_MEMORY_MIB=64"),
+            ("one", "512", "VMPOD_POD_CPUS=one"),
+        ] {
+            let bad = Knobs {
+                pod_cpus: Some(cpus.into()),
+                pod_memory_mib: Some(memory.into()),
+                ..knobs()
+            };
+            let err = bad.size(&plan).unwrap_err().to_string();
+            assert!(err.starts_with(named), "{err}");
+        }
     }
 
     #[test]
     fn the_knobs_choose_how_the_vm_boots_and_its_layers_become_read_only_disks() {
-        let knobs = Knobs {
-            hypervisor: "qemu".into(),
-            cold_boot: true,
-            debug: true,
-        };
         let plan = VmPlan {
-            cpus: 2,
-            memory_mib: 352,
+            pod: false,
+            cpus: Some(2),
+            memory_mib: Some(256),
             layers: vec!["/c/a.erofs".into(), "/c/b.erofs".into()],
             netns: Some("/var/run/netns/cni-1".into()),
         };
-        let config = knobs.sandbox_config(plan).unwrap();
+        let config = knobs().sandbox_config(plan).unwrap();
         assert!(matches!(config.boot, Boot::Cold));
         assert!(matches!(config.backend, Backend::Qemu { .. }));
         assert!(config.debug);
@@ -206,9 +292,9 @@ mod tests {
 
         let unknown = Knobs {
             hypervisor: "xen".into(),
-            ..knobs
+            ..knobs()
         };
-        let plan = VmPlan::new(&Spec::default(), Vec::new(), None);
+        let plan = VmPlan::for_container(&Spec::default(), Vec::new(), None);
         let Err(err) = unknown.sandbox_config(plan) else {
             panic!("an unknown hypervisor was taken");
         };

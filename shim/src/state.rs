@@ -6,12 +6,14 @@
 use crate::agent::{Agent, Hangup};
 use crate::boot::PodVm;
 use crate::error::TaskError;
+use crate::layers::AttachedLayers;
 use crate::stdio::{Attached, Paths};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::types::task::Status;
 use oci_spec::runtime::Process;
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub fn now() -> Timestamp {
@@ -160,6 +162,8 @@ pub struct Container {
     pub bundle: String,
     /// Its host binds, as the guest sees them in the shared directory.
     pub shared: Vec<String>,
+    /// Its layers that were attached to the running VM (not at boot), to give back.
+    pub slot_layers: Vec<PathBuf>,
     pub init: Proc,
     execs: HashMap<String, Proc>,
     pub paused: bool,
@@ -170,6 +174,7 @@ impl Container {
         Container {
             bundle,
             shared,
+            slot_layers: Vec::new(),
             init,
             execs: HashMap::new(),
             paused: false,
@@ -224,9 +229,21 @@ pub struct Pod {
     /// Hangs up the OOM watcher's connection: the agent powers off only once its clients do.
     oom_hangup: Option<Hangup>,
     containers: HashMap<String, Container>,
+    /// The guest pid of the pod's pause process, once its sandbox container exists.
+    sandbox_pid: Option<u32>,
+    /// Layers attached to the running VM, counted by the containers using them.
+    layers: AttachedLayers,
 }
 
 impl Pod {
+    pub fn sandbox_pid(&self) -> Option<u32> {
+        self.sandbox_pid
+    }
+
+    pub fn set_sandbox_pid(&mut self, pid: u32) {
+        self.sandbox_pid = Some(pid);
+    }
+
     pub fn has_vm(&self) -> bool {
         self.vm.is_some()
     }
@@ -239,6 +256,12 @@ impl Pod {
 
     pub fn vm(&self) -> Result<&dyn PodVm, TaskError> {
         self.vm.as_deref().ok_or(TaskError::VmNotRunning)
+    }
+
+    /// The VM with the table of layers attached to it while it runs.
+    pub fn vm_and_layers(&mut self) -> Result<(&dyn PodVm, &mut AttachedLayers), TaskError> {
+        let vm = self.vm.as_deref().ok_or(TaskError::VmNotRunning)?;
+        Ok((vm, &mut self.layers))
     }
 
     pub fn agent(&self) -> Result<Arc<dyn Agent>, TaskError> {

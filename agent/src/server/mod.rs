@@ -3,6 +3,7 @@
 //! the stdio streams and the SIGCHLD wake-up.
 
 use crate::container::{self, Container, ProcessIo, CONTAINERS_DIR};
+use crate::pod::{self, PodShm};
 use crate::relay::{Relay, Want};
 use crate::rootfs::{Assembled, Layers};
 use crate::shared::SharedFs;
@@ -90,6 +91,7 @@ pub struct Server {
     containers: HashMap<String, ContainerEntry>,
     layers: Layers,
     shared: SharedFs,
+    shm: PodShm,
     shutdown: bool,
 }
 
@@ -154,6 +156,7 @@ impl Server {
             containers: HashMap::new(),
             layers: Layers::new("/run/vmpod/layers"),
             shared: SharedFs::default(),
+            shm: PodShm::default(),
             shutdown: false,
         })
     }

@@ -160,10 +160,22 @@ impl Server {
         self.shared
             .prepare_for(&c.spec)
             .map_err(|e| err(ErrorKind::BadRequest, crate::chain(&e)))?;
-        let assembled = self
-            .layers
-            .assemble(&c.rootfs, dir)
-            .map_err(|e| err(ErrorKind::BadRequest, crate::chain(&e)))?;
+        self.shm
+            .prepare_for(&c.spec)
+            .map_err(|e| failed(crate::chain(&e)))?;
+        let sandbox_spec = if c.pod_sandbox {
+            let spec = pod::sandbox_spec(&c.spec, c.rootfs.layers.len())
+                .map_err(|e| err(ErrorKind::BadRequest, crate::chain(&e)))?;
+            Some(spec)
+        } else {
+            None
+        };
+        let assembled = if c.pod_sandbox {
+            self.layers.empty_root(dir)
+        } else {
+            self.layers.assemble(&c.rootfs, dir)
+        }
+        .map_err(|e| err(ErrorKind::BadRequest, crate::chain(&e)))?;
         let (io, kept) = match plan_io(c.stdio, terminal, dir, "init") {
             Ok(p) => p,
             Err(e) => {
@@ -172,7 +184,8 @@ impl Server {
             }
         };
         let rootfs = assembled.rootfs.clone();
-        let spec = match personalize(&c.spec, &assembled, c.user.as_deref()) {
+        let spec = sandbox_spec.as_ref().unwrap_or(&c.spec);
+        let spec = match personalize(spec, &assembled, c.user.as_deref()) {
             Ok(spec) => spec,
             Err(e) => {
                 self.layers.release(assembled);

@@ -51,6 +51,8 @@ struct FakeAgent {
     exited: Condvar,
     refuse_create: Option<ErrorKind>,
     oom_kills: Vec<String>,
+    /// Every CreateContainer as the guest would receive it.
+    created: Mutex<Vec<CreateContainer>>,
     hung_up: Arc<AtomicBool>,
 }
 
@@ -77,6 +79,7 @@ impl FakeAgent {
 impl Agent for FakeAgent {
     fn create(&self, request: CreateContainer) -> Result<u32, AgentError> {
         self.record(format!("create {}", request.container_id));
+        self.created.lock().unwrap().push(request.clone());
         match self.refuse_create {
             Some(kind) => Err(AgentError::Call(ClientError::Refused(ErrorReply {
                 kind,
@@ -179,7 +182,21 @@ struct FakeVm {
     agent: Arc<FakeAgent>,
     state_dir: PathBuf,
     layers: Vec<PathBuf>,
+    slots: Arc<FakeSlots>,
     stopped: Arc<AtomicBool>,
+}
+
+/// Three spare disk slots; what was put in and taken out, in order.
+#[derive(Default)]
+struct FakeSlots {
+    used: Mutex<Vec<Option<PathBuf>>>,
+    log: Mutex<Vec<String>>,
+}
+
+impl FakeSlots {
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
 }
 
 impl PodVm for FakeVm {
@@ -194,6 +211,27 @@ impl PodVm for FakeVm {
     fn layer_serial(&self, image: &Path) -> Option<String> {
         let i = self.layers.iter().position(|l| l == image)?;
         Some(format!("layer{i}"))
+    }
+
+    fn insert_layer(&self, image: &Path) -> Result<String, String> {
+        let mut used = self.slots.used.lock().unwrap();
+        used.resize(3, None);
+        let free = used.iter().position(Option::is_none);
+        let slot = free.ok_or("all 3 spare disk slots are in use")?;
+        used[slot] = Some(image.to_path_buf());
+        let log = format!("insert {} slot{slot}", image.display());
+        self.slots.log.lock().unwrap().push(log);
+        Ok(format!("slot{slot}"))
+    }
+
+    fn eject_layer(&self, serial: &str) {
+        let slot: usize = serial.trim_start_matches("slot").parse().unwrap();
+        self.slots.used.lock().unwrap()[slot] = None;
+        self.slots
+            .log
+            .lock()
+            .unwrap()
+            .push(format!("eject {serial}"));
     }
 
     fn share_host_binds(&self, _spec: &mut Spec) -> Result<Vec<String>, String> {
@@ -213,6 +251,8 @@ impl Drop for FakeVm {
 struct FakeHost {
     agent: Arc<FakeAgent>,
     boots: AtomicUsize,
+    plans: Mutex<Vec<VmPlan>>,
+    slots: Arc<FakeSlots>,
     stopped: Arc<AtomicBool>,
 }
 
@@ -223,10 +263,12 @@ impl VmHost for FakeHost {
 
     fn boot(&self, plan: VmPlan) -> Result<Box<dyn PodVm>, TaskError> {
         self.boots.fetch_add(1, Ordering::SeqCst);
+        self.plans.lock().unwrap().push(plan.clone());
         Ok(Box::new(FakeVm {
             agent: self.agent.clone(),
             state_dir: "/run/vmpod/fake".into(),
             layers: plan.layers,
+            slots: self.slots.clone(),
             stopped: self.stopped.clone(),
         }))
     }
@@ -246,6 +288,8 @@ fn fixture(agent: FakeAgent) -> Fixture {
     let host = Arc::new(FakeHost {
         agent: agent.clone(),
         boots: AtomicUsize::new(0),
+        plans: Mutex::default(),
+        slots: Arc::default(),
         stopped: Arc::default(),
     });
     let events = Arc::new(RecordedEvents::default());
@@ -273,6 +317,33 @@ fn fixture(agent: FakeAgent) -> Fixture {
 }
 
 impl Fixture {
+    /// A bundle of a CRI pod's container, its rootfs an overlay of `lower` (top first).
+    fn create_in_pod(
+        &self,
+        id: &str,
+        config: &str,
+        lower: &str,
+    ) -> Result<api::CreateTaskResponse, TaskError> {
+        let bundle = self.bundle.path().join(id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), config).unwrap();
+        let mut rootfs = Vec::new();
+        if !lower.is_empty() {
+            rootfs.push(containerd_shim::protos::types::mount::Mount {
+                type_: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![format!("lowerdir={lower}")],
+                ..Default::default()
+            });
+        }
+        self.service.task_create(&api::CreateTaskRequest {
+            id: id.into(),
+            bundle: bundle.display().to_string(),
+            rootfs,
+            ..Default::default()
+        })
+    }
+
     fn create(&self, id: &str) -> Result<api::CreateTaskResponse, TaskError> {
         self.service.task_create(&api::CreateTaskRequest {
             id: id.into(),
@@ -525,4 +596,92 @@ fn pids_and_pause_reach_the_agent() {
         .topics()
         .ends_with(&["/tasks/paused".to_string(), "/tasks/resumed".to_string()]));
     f.agent.exit("c1", None, 0);
+}
+
+fn pod_config(kind: &str, extra: &str) -> String {
+    format!(
+        r#"{{"ociVersion":"1.0.2","process":{{"cwd":"/","args":["sh"],"user":{{"uid":0,"gid":0}}}},
+            "annotations":{{"io.kubernetes.cri.container-type":"{kind}","io.kubernetes.cri.sandbox-id":"p1"}}{extra}}}"#
+    )
+}
+
+#[test]
+fn a_pods_sandbox_boots_its_vm_and_later_images_share_spare_slots() {
+    let f = fixture(FakeAgent::default());
+    let sandbox = pod_config(
+        "sandbox",
+        r#","mounts":[{"destination":"/dev/shm","type":"bind","source":"/c/sandboxes/p1/shm","options":["rbind","ro"]}],
+            "linux":{"namespaces":[{"type":"ipc"},{"type":"uts"},{"type":"network","path":"/var/run/netns/cni-1"}]}"#,
+    );
+    // The pause image's rootfs is not taken into the VM.
+    assert_eq!(f.create_in_pod("p1", &sandbox, "/l/pause").unwrap().pid, 42);
+    let plans = f.host.plans.lock().unwrap().clone();
+    assert_eq!(plans.len(), 1);
+    assert!(plans[0].pod && plans[0].layers.is_empty());
+    assert_eq!(plans[0].netns, Some("/var/run/netns/cni-1".into()));
+
+    let app = pod_config(
+        "container",
+        r#","mounts":[{"destination":"/dev/shm","type":"bind","source":"/c/sandboxes/p1/shm","options":["rbind"]}],
+            "linux":{"namespaces":[{"type":"ipc","path":"/proc/42/ns/ipc"},{"type":"uts","path":"/proc/42/ns/uts"},{"type":"pid"}]}"#,
+    );
+    f.create_in_pod("app", &app, "/l/a:/l/base").unwrap();
+    f.create_in_pod("side", &app, "/l/b:/l/base").unwrap();
+    assert_eq!(f.host.boots.load(Ordering::SeqCst), 1);
+    // A fourth image finds no slot free and says so.
+    let Err(full) = f.create_in_pod("third", &app, "/l/c:/l/base") else {
+        panic!("a third image found a slot");
+    };
+    assert!(
+        full.to_string().contains("all 3 spare disk slots"),
+        "{full}"
+    );
+    assert!(full.to_string().contains("/l/c"), "{full}");
+
+    let created = f.agent.created.lock().unwrap().clone();
+    assert!(created[0].pod_sandbox && created[0].rootfs.layers.is_empty());
+    assert_eq!(created[1].rootfs.layers, ["slot0", "slot1"]);
+    assert_eq!(created[2].rootfs.layers, ["slot0", "slot2"]);
+    assert!(!created[1].pod_sandbox);
+    let shm = created[1].spec.mounts().clone().unwrap()[0].clone();
+    assert_eq!(
+        shm.source().as_deref(),
+        Some(Path::new(vmpod_protocol::POD_SHM_DIR))
+    );
+    let ns = created[1]
+        .spec
+        .linux()
+        .clone()
+        .unwrap()
+        .namespaces()
+        .clone();
+    let ipc = ns.unwrap()[0].path().clone();
+    assert_eq!(ipc, Some(PathBuf::from("/proc/42/ns/ipc")));
+
+    // Only the slots the sidecar alone used are emptied with it; the shared base goes last.
+    for id in ["app", "side"] {
+        f.agent.exit(id, None, 0);
+    }
+    f.delete("side", "").unwrap();
+    f.delete("app", "").unwrap();
+    assert_eq!(
+        f.host.slots.log(),
+        [
+            "insert /l/base slot0",
+            "insert /l/a slot1",
+            "insert /l/b slot2",
+            "eject slot2",
+            "eject slot0",
+            "eject slot1",
+        ]
+    );
+    f.agent.exit("p1", None, 137);
+}
+
+#[test]
+fn a_pod_container_without_its_sandbox_is_refused() {
+    let f = fixture(FakeAgent::default());
+    let err = f.create_in_pod("app", &pod_config("container", ""), "/l/a");
+    assert_eq!(code(err), Code::FAILED_PRECONDITION);
+    assert_eq!(f.host.boots.load(Ordering::SeqCst), 0);
 }
