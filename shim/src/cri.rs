@@ -9,7 +9,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::path::{Path, PathBuf};
 use vmpod_protocol::POD_SHM_DIR;
 
-const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// The pod's resources as containerd 1.7+ passes them on the sandbox (the sum of its
 /// containers' limits); 1.6 passes none.

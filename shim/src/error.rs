@@ -86,6 +86,8 @@ pub enum TaskError {
         container_id: String,
         sandbox_id: String,
     },
+    #[error("the pod's host cgroup")]
+    HostCgroup(#[source] crate::host_cgroup::CgroupError),
     #[error("{variable}={value}: {expected}")]
     Knob {
         variable: &'static str,
@@ -138,6 +140,7 @@ impl TaskError {
             },
             TaskError::Hypervisor(_)
             | TaskError::AttachLayer { .. }
+            | TaskError::HostCgroup(_)
             | TaskError::Boot(_)
             | TaskError::Layers(_)
             | TaskError::Stdio(_)

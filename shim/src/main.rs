@@ -10,6 +10,7 @@ mod boot;
 mod cri;
 mod error;
 mod events;
+mod host_cgroup;
 mod layers;
 mod metrics;
 mod rootfs;
@@ -62,6 +63,16 @@ impl containerd_shim::Shim for Service {
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         // The shim is gone (killed or crashed): its VM died with it; what it left on disk and
         // in a pod network namespace is removed here.
+        // A sandbox's shim died in the pod's host cgroup, which is empty now.
+        if let Ok(spec) = containerd_shim::util::read_spec_from_file("") {
+            let annotations = spec.annotations().clone().unwrap_or_default();
+            let sandbox =
+                annotations.get(cri::CONTAINER_TYPE).map(String::as_str) == Some("sandbox");
+            let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+            if let (true, Some(path)) = (sandbox, path) {
+                host_cgroup::remove(&path.display().to_string());
+            }
+        }
         let note = Path::new(spec::SANDBOX_NOTE);
         if let Ok(state_dir) = std::fs::read_to_string(note) {
             let state_dir = Path::new(state_dir.trim());

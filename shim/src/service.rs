@@ -10,6 +10,7 @@ use crate::boot::VmHost;
 use crate::cri::{self, Role};
 use crate::error::TaskError;
 use crate::events::EventSink;
+use crate::host_cgroup::{CgroupError, PodCgroup};
 use crate::spec::{self, VmPlan, SANDBOX_NOTE};
 use crate::state::{now, Container, Pod, Proc, ProcState, SharedPod};
 use crate::stdio::{Attached, Paths};
@@ -142,7 +143,16 @@ impl TaskService {
                     })
                 }
             };
-            let vm = self.host.boot(plan)?;
+            if role == Role::Sandbox {
+                self.join_host_cgroup(&mut pod, &spec)?;
+            }
+            let vm = match self.host.boot(plan) {
+                Ok(vm) => vm,
+                Err(e) => {
+                    pod.stop_vm();
+                    return Err(e);
+                }
+            };
             let oom_hangup = watch::watch_oom(vm.agent().as_ref(), self.events.clone());
             pod.set_vm(vm, oom_hangup);
         }
@@ -159,6 +169,24 @@ impl TaskService {
             let _ = std::fs::write(bundle.join(SANDBOX_NOTE), note);
         }
         Ok(pid)
+    }
+
+    /// The shim, and so the VM it boots, joins the pod's host cgroup when the sandbox names
+    /// one in cgroupfs form (a systemd driver's is left alone, as the log says).
+    fn join_host_cgroup(&self, pod: &mut Pod, spec: &Spec) -> Result<(), TaskError> {
+        let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let Some(path) = path else {
+            return Ok(());
+        };
+        let path = path.display().to_string();
+        match PodCgroup::join(&path) {
+            Ok(cgroup) => pod.set_host_cgroup(cgroup),
+            Err(e @ CgroupError::NotCgroupfs(_)) => {
+                log::warn!("the VM stays in the shim's cgroup: {e}")
+            }
+            Err(e) => return Err(TaskError::HostCgroup(e)),
+        }
+        Ok(())
     }
 
     /// The guest's serial of each layer: a disk the VM booted with, or a spare slot it gets now

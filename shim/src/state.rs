@@ -6,6 +6,7 @@
 use crate::agent::{Agent, Hangup};
 use crate::boot::PodVm;
 use crate::error::TaskError;
+use crate::host_cgroup::PodCgroup;
 use crate::layers::AttachedLayers;
 use crate::stdio::{Attached, Paths};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -223,6 +224,20 @@ impl Container {
     }
 }
 
+/// A VM taken out of its pod: dropping it stops the VM, then leaves the pod's host cgroup,
+/// which is empty only once the VM's processes are gone.
+pub struct StoppingVm {
+    vm: Option<Box<dyn PodVm>>,
+    host_cgroup: Option<PodCgroup>,
+}
+
+impl Drop for StoppingVm {
+    fn drop(&mut self) {
+        drop(self.vm.take());
+        drop(self.host_cgroup.take());
+    }
+}
+
 #[derive(Default)]
 pub struct Pod {
     vm: Option<Box<dyn PodVm>>,
@@ -233,11 +248,17 @@ pub struct Pod {
     sandbox_pid: Option<u32>,
     /// Layers attached to the running VM, counted by the containers using them.
     layers: AttachedLayers,
+    /// The pod's host cgroup the shim (and so the VM) joined; left once the VM is down.
+    host_cgroup: Option<PodCgroup>,
 }
 
 impl Pod {
     pub fn sandbox_pid(&self) -> Option<u32> {
         self.sandbox_pid
+    }
+
+    pub fn set_host_cgroup(&mut self, cgroup: PodCgroup) {
+        self.host_cgroup = Some(cgroup);
     }
 
     pub fn set_sandbox_pid(&mut self, pid: u32) {
@@ -270,11 +291,14 @@ impl Pod {
 
     /// Takes the VM out of the pod, our own connections closed so the agent powers off at once;
     /// dropping what is returned stops it.
-    pub fn stop_vm(&mut self) -> Option<Box<dyn PodVm>> {
+    pub fn stop_vm(&mut self) -> StoppingVm {
         if let Some(hangup) = self.oom_hangup.take() {
             hangup();
         }
-        self.vm.take()
+        StoppingVm {
+            vm: self.vm.take(),
+            host_cgroup: self.host_cgroup.take(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
