@@ -50,12 +50,35 @@ fn mount_fs(
     })
 }
 
+/// Where the agent's binary stays reachable in the guest's root: a pod's sandbox binds it as
+/// its pause process (pod.rs).
+pub const AGENT_BINARY: &str = "/vmpod-agent";
+
 /// Leaves the initramfs for a tmpfs root: the kernel refuses pivot_root out of the initial
 /// rootfs, and every container's pivot_root needs its caller to be outside it. The agent's
-/// binary is the only file; it is unlinked first so its pages are the only copy.
+/// binary is the only file: bound read-only into the new root. It stays linked, because the
+/// kernel refuses to bind an unlinked file, and that costs nothing: the agent maps all of
+/// it (stripped, every byte is in a loaded segment).
 fn switch_to_tmpfs_root() -> Result<(), InitError> {
-    let _ = std::fs::remove_file("/init");
     mount_fs("tmpfs", "/newroot", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    let binary = format!("/newroot{AGENT_BINARY}");
+    std::fs::File::create(&binary).map_err(io(format!("create {binary}")))?;
+    let bind = |flags| {
+        mount(
+            Some("/init"),
+            binary.as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|source| InitError::Mount {
+            what: "the agent's binary",
+            target: binary.clone(),
+            source,
+        })
+    };
+    bind(MsFlags::MS_BIND)?;
+    bind(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)?;
     nix::unistd::chdir("/newroot").map_err(sys("chdir /newroot"))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|source| {
         InitError::Mount {

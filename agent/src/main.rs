@@ -62,6 +62,12 @@ fn run_as_init() -> Result<(), String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if cmdline.split_whitespace().any(|w| w == "vmpod.debug") {
         DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
+        // libcontainer says why a container could not be made only in its log.
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .try_init();
     }
     let (control, stdio) = if let Some(port) = serial::find_port() {
         debug!("serving on {}", port.display());

@@ -20,24 +20,24 @@ pub enum PodError {
     SandboxLayers(usize),
     #[error("the sandbox's spec has no process")]
     NoProcess,
-    #[error("find the agent's own binary")]
-    OwnBinary(#[source] std::io::Error),
     #[error("sandbox spec: {0}")]
     Spec(String),
     #[error("create {0}")]
     Dir(PathBuf, #[source] std::io::Error),
+    #[error("the agent's binary is not at {} (init binds it there at boot)", .0.display())]
+    NoBinary(PathBuf),
     #[error("mount the pod's /dev/shm tmpfs at {POD_SHM_DIR}")]
     Shm(#[source] nix::Error),
 }
 
 /// The sandbox's spec as the agent runs it: its pause process in place of the image's, and
-/// the agent's binary bound read-only at [`PAUSE_PATH`].
-pub fn sandbox_spec(spec: &Spec, layers: usize) -> Result<Spec, PodError> {
+/// the agent's binary (`own`, [`PodMounts::pause_binary`]) bound read-only at
+/// [`PAUSE_PATH`].
+pub fn sandbox_spec(spec: &Spec, layers: usize, own: &Path) -> Result<Spec, PodError> {
     if layers != 0 {
         return Err(PodError::SandboxLayers(layers));
     }
-    let own = std::env::current_exe().map_err(PodError::OwnBinary)?;
-    sandbox_spec_with(spec, &own)
+    sandbox_spec_with(spec, own)
 }
 
 fn sandbox_spec_with(spec: &Spec, own: &Path) -> Result<Spec, PodError> {
@@ -65,21 +65,30 @@ fn sandbox_spec_with(spec: &Spec, own: &Path) -> Result<Spec, PodError> {
     Ok(spec)
 }
 
-/// The pod's /dev/shm, mounted once per VM.
+/// The pod's mounts in the guest, each made once per VM.
 #[derive(Debug, Default)]
-pub struct PodShm {
-    mounted: bool,
+pub struct PodMounts {
+    shm: bool,
 }
 
-impl PodShm {
-    /// Mounts the tmpfs if `spec` binds it and it is not mounted yet.
+impl PodMounts {
+    /// The agent's own binary, for a sandbox to bind: where init bound it at boot.
+    pub fn pause_binary(&self) -> Result<PathBuf, PodError> {
+        let binary = Path::new(crate::init::AGENT_BINARY);
+        if !binary.is_file() {
+            return Err(PodError::NoBinary(binary.into()));
+        }
+        Ok(binary.into())
+    }
+
+    /// Mounts the pod's /dev/shm tmpfs if `spec` binds it and it is not mounted yet.
     pub fn prepare_for(&mut self, spec: &Spec) -> Result<(), PodError> {
         let uses = spec
             .mounts()
             .iter()
             .flatten()
             .any(|m| m.source().as_deref() == Some(Path::new(POD_SHM_DIR)));
-        if uses && !self.mounted {
+        if uses && !self.shm {
             std::fs::create_dir_all(POD_SHM_DIR)
                 .map_err(|e| PodError::Dir(POD_SHM_DIR.into(), e))?;
             mount(
@@ -90,7 +99,7 @@ impl PodShm {
                 Some(SHM_OPTIONS),
             )
             .map_err(PodError::Shm)?;
-            self.mounted = true;
+            self.shm = true;
         }
         Ok(())
     }
@@ -166,7 +175,7 @@ mod tests {
             r#"{"ociVersion":"1.0.2","process":{"args":["/pause"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
         );
         assert!(matches!(
-            sandbox_spec(&s, 2),
+            sandbox_spec(&s, 2, Path::new("/init")),
             Err(PodError::SandboxLayers(2))
         ));
         let mut none = s.clone();

@@ -966,3 +966,148 @@ fn an_agent_that_cannot_start_says_why_on_the_console_and_the_vm_stops() {
         "the reason is on the console:\n{text}"
     );
 }
+
+/// A spec whose IPC and UTS namespaces are the pod's pause process's, and whose /dev/shm is
+/// the pod's, as a CRI container's (the shim keeps the sandbox's `/proc/PID/ns/…` paths).
+fn in_pod(mut spec: Spec, pause: i32, share_pid: bool) -> Spec {
+    use oci_spec::runtime::{LinuxNamespaceType as T, MountBuilder};
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    for ns in namespaces.iter_mut() {
+        let name = match ns.typ() {
+            T::Ipc => "ipc",
+            T::Uts => "uts",
+            T::Pid if share_pid => "pid",
+            _ => continue,
+        };
+        ns.set_path(Some(format!("/proc/{pause}/ns/{name}").into()));
+    }
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/dev/shm")
+            .typ("bind")
+            .source(vmpod_protocol::POD_SHM_DIR)
+            .options(vec!["rbind".into(), "rw".into()])
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    spec
+}
+
+#[test]
+fn a_pods_sandbox_holds_its_ipc_uts_and_hostname_and_its_containers_share_dev_shm() {
+    let vm = AgentVm::boot("agent-pod", &[]);
+    let mut client = vm.client();
+    // The sandbox brings no image: the agent's own binary is its pause process.
+    let mut sandbox = in_pod(spec(&["/bin/sleep", "99999"]), 0, false);
+    sandbox.set_hostname(Some("web-0".into()));
+    // containerd makes the sandbox's root read-only.
+    let mut root = sandbox.root().clone().unwrap_or_default();
+    root.set_readonly(Some(true));
+    sandbox.set_root(Some(root));
+    let mut linux = sandbox.linux().clone().unwrap();
+    let own: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|mut ns| {
+            ns.set_path(None);
+            ns
+        })
+        .collect();
+    linux.set_namespaces(Some(own));
+    sandbox.set_linux(Some(linux));
+    let created = client.call(RequestBody::CreateContainer(CreateContainer {
+        container_id: "pod".into(),
+        spec: Box::new(sandbox.clone()),
+        rootfs: Rootfs {
+            layers: Vec::new(),
+            upper: Upper::Tmpfs,
+        },
+        stdio: StdioWiring::default(),
+        user: None,
+        pod_sandbox: true,
+    }));
+    let Ok(ResponseBody::Pid(pause)) = created else {
+        panic!("sandbox: {created:?}\nconsole:\n{}", vm.console_text());
+    };
+    start(&mut client, "pod");
+
+    let script = "echo from-a > /dev/shm/x; exec sleep 1000";
+    create(
+        &mut client,
+        "a",
+        in_pod(spec(&["sh", "-c", script]), pause, false),
+        StdioWiring::default(),
+    )
+    .expect("create a");
+    start(&mut client, "a");
+    create(
+        &mut client,
+        "b",
+        in_pod(spec(&["sleep", "1000"]), pause, false),
+        StdioWiring::default(),
+    )
+    .expect("create b");
+    start(&mut client, "b");
+    let look = "sleep 0.3; cat /dev/shm/x; hostname; for n in ipc uts pid; do readlink /proc/self/ns/$n; done";
+    let (status, out_b) = exec_output(&vm, &mut client, "b", "look", look);
+    assert_eq!(status, 0, "{out_b}");
+    let (_, out_a) = exec_output(&vm, &mut client, "a", "look", look);
+    let (a, b): (Vec<&str>, Vec<&str>) = (out_a.lines().collect(), out_b.lines().collect());
+    assert_eq!(b.len(), 5, "{out_b}");
+    assert_eq!(
+        &b[..2],
+        ["from-a", "web-0"],
+        "the pod's /dev/shm and hostname"
+    );
+    assert_eq!(&a[1..4], &b[1..4], "one IPC and UTS namespace");
+    assert_ne!(a[4], b[4], "PID namespaces of their own");
+
+    // A pod that shares its process namespace: the pause process is PID 1 there.
+    create(
+        &mut client,
+        "c",
+        in_pod(spec(&["sleep", "1000"]), pause, true),
+        StdioWiring::default(),
+    )
+    .expect("create c");
+    start(&mut client, "c");
+    let (_, out) = exec_output(&vm, &mut client, "c", "ps", "cat /proc/1/cmdline");
+    assert_eq!(out, "/pause\0", "PID 1 of the pod's PID namespace");
+
+    for id in ["a", "b", "c"] {
+        remove(&mut client, id);
+    }
+    // The pause process stops on SIGTERM, with status 0, as Kubernetes' pause does.
+    client
+        .call_done(RequestBody::SignalProcess {
+            container_id: "pod".into(),
+            exec_id: None,
+            signal: 15,
+            all: false,
+        })
+        .expect("signal the sandbox");
+    let exit = client.wait("pod", None).expect("wait for the sandbox");
+    assert_eq!(exit.status, 0);
+    remove(&mut client, "pod");
+
+    let refused = refused(client.call(RequestBody::CreateContainer(CreateContainer {
+        container_id: "pod2".into(),
+        spec: Box::new(sandbox),
+        rootfs: busybox(),
+        stdio: StdioWiring::default(),
+        user: None,
+        pod_sandbox: true,
+    })));
+    assert!(
+        refused.message.contains("takes no image layers"),
+        "{refused}"
+    );
+    vm.shutdown(&mut client);
+}

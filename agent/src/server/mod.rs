@@ -3,7 +3,7 @@
 //! the stdio streams and the SIGCHLD wake-up.
 
 use crate::container::{self, Container, ProcessIo, CONTAINERS_DIR};
-use crate::pod::{self, PodShm};
+use crate::pod::{self, PodMounts};
 use crate::relay::{Relay, Want};
 use crate::rootfs::{Assembled, Layers};
 use crate::shared::SharedFs;
@@ -91,7 +91,7 @@ pub struct Server {
     containers: HashMap<String, ContainerEntry>,
     layers: Layers,
     shared: SharedFs,
-    shm: PodShm,
+    pod: PodMounts,
     shutdown: bool,
 }
 
@@ -156,7 +156,7 @@ impl Server {
             containers: HashMap::new(),
             layers: Layers::new("/run/vmpod/layers"),
             shared: SharedFs::default(),
-            shm: PodShm::default(),
+            pod: PodMounts::default(),
             shutdown: false,
         })
     }

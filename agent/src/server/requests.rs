@@ -160,11 +160,15 @@ impl Server {
         self.shared
             .prepare_for(&c.spec)
             .map_err(|e| err(ErrorKind::BadRequest, crate::chain(&e)))?;
-        self.shm
+        self.pod
             .prepare_for(&c.spec)
             .map_err(|e| failed(crate::chain(&e)))?;
         let sandbox_spec = if c.pod_sandbox {
-            let spec = pod::sandbox_spec(&c.spec, c.rootfs.layers.len())
+            let pause = self
+                .pod
+                .pause_binary()
+                .map_err(|e| failed(crate::chain(&e)))?;
+            let spec = pod::sandbox_spec(&c.spec, c.rootfs.layers.len(), &pause)
                 .map_err(|e| err(ErrorKind::BadRequest, crate::chain(&e)))?;
             Some(spec)
         } else {
