@@ -92,6 +92,15 @@ impl Shared {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
+    /// containerd's error lines, for a failure's message.
+    pub fn errors(&self) -> String {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("level=error"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// `ctr -n k8s.io ARGS`.
     pub fn ctr(&self, args: &[&str]) -> Output {
         Command::new("ctr")

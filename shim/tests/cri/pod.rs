@@ -41,7 +41,7 @@ impl Pod {
                 panic!(
                     "RunPodSandbox ({handler}): {}\ncontainerd: {}",
                     e.message(),
-                    node.log()
+                    node.errors()
                 )
             }
         };
@@ -153,7 +153,6 @@ impl Pod {
 
     /// StopPodSandbox + RemovePodSandbox, as kubelet does when the pod is deleted.
     pub fn remove(&mut self) {
-        self.removed = true;
         self.cri
             .stop_pod_sandbox(&self.id)
             .unwrap_or_else(|e| panic!("StopPodSandbox: {}", e.message()));
@@ -161,6 +160,7 @@ impl Pod {
             .remove_pod_sandbox(&self.id)
             .unwrap_or_else(|e| panic!("RemovePodSandbox: {}", e.message()));
         self.dirs.remove_cgroups();
+        self.removed = true;
     }
 }
 
