@@ -12,8 +12,9 @@ packages=(
     libseccomp-dev runc crun
     # images without a registry: the busybox image, the tests' OCI and Debian images
     umoci skopeo debootstrap
-    # the shim's tests run a real containerd
-    containerd
+    # the shim's tests run a real containerd; the CRI test gives its pods CNI networks and
+    # builds the CRI client (k8s-cri) from its .proto with protoc
+    containerd containernetworking-plugins protobuf-compiler
     # benchmark plots
     gnuplot-nox
 )

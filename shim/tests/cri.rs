@@ -1,0 +1,406 @@
+//! Pods through the CRI, as a kubelet runs them, against a real containerd 1.6 with its CRI
+//! plugin on (one per test binary, in a network namespace of its own; see cri/containerd.rs).
+//! Every check is written once and run for each handler: `runc` proves the test itself, `vmpod`
+//! holds the shim to the same behaviour.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+#[path = "cri/client.rs"]
+mod client;
+#[path = "cri/containerd.rs"]
+mod containerd;
+#[path = "cri/images.rs"]
+mod images;
+#[path = "cri/kubelet.rs"]
+mod kubelet;
+#[path = "cri/leftovers.rs"]
+mod leftovers;
+#[path = "cri/pod.rs"]
+mod pod;
+
+use containerd::{RUNC, VMPOD};
+use images::{IMAGE_A, IMAGE_B, INDEX_HTML};
+use k8s_cri::v1::NamespaceMode;
+use kubelet::{mount, ContainerSpec, TOKEN_MOUNT};
+use pod::Pod;
+use std::time::{Duration, Instant};
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+fn container<'a>(name: &'a str, image: &'a str, script: &str) -> ContainerSpec<'a> {
+    ContainerSpec {
+        name,
+        image,
+        command: sh(script),
+        mounts: vec![],
+        memory_limit: 0,
+        pid: NamespaceMode::Container,
+    }
+}
+
+/// Polls `probe` until it returns true.
+fn eventually(what: &str, within: Duration, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !probe() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The pod of a small web app: an init container filling an emptyDir, an httpd app with
+/// kubelet's volumes (configMap, service-account token, emptyDir, hostPath, termination log,
+/// etc-hosts), and a sidecar writing into the emptyDir. Checks what a pod promises its
+/// containers and the node, then that stopping and removing it leaves nothing.
+fn a_kubelet_style_pod_works(handler: &str) {
+    let node = containerd::shared();
+    let mut pod = Pod::run(&node, handler, "web", NamespaceMode::Container);
+    let dirs = &pod.dirs;
+    let config = dirs.configmap("web-config", &[("greeting", "hello v1\n")]);
+    let token = dirs.kube_api_access();
+    let data = dirs.empty_dir("data");
+    let host_dir = node.dir.join(format!("hostpath-{}", &dirs.uid[..8]));
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("from-host"), "written by the node\n").unwrap();
+    let hosts = dirs.etc_hosts(&pod.ip, &pod.hostname);
+    let kubelet_mounts = |name: &str| {
+        vec![
+            mount(&data, "/data", false),
+            mount(&hosts, "/etc/hosts", false),
+            mount(&dirs.termination_log(name), "/dev/termination-log", false),
+            mount(&token, TOKEN_MOUNT, true),
+        ]
+    };
+
+    // The init container runs to completion first.
+    let mut init = container("init", IMAGE_B, "echo written by init > /data/init.txt");
+    init.mounts = kubelet_mounts("init");
+    let init = pod.start(init);
+    let status = pod.wait_exited(&init, Duration::from_secs(60));
+    assert_eq!(status.exit_code, 0, "init: {status:?}");
+
+    let mut app = container(
+        "app",
+        IMAGE_A,
+        "echo app starting; exec httpd -f -p 80 -h /www",
+    );
+    app.mounts = kubelet_mounts("app");
+    app.mounts.push(mount(&config, "/etc/config", true));
+    app.mounts.push(mount(&host_dir, "/host", false));
+    let app = pod.start(app);
+    pod.wait_running(&app);
+    let mut sidecar = container(
+        "sidecar",
+        IMAGE_B,
+        "echo sidecar starting; i=0; while :; do i=$((i+1)); echo $i > /data/sidecar.txt; sleep 1; done",
+    );
+    sidecar.mounts = kubelet_mounts("sidecar");
+    let sidecar = pod.start(sidecar);
+    pod.wait_running(&sidecar);
+
+    if let Some(dir) = std::env::var_os("VMPOD_CRI_SPECS") {
+        save_specs(&node, &pod, &app, std::path::Path::new(&dir));
+    }
+
+    // The node reaches the pod's IP; the sidecar reaches the app on localhost.
+    eventually("the node reaches the app", Duration::from_secs(20), || {
+        let out = node.in_node_netns(
+            "curl",
+            &["-s", "-m", "5", &format!("http://{}/index.html", pod.ip)],
+        );
+        containerd::text(&out.stdout) == INDEX_HTML
+    });
+    assert_eq!(
+        pod.sh(&sidecar, "wget -q -O- http://127.0.0.1/index.html"),
+        INDEX_HTML
+    );
+
+    // One hostname, one UTS, IPC and network namespace for the pod; a PID namespace each.
+    for id in [&app, &sidecar] {
+        assert_eq!(pod.sh(id, "hostname"), format!("{}\n", pod.hostname));
+    }
+    let ns = |id: &str, kind: &str| pod.sh(id, &format!("readlink /proc/self/ns/{kind}"));
+    for kind in ["uts", "ipc", "net"] {
+        assert_eq!(ns(&app, kind), ns(&sidecar, kind), "{kind} namespace");
+    }
+    assert_ne!(ns(&app, "pid"), ns(&sidecar, "pid"), "pid namespace");
+    assert_eq!(pod.sh(&app, "cat /proc/1/comm"), "httpd\n");
+    pod.sh(&sidecar, "echo shared memory > /dev/shm/ipc-test");
+    assert_eq!(pod.sh(&app, "cat /dev/shm/ipc-test"), "shared memory\n");
+
+    // Volumes: the configMap and its update through the atomic writer, the token read-only,
+    // the emptyDir shared with the init container and the sidecar, hostPath both ways.
+    assert_eq!(pod.sh(&app, "cat /etc/config/greeting"), "hello v1\n");
+    kubelet::atomic_write(&config, &[("greeting", "hello v2\n")]);
+    eventually(
+        "the configMap update shows",
+        Duration::from_secs(10),
+        || pod.sh(&app, "cat /etc/config/greeting") == "hello v2\n",
+    );
+    assert_eq!(
+        pod.sh(&app, &format!("cat {TOKEN_MOUNT}/token")),
+        "eyJhbGciOiJSUzI1NiJ9.test-token.signature"
+    );
+    assert_eq!(
+        pod.sh(&app, &format!("cat {TOKEN_MOUNT}/namespace")),
+        "default"
+    );
+    let write = pod.exec(&app, &format!("echo x > {TOKEN_MOUNT}/token"));
+    assert_ne!(write.code, 0, "the token is writable: {write:?}");
+    assert_eq!(pod.sh(&app, "cat /data/init.txt"), "written by init\n");
+    eventually(
+        "the sidecar's writes show in the app",
+        Duration::from_secs(10),
+        || {
+            pod.sh(&app, "cat /data/sidecar.txt")
+                .trim()
+                .parse::<u32>()
+                .is_ok_and(|n| n >= 2)
+        },
+    );
+    assert_eq!(pod.sh(&app, "cat /host/from-host"), "written by the node\n");
+    pod.sh(&app, "echo written by the app > /host/from-app");
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("from-app")).unwrap(),
+        "written by the app\n"
+    );
+
+    // /etc/hosts is kubelet's file, /etc/resolv.conf the sandbox's DNS config.
+    assert_eq!(
+        pod.sh(&app, "cat /etc/hosts"),
+        std::fs::read_to_string(&hosts).unwrap()
+    );
+    let resolv = pod.sh(&sidecar, "cat /etc/resolv.conf");
+    assert!(
+        resolv.contains(&format!("nameserver {}", kubelet::DNS_SERVER))
+            && resolv.contains(&format!("search {}", kubelet::DNS_SEARCHES.join(" ")))
+            && resolv.contains("options ndots:5"),
+        "{resolv}"
+    );
+    assert_eq!(resolv, pod.sh(&app, "cat /etc/resolv.conf"));
+
+    // ExecSync passes exit codes and both streams.
+    let r = pod.exec(&app, "echo out; echo err >&2; exit 7");
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (7, "out\n", "err\n")
+    );
+    assert_eq!(pod.exec(&app, "true").code, 0);
+
+    // Stats for one container and for the pod's.
+    let stats = pod.cri.container_stats(&app).expect("ContainerStats");
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    assert!(memory.is_some_and(|m| m > 0), "app memory: {memory:?}");
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value);
+    assert!(cpu.is_some_and(|c| c > 0), "app cpu: {cpu:?}");
+    let all = pod
+        .cri
+        .list_container_stats(&pod.id)
+        .expect("ListContainerStats");
+    let mut listed: Vec<String> = all
+        .iter()
+        .filter_map(|s| s.attributes.as_ref().map(|a| a.id.clone()))
+        .collect();
+    listed.sort();
+    let mut expected = vec![init.clone(), app.clone(), sidecar.clone()];
+    expected.sort();
+    assert_eq!(listed, expected, "ListContainerStats of the pod");
+
+    // The CRI log files hold CRI-format lines.
+    for (name, line) in [("app", "app starting"), ("sidecar", "sidecar starting")] {
+        let log = dirs.log_dir.join(format!("{name}/0.log"));
+        let text =
+            std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let first = text.lines().next().unwrap_or_default();
+        let fields: Vec<&str> = first.splitn(4, ' ').collect();
+        assert!(
+            fields.len() == 4
+                && fields[0].contains('T')
+                && fields[0].ends_with('Z') | fields[0].contains('+')
+                && fields[1] == "stdout"
+                && fields[2] == "F"
+                && fields[3] == line,
+            "{}: {text:?}",
+            log.display()
+        );
+    }
+
+    let traces = leftovers::Traces::of(&pod);
+    pod.remove();
+    traces.check_gone(&node);
+    let _ = std::fs::remove_dir_all(&host_dir);
+}
+
+/// With VMPOD_CRI_SPECS=DIR, the OCI specs containerd's CRI wrote for the sandbox and the app
+/// (sandbox.json, app.json, `ctr containers info` beside them) and its config, for reference.
+fn save_specs(node: &containerd::Shared, pod: &Pod, app: &str, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, id) in [("sandbox", pod.id.as_str()), ("app", app)] {
+        let bundle = node
+            .dir
+            .join("state/io.containerd.runtime.v2.task/k8s.io")
+            .join(id);
+        std::fs::copy(bundle.join("config.json"), dir.join(format!("{name}.json"))).unwrap();
+        let info = node.ctr(&["containers", "info", id]);
+        std::fs::write(dir.join(format!("{name}-info.json")), info.stdout).unwrap();
+    }
+    std::fs::copy(node.dir.join("config.toml"), dir.join("config.toml")).unwrap();
+    std::fs::copy(
+        node.dir.join("cni/net.d/10-vmpod-cri.conflist"),
+        dir.join("10-vmpod-cri.conflist"),
+    )
+    .unwrap();
+}
+
+/// Containers that end: an OOM kill, a termination message, and StopContainer's grace period
+/// (SIGTERM honoured; SIGTERM ignored, then SIGKILL).
+fn containers_end_as_kubelet_expects(handler: &str) {
+    let node = containerd::shared();
+    let mut pod = Pod::run(&node, handler, "ends", NamespaceMode::Container);
+
+    let mut hog = container(
+        "hog",
+        IMAGE_B,
+        "x=0123456789abcdef; while :; do x=$x$x; done",
+    );
+    hog.memory_limit = 32 << 20;
+    let hog = pod.start(hog);
+
+    let message_file = pod.dirs.termination_log("finisher");
+    let mut finisher = container(
+        "finisher",
+        IMAGE_B,
+        "echo the end > /dev/termination-log; exit 3",
+    );
+    finisher.mounts = vec![mount(&message_file, "/dev/termination-log", false)];
+    let finisher = pod.start(finisher);
+
+    let polite = pod.start(container(
+        "polite",
+        IMAGE_B,
+        "trap 'echo got TERM; exit 0' TERM; echo ready; while :; do sleep 1 & wait; done",
+    ));
+    let stubborn = pod.start(container(
+        "stubborn",
+        IMAGE_B,
+        "trap '' TERM; echo ready; while :; do sleep 1; done",
+    ));
+
+    let status = pod.wait_exited(&hog, Duration::from_secs(60));
+    assert_eq!(
+        (status.reason.as_str(), status.exit_code),
+        ("OOMKilled", 137),
+        "{status:?}"
+    );
+    let status = pod.wait_exited(&finisher, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 3, "{status:?}");
+    assert_eq!(std::fs::read_to_string(&message_file).unwrap(), "the end\n");
+
+    pod.wait_running(&polite);
+    pod.wait_running(&stubborn);
+    let polite_log = pod.dirs.log_dir.join("polite/0.log");
+    eventually(
+        "the polite container is ready",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&polite_log).is_ok_and(|l| l.contains("ready")),
+    );
+    let started = Instant::now();
+    pod.cri.stop_container(&polite, 30).expect("StopContainer");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM was not sent"
+    );
+    let status = pod.wait_exited(&polite, Duration::from_secs(5));
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let log = std::fs::read_to_string(&polite_log).unwrap();
+    assert!(log.contains(" stdout F got TERM"), "{log}");
+
+    let started = Instant::now();
+    pod.cri.stop_container(&stubborn, 2).expect("StopContainer");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "killed before the grace period: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "not killed after the grace period: {took:?}"
+    );
+    let status = pod.wait_exited(&stubborn, Duration::from_secs(5));
+    assert_eq!(status.exit_code, 137, "{status:?}");
+
+    let traces = leftovers::Traces::of(&pod);
+    pod.remove();
+    traces.check_gone(&node);
+}
+
+/// With pid POD, the pod's containers share one PID namespace whose first process is the
+/// sandbox's.
+fn a_pod_shares_its_pid_namespace_when_asked(handler: &str) {
+    let node = containerd::shared();
+    let mut pod = Pod::run(&node, handler, "pidpod", NamespaceMode::Pod);
+    let mut one = container("one", IMAGE_B, "while :; do sleep 1; done");
+    one.pid = NamespaceMode::Pod;
+    let mut two = container("two", IMAGE_A, "exec httpd -f -p 8080 -h /www");
+    two.pid = NamespaceMode::Pod;
+    let one = pod.start(one);
+    let two = pod.start(two);
+    pod.wait_running(&one);
+    pod.wait_running(&two);
+    let ns = |id: &str| pod.sh(id, "readlink /proc/self/ns/pid");
+    assert_eq!(ns(&one), ns(&two));
+    assert_eq!(
+        pod.sh(&one, "cat /proc/1/comm"),
+        "sleep\n",
+        "PID 1 is the pause"
+    );
+    assert!(
+        pod.sh(&one, "cat /proc/[0-9]*/comm").contains("httpd"),
+        "the other container's processes are seen"
+    );
+    assert_eq!(
+        pod.sh(&one, "wget -q -O- http://127.0.0.1:8080/index.html"),
+        INDEX_HTML
+    );
+    let traces = leftovers::Traces::of(&pod);
+    pod.remove();
+    traces.check_gone(&node);
+}
+
+#[test]
+fn a_kubelet_style_pod_works_under_runc() {
+    a_kubelet_style_pod_works(RUNC);
+}
+
+#[test]
+fn containers_end_as_kubelet_expects_under_runc() {
+    containers_end_as_kubelet_expects(RUNC);
+}
+
+#[test]
+fn a_pod_shares_its_pid_namespace_when_asked_under_runc() {
+    a_pod_shares_its_pid_namespace_when_asked(RUNC);
+}
+
+#[test]
+fn a_kubelet_style_pod_works_under_vmpod() {
+    a_kubelet_style_pod_works(VMPOD);
+}
+
+#[test]
+fn containers_end_as_kubelet_expects_under_vmpod() {
+    containers_end_as_kubelet_expects(VMPOD);
+}
+
+#[test]
+fn a_pod_shares_its_pid_namespace_when_asked_under_vmpod() {
+    a_pod_shares_its_pid_namespace_when_asked(VMPOD);
+}
