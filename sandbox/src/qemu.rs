@@ -67,13 +67,12 @@ impl Qemu {
                 Stdio::null()
             }
         };
-        let mut child = die_with_parent(
-            Command::new(paths::program("vmpod-vhost-user")?).args(args),
-        )
-        .stdin(piped())
-        .stdout(piped())
-        .spawn()
-        .map_err(io("start vmpod-vhost-user"))?;
+        let mut child =
+            die_with_parent(Command::new(paths::program("vmpod-vhost-user")?).args(args))
+                .stdin(piped())
+                .stdout(piped())
+                .spawn()
+                .map_err(io("start vmpod-vhost-user"))?;
         let control = match (child.stdin.take(), child.stdout.take()) {
             (Some(to), Some(from)) => Some(LineControl::pipe(to, from)),
             _ => None,
@@ -120,7 +119,10 @@ impl Qemu {
                 Some(disk) => format!("{},serial={}", disk.path.display(), disk.serial),
                 None => format!(",ro,serial={}", slot_serial(i)),
             };
-            args.extend(["--blk".to_string(), format!("{spec},socket={}", socket.display())]);
+            args.extend([
+                "--blk".to_string(),
+                format!("{spec},socket={}", socket.display()),
+            ]);
             devices.extend([
                 "-chardev".to_string(),
                 format!("socket,id=blk{i},path={}", socket.display()),
@@ -145,7 +147,11 @@ impl Qemu {
     /// Loads the template's state into the QEMU started with `-incoming defer`, runs it, and
     /// hands the disks to their slots: each backend then announces a configuration change,
     /// and the guest's driver reads the disk's real size.
-    fn restore(&mut self, state: &Path, disks: &[crate::hypervisor::Disk]) -> Result<(), SandboxError> {
+    fn restore(
+        &mut self,
+        state: &Path,
+        disks: &[crate::hypervisor::Disk],
+    ) -> Result<(), SandboxError> {
         let fail = |this: &mut Qemu, what: String| {
             let said = this.log_text();
             SandboxError::Invalid(format!("restore {}: {what}{said}", state.display()))

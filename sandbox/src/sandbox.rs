@@ -268,9 +268,9 @@ impl Sandbox {
     /// The VM's spare disk slots, for attaching images from any thread while it runs
     /// (slots.rs); they go with the sandbox whoever still holds the handle.
     pub fn slots(&self) -> Result<DiskSlots, SandboxError> {
-        self.slots.clone().ok_or_else(|| {
-            SandboxError::Invalid(format!("sandbox {} has no disk slots", self.id))
-        })
+        self.slots
+            .clone()
+            .ok_or_else(|| SandboxError::Invalid(format!("sandbox {} has no disk slots", self.id)))
     }
 
     /// A restored clone starts with its template's clock, entropy pool and identity: each

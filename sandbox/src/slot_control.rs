@@ -27,7 +27,10 @@ pub struct LineControl {
 }
 
 impl LineControl {
-    pub fn pipe(to: impl Write + Send + 'static, from: impl std::io::Read + Send + 'static) -> Self {
+    pub fn pipe(
+        to: impl Write + Send + 'static,
+        from: impl std::io::Read + Send + 'static,
+    ) -> Self {
         LineControl {
             channel: Mutex::new(Channel::Open((
                 Box::new(to),
@@ -56,7 +59,9 @@ impl SlotControl for LineControl {
             SlotCommand::Insert { image, .. } => SlotError::UnsendablePath {
                 path: image.clone(),
             },
-            SlotCommand::Eject { .. } => SlotError::Backend(std::io::ErrorKind::InvalidInput.into()),
+            SlotCommand::Eject { .. } => {
+                SlotError::Backend(std::io::ErrorKind::InvalidInput.into())
+            }
         })?;
         let mut channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         if let Channel::Socket(path) = &*channel {
@@ -98,7 +103,8 @@ mod tests {
             out.write_all(b"ok\n").unwrap();
             let second = lines.next().unwrap().unwrap();
             assert_eq!(second, "eject 9");
-            out.write_all(b"error: no disk slot 9: the VM has 3\n").unwrap();
+            out.write_all(b"error: no disk slot 9: the VM has 3\n")
+                .unwrap();
         });
         let control = LineControl::pipe(ours.try_clone().unwrap(), ours);
         control

@@ -151,7 +151,10 @@ mod tests {
             sent: Mutex::new(Vec::new()),
             refuse,
         });
-        (DiskSlots::new("0123abcd", recorder.clone(), 2, count), recorder)
+        (
+            DiskSlots::new("0123abcd", recorder.clone(), 2, count),
+            recorder,
+        )
     }
 
     #[test]
@@ -163,7 +166,10 @@ mod tests {
         assert_eq!(slots.insert(&image).unwrap(), "slot2");
         assert_eq!(slots.insert(&image).unwrap(), "slot3");
         let full = slots.insert(&image).unwrap_err().to_string();
-        assert_eq!(full, "all 2 spare disk slots of sandbox 0123abcd are in use");
+        assert_eq!(
+            full,
+            "all 2 spare disk slots of sandbox 0123abcd are in use"
+        );
         slots.eject("slot2").unwrap();
         assert_eq!(slots.clone().insert(&image).unwrap(), "slot2");
         let sent = recorder.sent.lock().unwrap().clone();
@@ -193,7 +199,10 @@ mod tests {
             )
         );
         let err = slots.insert(dir.path()).unwrap_err().to_string();
-        assert!(err.ends_with("is not a regular file or block device"), "{err}");
+        assert!(
+            err.ends_with("is not a regular file or block device"),
+            "{err}"
+        );
         assert!(recorder.sent.lock().unwrap().is_empty());
     }
 
@@ -204,7 +213,10 @@ mod tests {
         std::fs::write(&image, b"erofs").unwrap();
         let (slots, _) = slots(1, 2);
         let err = slots.insert(&image).unwrap_err().to_string();
-        assert!(err.starts_with("the VM's disk backend refused `insert 2 "), "{err}");
+        assert!(
+            err.starts_with("the VM's disk backend refused `insert 2 "),
+            "{err}"
+        );
         let err = slots.insert(&image).unwrap_err().to_string();
         assert!(err.contains("refused"), "still free, tried again: {err}");
     }
