@@ -642,7 +642,8 @@ mod tests {
             .insert(Path::new("/nonexistent/layer.erofs"))
             .unwrap_err();
         assert!(
-            err.to_string().starts_with("disk /nonexistent/layer.erofs: "),
+            err.to_string()
+                .starts_with("disk /nonexistent/layer.erofs: "),
             "{err}"
         );
         let err = slot.insert(&std::env::temp_dir()).unwrap_err();

@@ -45,14 +45,20 @@ pub enum SlotCommandError {
 impl SlotCommand {
     pub fn parse(line: &str) -> Result<SlotCommand, SlotCommandError> {
         let line = line.trim_end_matches(['\r', '\n']);
-        let (verb, rest) = line.trim_start().split_once(' ').unwrap_or((line.trim(), ""));
+        let (verb, rest) = line
+            .trim_start()
+            .split_once(' ')
+            .unwrap_or((line.trim(), ""));
         let name = match verb {
             "" => return Err(SlotCommandError::Empty),
             "insert" => "insert",
             "eject" => "eject",
             other => return Err(SlotCommandError::Unknown(other.to_string())),
         };
-        let (slot, rest) = rest.trim_start().split_once(' ').unwrap_or((rest.trim(), ""));
+        let (slot, rest) = rest
+            .trim_start()
+            .split_once(' ')
+            .unwrap_or((rest.trim(), ""));
         if slot.is_empty() {
             return Err(SlotCommandError::MissingSlot(name));
         }
@@ -100,13 +106,14 @@ impl SlotCommand {
             .as_ref()
             .ok_or(SlotCommandError::NotASlot(index))?;
         match self {
-            SlotCommand::Insert { image, .. } => slot
-                .insert(image)
-                .map(|_| ())
-                .map_err(|source| SlotCommandError::Image {
-                    slot: index,
-                    source,
-                }),
+            SlotCommand::Insert { image, .. } => {
+                slot.insert(image)
+                    .map(|_| ())
+                    .map_err(|source| SlotCommandError::Image {
+                        slot: index,
+                        source,
+                    })
+            }
             SlotCommand::Eject { .. } => {
                 slot.eject();
                 Ok(())
@@ -139,10 +146,7 @@ pub fn reply(result: &Result<(), SlotCommandError>) -> String {
 pub fn parse_reply(line: &str) -> Result<(), String> {
     match line.trim_end() {
         "ok" => Ok(()),
-        other => Err(other
-            .strip_prefix("error: ")
-            .unwrap_or(other)
-            .to_string()),
+        other => Err(other.strip_prefix("error: ").unwrap_or(other).to_string()),
     }
 }
 
@@ -205,7 +209,10 @@ mod tests {
             reply(&result)
         };
         assert_eq!(refused("eject 5"), "error: no disk slot 5: the VM has 2\n");
-        assert_eq!(refused("eject 0"), "error: disk 0 is writable, not a slot\n");
+        assert_eq!(
+            refused("eject 0"),
+            "error: disk 0 is writable, not a slot\n"
+        );
         assert_eq!(
             refused("insert 1 /nonexistent/x.erofs"),
             "error: slot 1: disk /nonexistent/x.erofs: No such file or directory (os error 2)\n"

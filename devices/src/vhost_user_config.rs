@@ -181,6 +181,9 @@ mod tests {
 
     #[test]
     fn each_device_of_one_process_claims_its_own_channel() {
-        assert!((0..50).any(|_| claims_once()), "the channels were never told apart");
+        assert!(
+            (0..50).any(|_| claims_once()),
+            "the channels were never told apart"
+        );
     }
 }

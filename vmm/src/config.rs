@@ -472,7 +472,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.disks[0].path, None);
-        assert_eq!(config.disk_control, Some(PathBuf::from("/run/x/disks.sock")));
+        assert_eq!(
+            config.disk_control,
+            Some(PathBuf::from("/run/x/disks.sock"))
+        );
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "disk 1 has no image: an empty slot must be read_only"

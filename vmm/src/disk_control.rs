@@ -177,10 +177,7 @@ mod tests {
     fn capacity(transport: &Arc<Mutex<MmioTransport>>) -> u64 {
         let mut bytes = [0u8; 8];
         for (i, chunk) in bytes.chunks_mut(4).enumerate() {
-            transport
-                .lock()
-                .unwrap()
-                .read(0x100 + 4 * i as u64, chunk);
+            transport.lock().unwrap().read(0x100 + 4 * i as u64, chunk);
         }
         u64::from_le_bytes(bytes)
     }
@@ -214,7 +211,9 @@ mod tests {
             control.execute("eject 1\n"),
             "error: no disk slot 1: the VM has 1\n"
         );
-        assert!(control.execute("insert 0\n").starts_with("error: insert 0 needs"));
+        assert!(control
+            .execute("insert 0\n")
+            .starts_with("error: insert 0 needs"));
         assert!(socket.exists());
         drop(control);
         assert!(!socket.exists(), "the socket goes with the control");

@@ -55,7 +55,9 @@ struct Args {
 
 impl Args {
     fn socket(&self) -> Result<PathBuf, String> {
-        self.socket.clone().ok_or_else(|| "--socket is missing".to_string())
+        self.socket
+            .clone()
+            .ok_or_else(|| "--socket is missing".to_string())
     }
 }
 
@@ -177,8 +179,7 @@ fn serve(args: &Args) -> Result<(), String> {
         served.push(device);
         slots.push(Some(slot));
     }
-    let (server, notifiers) =
-        vmpod_devices::vhost_user::bind(served).map_err(|e| e.to_string())?;
+    let (server, notifiers) = vmpod_devices::vhost_user::bind(served).map_err(|e| e.to_string())?;
     // Detached: it ends with the process, once every front end has gone.
     std::thread::spawn(move || serve_commands(slots, notifiers));
     server.run().map_err(|e| e.to_string())
