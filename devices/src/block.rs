@@ -2,13 +2,17 @@
 //!
 //! Data moves through one bounded bounce buffer, so a request's size costs time, never memory,
 //! and every request is checked against the disk's end before anything is read or written.
+//!
+//! A disk is also a slot: its image can be swapped while the guest runs ([`DiskSlot`]), the
+//! model of Firecracker's "update a drive's backing file". An empty slot reads as a disk of
+//! capacity 0; the transport announces each change with a config-change interrupt and the
+//! guest's driver reads the new capacity.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
@@ -45,25 +49,20 @@ pub enum BlockError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("disk {path}: serial {serial:?} is longer than {ID_LEN} bytes")]
-    SerialTooLong { path: PathBuf, serial: String },
+    #[error("disk {path}: not a regular file or block device")]
+    NotADisk { path: PathBuf },
+    #[error("disk serial {serial:?} is longer than {ID_LEN} bytes")]
+    SerialTooLong { serial: String },
 }
 
-pub struct Block {
+/// The image behind a disk.
+struct Image {
     file: File,
-    read_only: bool,
-    capacity_sectors: u64,
-    id: [u8; ID_LEN],
-    config: Vec<u8>,
-    bounce: Vec<u8>,
-    /// A template's disk slot: the guest sees an empty disk until the flag is set.
-    inserted: Option<Arc<AtomicBool>>,
+    sectors: u64,
 }
 
-impl Block {
-    /// Opens the disk image. `serial` is what the guest reads as the disk's id
-    /// (/sys/block/vdX/serial).
-    pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Block, BlockError> {
+impl Image {
+    fn open(path: &Path, read_only: bool) -> Result<Image, BlockError> {
         let open_err = |source| BlockError::Open {
             path: path.to_path_buf(),
             source,
@@ -73,48 +72,116 @@ impl Block {
             .write(!read_only)
             .open(path)
             .map_err(open_err)?;
-        let size = file.metadata().map_err(open_err)?.len();
-        let mut id = [0u8; ID_LEN];
-        if let Some(serial) = serial {
-            if serial.len() > ID_LEN {
-                return Err(BlockError::SerialTooLong {
-                    path: path.to_path_buf(),
-                    serial: serial.to_string(),
-                });
-            }
-            id[..serial.len()].copy_from_slice(serial.as_bytes());
-        }
-        let capacity_sectors = size / SECTOR_SIZE;
-        // virtio_blk_config: capacity (u64) then size_max (u32) and seg_max (u32).
-        let mut config = Vec::with_capacity(16);
-        config.extend_from_slice(&capacity_sectors.to_le_bytes());
-        config.extend_from_slice(&0u32.to_le_bytes());
-        config.extend_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
-        Ok(Block {
+        let meta = file.metadata().map_err(open_err)?;
+        use std::os::unix::fs::FileTypeExt;
+        let size = if meta.is_file() {
+            meta.len()
+        } else if meta.file_type().is_block_device() {
+            // A block device's metadata says 0; its end is where a seek to the end lands.
+            std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(open_err)?
+        } else {
+            return Err(BlockError::NotADisk {
+                path: path.to_path_buf(),
+            });
+        };
+        Ok(Image {
             file,
-            read_only,
-            capacity_sectors,
-            id,
-            config,
-            bounce: vec![0; BOUNCE_BUFFER],
-            inserted: None,
+            sectors: size / SECTOR_SIZE,
         })
     }
+}
 
-    /// Makes the disk a slot of a restored template: it reads as empty (capacity 0, as when
-    /// the template was saved) until the returned flag is set; the caller then tells the
-    /// driver its configuration changed, and the guest finds the disk's real size.
-    pub fn as_slot(mut self) -> (Block, Arc<AtomicBool>) {
-        let flag = Arc::new(AtomicBool::new(false));
-        self.inserted = Some(Arc::clone(&flag));
-        (self, flag)
+type Medium = Arc<Mutex<Option<Image>>>;
+
+fn lock(medium: &Medium) -> MutexGuard<'_, Option<Image>> {
+    medium.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A disk's slot, for changing its image from another thread while the device serves the
+/// guest. The swap waits for a request in progress, so no request reads from two images.
+#[derive(Clone)]
+pub struct DiskSlot {
+    medium: Medium,
+    read_only: bool,
+}
+
+impl DiskSlot {
+    /// Puts `path` in the slot (replacing what was there); returns its capacity in sectors.
+    /// The file is opened and measured before the slot changes, so a bad image leaves it as
+    /// it was.
+    pub fn insert(&self, path: &Path) -> Result<u64, BlockError> {
+        let image = Image::open(path, self.read_only)?;
+        let sectors = image.sectors;
+        *lock(&self.medium) = Some(image);
+        Ok(sectors)
     }
 
-    fn visible_sectors(&self) -> u64 {
-        match &self.inserted {
-            Some(flag) if !flag.load(Ordering::Acquire) => 0,
-            _ => self.capacity_sectors,
+    /// Empties the slot: the disk reads as capacity 0 and every request fails until the next
+    /// insert.
+    pub fn eject(&self) {
+        lock(&self.medium).take();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.medium).is_none()
+    }
+}
+
+pub struct Block {
+    medium: Medium,
+    read_only: bool,
+    id: [u8; ID_LEN],
+    bounce: Vec<u8>,
+}
+
+fn serial_id(serial: Option<&str>) -> Result<[u8; ID_LEN], BlockError> {
+    let mut id = [0u8; ID_LEN];
+    if let Some(serial) = serial {
+        if serial.len() > ID_LEN {
+            return Err(BlockError::SerialTooLong {
+                serial: serial.to_string(),
+            });
         }
+        id[..serial.len()].copy_from_slice(serial.as_bytes());
+    }
+    Ok(id)
+}
+
+impl Block {
+    /// Opens the disk image. `serial` is what the guest reads as the disk's id
+    /// (/sys/block/vdX/serial).
+    pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Block, BlockError> {
+        let id = serial_id(serial)?;
+        let image = Image::open(path, read_only)?;
+        Ok(Block::with_medium(Some(image), read_only, id))
+    }
+
+    /// A read-only disk with no image yet (capacity 0): a slot to insert one into later,
+    /// through [`Block::slot`]. The serial stays the slot's whatever image it holds.
+    pub fn empty(serial: Option<&str>) -> Result<Block, BlockError> {
+        Ok(Block::with_medium(None, true, serial_id(serial)?))
+    }
+
+    fn with_medium(image: Option<Image>, read_only: bool, id: [u8; ID_LEN]) -> Block {
+        Block {
+            medium: Arc::new(Mutex::new(image)),
+            read_only,
+            id,
+            // Allocated on first use: an empty slot that is never read costs no buffer.
+            bounce: Vec::new(),
+        }
+    }
+
+    /// The handle that swaps this disk's image while the guest runs.
+    pub fn slot(&self) -> DiskSlot {
+        DiskSlot {
+            medium: Arc::clone(&self.medium),
+            read_only: self.read_only,
+        }
+    }
+
+    fn capacity_sectors(&self) -> u64 {
+        lock(&self.medium).as_ref().map_or(0, |i| i.sectors)
     }
 
     /// Serves one request; returns the bytes written into the guest's buffers (status included).
@@ -132,10 +199,19 @@ impl Block {
         let Ok(mut status_writer) = writer.split_at(data_len) else {
             return 0;
         };
+        if self.bounce.is_empty() {
+            self.bounce = vec![0; BOUNCE_BUFFER];
+        }
+        let medium = lock(&self.medium);
+        let mut transfer = Transfer {
+            image: medium.as_ref(),
+            read_only: self.read_only,
+            bounce: &mut self.bounce,
+        };
         let status = match read_header(&mut reader) {
-            Some((VIRTIO_BLK_T_IN, sector)) => self.read(sector, &mut writer),
-            Some((VIRTIO_BLK_T_OUT, sector)) => self.write(sector, &mut reader),
-            Some((VIRTIO_BLK_T_FLUSH, _)) => self.flush(),
+            Some((VIRTIO_BLK_T_IN, sector)) => transfer.read(sector, &mut writer),
+            Some((VIRTIO_BLK_T_OUT, sector)) => transfer.write(sector, &mut reader),
+            Some((VIRTIO_BLK_T_FLUSH, _)) => transfer.flush(),
             Some((VIRTIO_BLK_T_GET_ID, _)) => {
                 let n = writer.available_bytes().min(ID_LEN);
                 match writer.write_all(&self.id[..n]) {
@@ -146,25 +222,37 @@ impl Block {
             Some(_) => VIRTIO_BLK_S_UNSUPP,
             None => VIRTIO_BLK_S_IOERR,
         };
+        drop(medium);
         let _ = status_writer.write_all(&[status]);
         (writer.bytes_written() + status_writer.bytes_written()) as u32
     }
+}
 
-    /// The byte range of a transfer, if it lies within the disk.
-    fn range(&self, sector: u64, len: usize) -> Option<u64> {
+/// One request's access to the image the slot holds while it is served.
+struct Transfer<'a> {
+    image: Option<&'a Image>,
+    read_only: bool,
+    bounce: &'a mut [u8],
+}
+
+impl<'a> Transfer<'a> {
+    /// The image and the byte offset of a transfer, if it lies within the disk.
+    fn range(&self, sector: u64, len: usize) -> Option<(&'a Image, u64)> {
+        let image = self.image?;
         let start = sector.checked_mul(SECTOR_SIZE)?;
         let end = start.checked_add(len as u64)?;
-        (end <= self.visible_sectors() * SECTOR_SIZE).then_some(start)
+        (end <= image.sectors * SECTOR_SIZE).then_some((image, start))
     }
 
     fn read(&mut self, sector: u64, writer: &mut Writer) -> u8 {
-        let Some(mut offset) = self.range(sector, writer.available_bytes()) else {
+        let Some((image, mut offset)) = self.range(sector, writer.available_bytes()) else {
             return VIRTIO_BLK_S_IOERR;
         };
         while writer.available_bytes() > 0 {
             let n = writer.available_bytes().min(self.bounce.len());
             let chunk = &mut self.bounce[..n];
-            if self.file.read_exact_at(chunk, offset).is_err() || writer.write_all(chunk).is_err() {
+            if image.file.read_exact_at(chunk, offset).is_err() || writer.write_all(chunk).is_err()
+            {
                 return VIRTIO_BLK_S_IOERR;
             }
             offset += n as u64;
@@ -176,13 +264,14 @@ impl Block {
         if self.read_only {
             return VIRTIO_BLK_S_IOERR;
         }
-        let Some(mut offset) = self.range(sector, reader.available_bytes()) else {
+        let Some((image, mut offset)) = self.range(sector, reader.available_bytes()) else {
             return VIRTIO_BLK_S_IOERR;
         };
         while reader.available_bytes() > 0 {
             let n = reader.available_bytes().min(self.bounce.len());
             let chunk = &mut self.bounce[..n];
-            if reader.read_exact(chunk).is_err() || self.file.write_all_at(chunk, offset).is_err() {
+            if reader.read_exact(chunk).is_err() || image.file.write_all_at(chunk, offset).is_err()
+            {
                 return VIRTIO_BLK_S_IOERR;
             }
             offset += n as u64;
@@ -191,10 +280,10 @@ impl Block {
     }
 
     fn flush(&mut self) -> u8 {
-        if self.read_only || self.file.sync_data().is_ok() {
-            VIRTIO_BLK_S_OK
-        } else {
-            VIRTIO_BLK_S_IOERR
+        match self.image {
+            _ if self.read_only => VIRTIO_BLK_S_OK,
+            Some(image) if image.file.sync_data().is_ok() => VIRTIO_BLK_S_OK,
+            _ => VIRTIO_BLK_S_IOERR,
         }
     }
 }
@@ -223,13 +312,11 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        if self.visible_sectors() == self.capacity_sectors {
-            read_config_bytes(&self.config, offset, data);
-        } else {
-            let mut config = self.config.clone();
-            config[..8].copy_from_slice(&0u64.to_le_bytes());
-            read_config_bytes(&config, offset, data);
-        }
+        // virtio_blk_config: capacity (u64) then size_max (u32) and seg_max (u32).
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&self.capacity_sectors().to_le_bytes());
+        config[12..].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        read_config_bytes(&config, offset, data);
     }
 
     fn process_queue(
@@ -466,28 +553,106 @@ mod tests {
         assert_eq!(past, [0; 4]);
     }
 
-    #[test]
-    fn a_slot_reads_as_empty_until_inserted() {
-        let disk = Disk::new("slot", &pattern(8192));
-        let (mut block, inserted) = Block::open(&disk.path, true, None).unwrap().as_slot();
-        let capacity = |block: &Block| {
-            let mut bytes = [0u8; 8];
-            block.read_config(0, &mut bytes);
-            u64::from_le_bytes(bytes)
-        };
-        assert_eq!(capacity(&block), 0);
-        let mem = guest_memory();
-        header(&mem, VIRTIO_BLK_T_IN, 0);
-        let (mut queue, _mock) = queue_with_chain(
-            &mem,
+    fn capacity(block: &Block) -> u64 {
+        let mut bytes = [0u8; 8];
+        block.read_config(0, &mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+
+    /// Reads sector 0 into a 512-byte buffer: (status, the bytes).
+    fn read_first_sector(block: &mut Block, mem: &GuestMemoryMmap) -> (u8, Vec<u8>) {
+        header(mem, VIRTIO_BLK_T_IN, 0);
+        mem.write_slice(&[0u8; 512], GuestAddress(DATA)).unwrap();
+        run(
+            block,
+            mem,
             &[(HEADER, 16, false), (DATA, 512, true), (STATUS, 1, true)],
         );
-        block
-            .process_queue(0, std::slice::from_mut(&mut queue), &mem)
-            .unwrap();
-        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR, "no medium yet");
-        inserted.store(true, Ordering::Release);
+        let mut got = vec![0u8; 512];
+        mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        (status(mem), got)
+    }
+
+    #[test]
+    fn a_slot_reads_empty_then_each_inserted_image_and_empty_again_after_eject() {
+        let first = Disk::new("slot-a", &[0xaa; 8192]);
+        let second = Disk::new("slot-b", &[0xbb; 4096]);
+        let mut block = Block::empty(Some("slot3")).unwrap();
+        let slot = block.slot();
+        let mem = guest_memory();
+        assert_eq!(capacity(&block), 0);
+        assert!(slot.is_empty());
+        assert_eq!(read_first_sector(&mut block, &mem).0, VIRTIO_BLK_S_IOERR);
+
+        assert_eq!(slot.insert(&first.path).unwrap(), 16);
         assert_eq!(capacity(&block), 16);
+        assert_eq!(
+            read_first_sector(&mut block, &mem),
+            (VIRTIO_BLK_S_OK, vec![0xaa; 512])
+        );
+
+        slot.eject();
+        assert!(slot.is_empty());
+        assert_eq!(capacity(&block), 0, "an ejected slot announces no capacity");
+        assert_eq!(read_first_sector(&mut block, &mem).0, VIRTIO_BLK_S_IOERR);
+
+        slot.insert(&second.path).unwrap();
+        assert_eq!(capacity(&block), 8);
+        assert_eq!(
+            read_first_sector(&mut block, &mem),
+            (VIRTIO_BLK_S_OK, vec![0xbb; 512]),
+            "the other image, not a cached block of the first"
+        );
+    }
+
+    #[test]
+    fn a_slot_keeps_its_serial_and_stays_read_only_whatever_it_holds() {
+        let disk = Disk::new("slot-ro", &[0u8; 4096]);
+        let mut block = Block::empty(Some("slot0")).unwrap();
+        block.slot().insert(&disk.path).unwrap();
+        assert_ne!(block.features() & VIRTIO_BLK_F_RO, 0);
+        let mem = guest_memory();
+        header(&mem, VIRTIO_BLK_T_OUT, 0);
+        mem.write_slice(&[0xcc; 512], GuestAddress(DATA)).unwrap();
+        run(
+            &mut block,
+            &mem,
+            &[(HEADER, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+        );
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR);
+        assert_eq!(disk.contents(), vec![0u8; 4096]);
+        header(&mem, VIRTIO_BLK_T_GET_ID, 0);
+        run(
+            &mut block,
+            &mem,
+            &[(HEADER, 16, false), (DATA, 20, true), (STATUS, 1, true)],
+        );
+        let mut id = [0u8; 5];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"slot0");
+    }
+
+    #[test]
+    fn a_missing_image_or_a_directory_leaves_the_slot_as_it_was() {
+        let disk = Disk::new("slot-keep", &[0x11; 4096]);
+        let mut block = Block::empty(None).unwrap();
+        let slot = block.slot();
+        slot.insert(&disk.path).unwrap();
+        let err = slot
+            .insert(Path::new("/nonexistent/layer.erofs"))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("disk /nonexistent/layer.erofs: "),
+            "{err}"
+        );
+        let err = slot.insert(&std::env::temp_dir()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let mem = guest_memory();
+        assert_eq!(
+            read_first_sector(&mut block, &mem),
+            (VIRTIO_BLK_S_OK, vec![0x11; 512])
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod block;
 pub mod fs;
 pub mod net;
 pub mod rng;
+pub mod slot_command;
 #[cfg(feature = "vhost-user")]
 pub mod vhost_user;
 #[cfg(feature = "vhost-user")]

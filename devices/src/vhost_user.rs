@@ -1,17 +1,21 @@
 //! Any vmpod device served as a vhost-user backend (rust-vmm's `vhost-user-backend`), so QEMU
 //! can use the same device logic vmpod-vmm runs in process: `-device vhost-user-blk`,
 //! `vhost-user-rng`, `vhost-user-vsock-device` with a shared-memory guest.
+//!
+//! One process serves several devices (a sandbox's disks), each on its own socket. The library
+//! gives every device two threads: one reads its front end's messages (the daemon's), one
+//! serves its queues (the vring worker). Neither can be shared between daemons through the
+//! library's API, so a device costs two mostly idle threads; serving every device's messages
+//! and queues from one epoll loop needs our own handler over the `vhost` crate's
+//! `BackendReqHandler` (planned, ARCHITECTURE.md).
 
-use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::sync::mpsc::Receiver;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::Backend;
+use vhost::vhost_user::{Backend, Listener};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -20,6 +24,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::vhost_user_config::Channels;
 use crate::virtio::{UsedQueues, VirtioDevice};
 
 const FRONT_END_MAX_QUEUE_SIZE: usize = 1024;
@@ -41,8 +46,8 @@ pub struct VhostUserDevice {
     /// Stops the worker thread when the front end goes away (without it the daemon never
     /// finishes).
     exit: (EventConsumer, EventNotifier),
-    /// Descriptors open before the front end connected (vhost_user_config.rs).
-    baseline: BTreeSet<RawFd>,
+    /// Finds this device's backend channel among the process's sockets (vhost_user_config.rs).
+    channels: Arc<Channels>,
     /// Kept so its socket stays open: the channel below is a duplicate of it.
     _backend: Option<Backend>,
     channel: Arc<Mutex<Option<UnixStream>>>,
@@ -95,7 +100,7 @@ impl VhostUserBackendMut for VhostUserDevice {
     }
 
     fn set_backend_req_fd(&mut self, backend: Backend) {
-        let found = crate::vhost_user_config::find_channel(&self.baseline);
+        let found = self.channels.claim();
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = found;
         self._backend = Some(backend);
     }
@@ -161,59 +166,118 @@ impl VhostUserBackendMut for VhostUserDevice {
     }
 }
 
-/// Serves `device` to one vhost-user front end (QEMU) on `socket` until it disconnects. Each
-/// message on `config_changes` tells the front end the device's configuration changed.
-pub fn serve(
-    name: &str,
-    device: Box<dyn VirtioDevice>,
-    socket: &Path,
-    config_changes: Option<Receiver<()>>,
-) -> Result<(), VhostUserError> {
-    let backend_fd = device.backend_fd();
-    let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
-        .map_err(|e| VhostUserError::Daemon(format!("cannot create the exit event: {e}")))?;
-    let backend = VhostUserDevice {
-        device: Mutex::new(device),
-        mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        exit,
-        baseline: crate::vhost_user_config::open_fds(),
-        _backend: None,
-        channel: Arc::new(Mutex::new(None)),
-    };
-    if let Some(changes) = config_changes {
-        let channel = Arc::clone(&backend.channel);
-        std::thread::spawn(move || {
-            for () in changes {
-                let mut channel = channel.lock().unwrap_or_else(|p| p.into_inner());
-                let sent = match channel.as_mut() {
-                    Some(c) => crate::vhost_user_config::send_config_change(c),
-                    None => Err(io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        "the front end opened no backend channel",
-                    )),
-                };
-                if let Err(e) = sent {
-                    tracing::warn!("vhost-user: announcing a config change: {e}");
-                }
-            }
-        });
-    }
-    let backend_event = backend.backend_event();
-    let backend = Arc::new(std::sync::RwLock::new(backend));
-    let mut daemon = VhostUserDaemon::new(
-        name.to_string(),
-        backend,
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| VhostUserError::Daemon(e.to_string()))?;
-    if let Some(fd) = backend_fd {
-        for handler in daemon.get_epoll_handlers() {
-            handler
-                .register_listener(fd, EventSet::IN, u64::from(backend_event))
-                .map_err(VhostUserError::Listener)?;
+/// A device to serve and the socket its front end connects to.
+pub struct Served {
+    pub name: &'static str,
+    pub device: Box<dyn VirtioDevice>,
+    pub socket: PathBuf,
+}
+
+/// Tells a device's front end that the device's configuration changed.
+#[derive(Clone)]
+pub struct ConfigNotifier {
+    channel: Arc<Mutex<Option<UnixStream>>>,
+}
+
+impl ConfigNotifier {
+    /// Sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG. Before the front end has opened its channel
+    /// there is nothing to tell: it reads the configuration after opening the channel.
+    pub fn announce(&self) -> io::Result<()> {
+        let mut channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        match channel.as_mut() {
+            Some(c) => crate::vhost_user_config::send_config_change(c),
+            None => Ok(()),
         }
     }
-    daemon
-        .serve(socket)
-        .map_err(|e| VhostUserError::Daemon(e.to_string()))
+}
+
+type Daemon = VhostUserDaemon<Arc<std::sync::RwLock<VhostUserDevice>>>;
+
+/// Bound devices, each with its socket listening, waiting for their front ends.
+pub struct Server {
+    devices: Vec<(Daemon, Listener, EventNotifier)>,
+}
+
+/// Creates every device's socket (the front end may connect from now on) and returns the
+/// notifiers of their configuration changes, in order.
+pub fn bind(served: Vec<Served>) -> Result<(Server, Vec<ConfigNotifier>), VhostUserError> {
+    let channels = Arc::new(Channels::new());
+    let mut devices = Vec::with_capacity(served.len());
+    let mut notifiers = Vec::with_capacity(served.len());
+    for Served {
+        name,
+        device,
+        socket,
+    } in served
+    {
+        let backend_fd = device.backend_fd();
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
+            .map_err(|e| VhostUserError::Daemon(format!("cannot create the exit event: {e}")))?;
+        let stop = notifier
+            .try_clone()
+            .map_err(|e| VhostUserError::Daemon(format!("cannot copy the exit event: {e}")))?;
+        let channel = Arc::new(Mutex::new(None));
+        notifiers.push(ConfigNotifier {
+            channel: Arc::clone(&channel),
+        });
+        let backend = VhostUserDevice {
+            device: Mutex::new(device),
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            exit: (consumer, notifier),
+            channels: Arc::clone(&channels),
+            _backend: None,
+            channel,
+        };
+        let backend_event = backend.backend_event();
+        let daemon = VhostUserDaemon::new(
+            name.to_string(),
+            Arc::new(std::sync::RwLock::new(backend)),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .map_err(|e| VhostUserError::Daemon(e.to_string()))?;
+        if let Some(fd) = backend_fd {
+            for handler in daemon.get_epoll_handlers() {
+                handler
+                    .register_listener(fd, EventSet::IN, u64::from(backend_event))
+                    .map_err(VhostUserError::Listener)?;
+            }
+        }
+        let listener = Listener::new(&socket, true).map_err(|e| {
+            VhostUserError::Daemon(format!("cannot listen on {}: {e}", socket.display()))
+        })?;
+        devices.push((daemon, listener, stop));
+    }
+    Ok((Server { devices }, notifiers))
+}
+
+impl Server {
+    /// Accepts each device's front end (in the order given: QEMU connects every chardev
+    /// before it sets up the first device, so none waits on another) and serves them until
+    /// every one has disconnected.
+    pub fn run(mut self) -> Result<(), VhostUserError> {
+        for (daemon, listener, _) in &mut self.devices {
+            daemon
+                .start(listener)
+                .map_err(|e| VhostUserError::Daemon(e.to_string()))?;
+        }
+        let mut result = Ok(());
+        for (mut daemon, _, stop) in self.devices {
+            let ended = daemon.wait();
+            // The vring worker ends only when told to.
+            let _ = stop.notify();
+            if let Err(e) = ended {
+                let disconnected = matches!(
+                    &e,
+                    vhost_user_backend::Error::HandleRequest(
+                        vhost::vhost_user::Error::Disconnected
+                            | vhost::vhost_user::Error::PartialMessage
+                    )
+                );
+                if !disconnected && result.is_ok() {
+                    result = Err(VhostUserError::Daemon(e.to_string()));
+                }
+            }
+        }
+        result
+    }
 }

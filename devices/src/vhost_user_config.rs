@@ -4,12 +4,15 @@
 //! The `vhost` crate receives that channel (SET_BACKEND_REQ_FD) and hands it over wrapped in a
 //! `Backend` that can send several messages but not this one, and never shows its socket. So
 //! the channel is found the one way left: it is the only unnamed Unix socket the process gained
-//! since it started serving (the front end's own connection is bound to our listening path).
+//! that no device has claimed yet (the front end's own connections are bound to our listening
+//! paths). One process serves several devices, so the claims are kept process-wide; the front
+//! end sets up its devices one after the other, so only one channel is ever unclaimed.
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
 
 const CONFIG_CHANGE_MSG: u32 = 2;
 const VERSION_1: u32 = 0x1;
@@ -43,8 +46,44 @@ fn is_unnamed_unix_socket(fd: RawFd) -> bool {
     ok == 0 && addr.sun_family == libc::AF_UNIX as libc::sa_family_t && len <= family_len
 }
 
+/// The descriptors that are no device's channel: those open before serving began, and the
+/// channels already claimed with their duplicates.
+pub struct Channels {
+    known: Mutex<BTreeSet<RawFd>>,
+}
+
+impl Channels {
+    /// Call before any front end connects.
+    pub fn new() -> Channels {
+        Channels {
+            known: Mutex::new(open_fds()),
+        }
+    }
+
+    /// Claims the one new channel (see the module's comment), duplicated.
+    pub fn claim(&self) -> Option<UnixStream> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = find_channel(&known)?;
+        if let Some(original) = open_fds()
+            .difference(&known)
+            .copied()
+            .find(|fd| *fd != channel.as_raw_fd() && is_unnamed_unix_socket(*fd))
+        {
+            known.insert(original);
+        }
+        known.insert(channel.as_raw_fd());
+        Some(channel)
+    }
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Channels::new()
+    }
+}
+
 /// The backend request channel among the descriptors opened since `baseline`, duplicated.
-pub fn find_channel(baseline: &BTreeSet<RawFd>) -> Option<UnixStream> {
+fn find_channel(baseline: &BTreeSet<RawFd>) -> Option<UnixStream> {
     let fresh: Vec<RawFd> = open_fds()
         .difference(baseline)
         .copied()
@@ -107,5 +146,44 @@ mod tests {
     #[test]
     fn the_channel_is_the_one_new_unnamed_socket() {
         assert!((0..50).any(|_| try_once()), "the channel was never found");
+    }
+
+    /// One try of two devices claiming in turn; other tests may open sockets meanwhile.
+    fn claims_once() -> bool {
+        let channels = Channels::new();
+        let (first_front, first) = UnixStream::pair().unwrap();
+        // The front end's end is bound in real life; here it is known from the start.
+        channels
+            .known
+            .lock()
+            .unwrap()
+            .insert(first_front.as_raw_fd());
+        let Some(mut claimed) = channels.claim() else {
+            return false;
+        };
+        let (second_front, second) = UnixStream::pair().unwrap();
+        channels
+            .known
+            .lock()
+            .unwrap()
+            .insert(second_front.as_raw_fd());
+        let Some(mut claimed_second) = channels.claim() else {
+            return false;
+        };
+        send_config_change(&mut claimed).unwrap();
+        send_config_change(&mut claimed_second).unwrap();
+        drop((first, second));
+        let mut got = [0u8; 20];
+        std::io::Read::read_exact(&mut &first_front, &mut got).unwrap();
+        std::io::Read::read_exact(&mut &second_front, &mut got).unwrap();
+        true
+    }
+
+    #[test]
+    fn each_device_of_one_process_claims_its_own_channel() {
+        assert!(
+            (0..50).any(|_| claims_once()),
+            "the channels were never told apart"
+        );
     }
 }

@@ -22,6 +22,31 @@ pub enum SandboxError {
     AgentTimeout(u64),
     #[error("agent")]
     Agent(#[from] vmpod_protocol::ClientError),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+}
+
+/// A disk slot that could not be filled or emptied (slots.rs).
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("all {count} spare disk slots of sandbox {sandbox} are in use")]
+    Full { sandbox: String, count: usize },
+    #[error("sandbox {sandbox} has no inserted disk with serial {serial:?}")]
+    UnknownSerial { sandbox: String, serial: String },
+    #[error("disk image {path}")]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk image {path} is not a regular file or block device")]
+    NotADisk { path: PathBuf },
+    #[error("disk image path {path:?} cannot be sent to the VM (not UTF-8, or holds a newline)")]
+    UnsendablePath { path: PathBuf },
+    #[error("the VM's disk backend refused `{command}`: {reason}")]
+    Refused { command: String, reason: String },
+    #[error("cannot reach the VM's disk backend")]
+    Backend(#[source] std::io::Error),
 }
 
 pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {

@@ -2,8 +2,24 @@
 //! backends serve the same guest (kernel, agent initramfs, our devices) and expose the agent
 //! on a hybrid vsock Unix socket, so everything above this seam is shared.
 
-use crate::error::SandboxError;
+use crate::error::{SandboxError, SlotError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vmpod_devices::slot_command::SlotCommand;
+
+/// Empty read-only disks every VM carries besides those it starts with, for images a running
+/// pod needs later (a container the pod did not know at boot): each is a virtio-blk device
+/// of capacity 0 until an image is inserted (slots.rs). 8 covers a pod's usual few app
+/// containers of shared base layers; QEMU's microvm has room for fewer (`Backend::spare_slots`).
+pub const SPARE_SLOTS: usize = 8;
+
+/// vmpod-vmm's interrupt lines for virtio devices (vmm/src/config.rs, MAX_VIRTIO_DEVICES).
+const VMM_DEVICES: usize = 19;
+/// QEMU 7.2's microvm without ACPI (our guest kernel has none) has 8 virtio-mmio transports.
+const QEMU_MICROVM_DEVICES: usize = 8;
+/// Devices every VM has besides disks and a NIC: the agent's channel (vsock, or a
+/// virtio-serial port in a template) and the shared filesystem.
+const FIXED_DEVICES: usize = 2;
 
 /// One VM as the sandbox wants it.
 #[derive(Debug, Clone)]
@@ -23,6 +39,19 @@ pub struct VmSpec {
     pub state_dir: PathBuf,
     /// Booted to become a template, or restored from one; `None` for a plain boot.
     pub template: Option<TemplateRole>,
+    /// Empty read-only disks after `disks` (serials `slot<index>`), filled and emptied
+    /// through [`Hypervisor::slot_control`] while the VM runs.
+    pub spare_slots: usize,
+}
+
+/// The serial of the disk at `index` (among all the VM's disks) when it is a slot.
+pub fn slot_serial(index: usize) -> String {
+    format!("slot{index}")
+}
+
+/// Changes the image of a running VM's disks by their index (a backend's slot commands).
+pub trait SlotControl: Send + Sync {
+    fn send(&self, command: &SlotCommand) -> Result<(), SlotError>;
 }
 
 /// A template's part in a VM's start (template.rs).
@@ -61,6 +90,8 @@ pub trait Hypervisor {
     fn ended(&mut self) -> Option<String>;
     /// Stops the VM and every helper process; idempotent.
     fn kill(&mut self);
+    /// Fills and empties the running VM's disks, from any thread.
+    fn slot_control(&self) -> Option<Arc<dyn SlotControl>>;
     /// Whether this VM, booted as a template, saves itself when its agent is ready (the host
     /// must not connect first) rather than when `save` asks.
     fn saves_when_ready(&self) -> bool {
@@ -116,6 +147,17 @@ impl Backend {
         }
     }
 
+    /// How many of [`SPARE_SLOTS`] fit a VM of `disks` disks (and a NIC when `nic`) on this
+    /// backend: all on vmpod-vmm while its interrupt lines last, what QEMU's microvm has left.
+    pub fn spare_slots(self, disks: usize, nic: bool) -> usize {
+        let room = match self {
+            Backend::Vmm => VMM_DEVICES,
+            Backend::Qemu { .. } => QEMU_MICROVM_DEVICES,
+        };
+        let used = disks + FIXED_DEVICES + usize::from(nic);
+        room.saturating_sub(used).min(SPARE_SLOTS)
+    }
+
     pub fn hypervisor(self) -> Box<dyn Hypervisor> {
         match self {
             Backend::Vmm => Box::new(crate::vmm::VmpodVmm::default()),
@@ -147,5 +189,20 @@ fn why_not_kvm() -> &'static str {
         "/dev/kvm cannot be opened"
     } else {
         "/dev/kvm is kvm-pvm, which emulates the guest kernel"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spare_slots_are_all_eight_where_devices_fit_and_what_is_left_on_qemu() {
+        assert_eq!(Backend::Vmm.spare_slots(1, true), SPARE_SLOTS);
+        assert_eq!(Backend::Vmm.spare_slots(10, true), 6);
+        let qemu = Backend::Qemu { kvm: false };
+        assert_eq!(qemu.spare_slots(0, false), 6);
+        assert_eq!(qemu.spare_slots(1, true), 4);
+        assert_eq!(qemu.spare_slots(7, false), 0);
     }
 }

@@ -17,12 +17,15 @@ mod qmp;
 pub mod sandbox;
 mod serial_agent;
 pub mod shared;
+mod slot_control;
+pub mod slots;
 pub mod template;
 pub mod vmm;
 pub mod vsock;
 
 pub use endpoint::Endpoint;
-pub use error::SandboxError;
-pub use hypervisor::{Backend, Hypervisor, VmSpec};
+pub use error::{SandboxError, SlotError};
+pub use hypervisor::{Backend, Hypervisor, VmSpec, SPARE_SLOTS};
 pub use sandbox::{ensure_template, kernel_cmdline, Boot, Sandbox, SandboxConfig};
 pub use shared::SharedVolume;
+pub use slots::DiskSlots;

@@ -1,5 +1,6 @@
 //! The QEMU backend: microvm, our blk and vsock devices as vmpod-vhost-user backends (one
-//! process each), guest memory a shared memfd so the backends can map it.
+//! process for every disk, spare slots included, and one for vsock), guest memory a shared
+//! memfd so the backends can map it.
 //!
 //! Templates: QEMU's own migration stream, saved to a file from a stopped VM and loaded with
 //! `-incoming`. QEMU refuses to migrate a vhost-user-vsock device, so a template's agent talks
@@ -8,17 +9,19 @@
 //! shared, which a private copy-on-write mapping of the template could not give them.
 
 use crate::error::{io, SandboxError};
-use crate::hypervisor::{Hypervisor, TemplateRole, VmSpec};
+use crate::hypervisor::{slot_serial, Hypervisor, SlotControl, TemplateRole, VmSpec};
 use crate::paths;
 use crate::process::{die_with_parent, inherit_fd};
 use crate::qmp::Qmp;
 use crate::serial_agent::SerialAgent;
+use crate::slot_control::LineControl;
 use serde_json::json;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vmpod_devices::slot_command::SlotCommand;
 
 pub struct Qemu {
     kvm: bool,
@@ -30,6 +33,8 @@ pub struct Qemu {
     backends: Vec<Child>,
     serial: Option<SerialAgent>,
     qmp: Option<Qmp>,
+    /// The disks' backend's commands (stdin and stdout of its vmpod-vhost-user).
+    disks: Option<Arc<LineControl>>,
 }
 
 impl Qemu {
@@ -43,33 +48,38 @@ impl Qemu {
             backends: Vec::new(),
             serial: None,
             qmp: None,
+            disks: None,
         }
     }
 
-    /// Starts one device backend; its stdin is ours when `commands` (a disk slot's "insert").
+    /// Starts a vmpod-vhost-user serving `sockets`; its stdin and stdout are ours when
+    /// `commands` (the disks' slot commands). Returns once every socket exists.
     fn backend(
         &mut self,
-        socket: &Path,
         args: &[String],
+        sockets: &[PathBuf],
         commands: bool,
-    ) -> Result<Option<ChildStdin>, SandboxError> {
-        let mut child = die_with_parent(
-            Command::new(paths::program("vmpod-vhost-user")?)
-                .arg("--socket")
-                .arg(socket)
-                .args(args),
-        )
-        .stdin(if commands {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .spawn()
-        .map_err(io("start vmpod-vhost-user"))?;
-        let stdin = child.stdin.take();
+    ) -> Result<Option<LineControl>, SandboxError> {
+        let piped = || {
+            if commands {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }
+        };
+        let mut child =
+            die_with_parent(Command::new(paths::program("vmpod-vhost-user")?).args(args))
+                .stdin(piped())
+                .stdout(piped())
+                .spawn()
+                .map_err(io("start vmpod-vhost-user"))?;
+        let control = match (child.stdin.take(), child.stdout.take()) {
+            (Some(to), Some(from)) => Some(LineControl::pipe(to, from)),
+            _ => None,
+        };
         self.backends.push(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        while let Some(socket) = sockets.iter().find(|s| !s.exists()) {
             if let Some(ended) = self.ended() {
                 return Err(SandboxError::Invalid(format!(
                     "vmpod-vhost-user {args:?} ended: {ended}"
@@ -83,9 +93,47 @@ impl Qemu {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(stdin)
+        Ok(control)
     }
 
+    /// One vmpod-vhost-user for every disk: those given, then the empty spare slots. A
+    /// restored VM's disks start empty, as the template saw them, and are inserted once it
+    /// runs. Returns QEMU's arguments for them.
+    fn disks(&mut self, vm: &VmSpec, restoring: bool) -> Result<Vec<String>, SandboxError> {
+        let count = vm.disks.len() + vm.spare_slots;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut args = Vec::with_capacity(2 * count);
+        let mut sockets = Vec::with_capacity(count);
+        let mut devices = Vec::with_capacity(4 * count);
+        for i in 0..count {
+            let socket = vm.state_dir.join(format!("vu-blk{i}.sock"));
+            let spec = match vm.disks.get(i) {
+                Some(disk) if disk.read_only && restoring => {
+                    format!(",ro,serial={}", disk.serial)
+                }
+                Some(disk) if disk.read_only => {
+                    format!("{},ro,serial={}", disk.path.display(), disk.serial)
+                }
+                Some(disk) => format!("{},serial={}", disk.path.display(), disk.serial),
+                None => format!(",ro,serial={}", slot_serial(i)),
+            };
+            args.extend([
+                "--blk".to_string(),
+                format!("{spec},socket={}", socket.display()),
+            ]);
+            devices.extend([
+                "-chardev".to_string(),
+                format!("socket,id=blk{i},path={}", socket.display()),
+                "-device".into(),
+                format!("vhost-user-blk,chardev=blk{i}"),
+            ]);
+            sockets.push(socket);
+        }
+        self.disks = self.backend(&args, &sockets, true)?.map(Arc::new);
+        Ok(devices)
+    }
     fn log_text(&self) -> String {
         self.log
             .as_ref()
@@ -99,7 +147,11 @@ impl Qemu {
     /// Loads the template's state into the QEMU started with `-incoming defer`, runs it, and
     /// hands the disks to their slots: each backend then announces a configuration change,
     /// and the guest's driver reads the disk's real size.
-    fn restore(&mut self, state: &Path, slots: Vec<ChildStdin>) -> Result<(), SandboxError> {
+    fn restore(
+        &mut self,
+        state: &Path,
+        disks: &[crate::hypervisor::Disk],
+    ) -> Result<(), SandboxError> {
         let fail = |this: &mut Qemu, what: String| {
             let said = this.log_text();
             SandboxError::Invalid(format!("restore {}: {what}{said}", state.display()))
@@ -137,9 +189,13 @@ impl Qemu {
         if let Some(qmp) = self.qmp.as_mut() {
             qmp.execute("cont", json!({}))?;
         }
-        for mut slot in slots {
-            slot.write_all(b"insert\n")
-                .map_err(io("hand a disk to its slot in the restored VM"))?;
+        if let Some(control) = &self.disks {
+            for (slot, disk) in disks.iter().enumerate() {
+                control.send(&SlotCommand::Insert {
+                    slot,
+                    image: disk.path.clone(),
+                })?;
+            }
         }
         Ok(())
     }
@@ -184,8 +240,13 @@ impl Hypervisor for Qemu {
         } else {
             let vsock_sock = vm.state_dir.join("vu-vsock.sock");
             self.backend(
-                &vsock_sock,
-                &["--vsock".into(), format!("3,{}", self.uds.display())],
+                &[
+                    "--socket".into(),
+                    vsock_sock.display().to_string(),
+                    "--vsock".into(),
+                    format!("3,{}", self.uds.display()),
+                ],
+                std::slice::from_ref(&vsock_sock),
                 false,
             )?;
             devices.extend([
@@ -196,26 +257,7 @@ impl Hypervisor for Qemu {
             ]);
         }
         let restoring = matches!(vm.template, Some(TemplateRole::Restore { .. }));
-        let mut slots = Vec::new();
-        for (i, disk) in vm.disks.iter().enumerate() {
-            let sock = vm.state_dir.join(format!("vu-blk{i}.sock"));
-            let mut spec = format!("{},serial={}", disk.path.display(), disk.serial);
-            if disk.read_only {
-                spec += ",ro";
-            }
-            if restoring {
-                spec += ",slot";
-            }
-            if let Some(stdin) = self.backend(&sock, &["--blk".into(), spec], restoring)? {
-                slots.push(stdin);
-            }
-            devices.extend([
-                "-chardev".to_string(),
-                format!("socket,id=blk{i},path={}", sock.display()),
-                "-device".into(),
-                format!("vhost-user-blk,chardev=blk{i}"),
-            ]);
-        }
+        devices.extend(self.disks(vm, restoring)?);
         let qmp_sock = vm.state_dir.join("qmp.sock");
         if vm.template.is_some() {
             devices.extend([
@@ -356,7 +398,7 @@ impl Hypervisor for Qemu {
             }
         }
         if let Some(TemplateRole::Restore { state, .. }) = &vm.template {
-            self.restore(state, slots)?;
+            self.restore(state, &vm.disks)?;
         }
         Ok(())
     }
@@ -411,7 +453,14 @@ impl Hypervisor for Qemu {
         None
     }
 
+    fn slot_control(&self) -> Option<Arc<dyn SlotControl>> {
+        self.disks
+            .clone()
+            .map(|control| control as Arc<dyn SlotControl>)
+    }
+
     fn kill(&mut self) {
+        self.disks = None;
         self.qmp = None;
         self.serial = None;
         for child in self.qemu.iter_mut().chain(self.backends.iter_mut()) {

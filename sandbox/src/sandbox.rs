@@ -7,6 +7,7 @@ use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, TemplateRole, 
 use crate::network::PodNetwork;
 use crate::paths;
 use crate::shared::{self, SharedDir, SharedVolume};
+use crate::slots::DiskSlots;
 use crate::template::{self, Layout, Template, Wanted};
 use crate::vsock::connect;
 use std::io::Read;
@@ -56,6 +57,8 @@ pub struct Sandbox {
     network: Option<PodNetwork>,
     /// Shared with whoever adds volumes while the VM runs (the shim's RPC threads).
     shared: Option<Arc<Mutex<SharedDir>>>,
+    /// The VM's spare disk slots, likewise.
+    slots: Option<DiskSlots>,
 }
 
 /// Removes the state directory if the sandbox's owner dies without doing it (`kill -9`): the
@@ -116,6 +119,7 @@ impl Sandbox {
             janitor: None,
             network: None,
             shared: None,
+            slots: None,
         };
         sandbox.janitor = Some(spawn_janitor(&state_dir)?);
         let disks = config.disks;
@@ -174,6 +178,8 @@ impl Sandbox {
             .map(Some)?,
         };
         let restored = matches!(template, Some(TemplateRole::Restore { .. }));
+        let first_spare = disks.len();
+        let spare_slots = config.backend.spare_slots(first_spare, net.is_some());
         let spec = VmSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
@@ -185,6 +191,7 @@ impl Sandbox {
             shared_dir: shared_root,
             state_dir,
             template,
+            spare_slots,
         };
         let restored_from = match &spec.template {
             Some(TemplateRole::Restore { state, .. }) => state.parent().map(Path::to_path_buf),
@@ -199,6 +206,10 @@ impl Sandbox {
             None => e,
         })?;
         drop(tap_fd);
+        if let Some(control) = sandbox.vm.slot_control() {
+            let slots = DiskSlots::new(&sandbox.id, control, first_spare, spare_slots);
+            sandbox.slots = Some(slots);
+        }
         if sandbox.vm.saves_when_ready() {
             return Ok(sandbox);
         }
@@ -252,6 +263,14 @@ impl Sandbox {
         self.shared
             .clone()
             .ok_or_else(|| SandboxError::Invalid("this sandbox has no shared directory".into()))
+    }
+
+    /// The VM's spare disk slots, for attaching images from any thread while it runs
+    /// (slots.rs); they go with the sandbox whoever still holds the handle.
+    pub fn slots(&self) -> Result<DiskSlots, SandboxError> {
+        self.slots
+            .clone()
+            .ok_or_else(|| SandboxError::Invalid(format!("sandbox {} has no disk slots", self.id)))
     }
 
     /// A restored clone starts with its template's clock, entropy pool and identity: each
@@ -387,6 +406,7 @@ pub fn ensure_template(
         cpus,
         memory_mib,
         slots,
+        spare_slots: backend.spare_slots(slots, nic),
         nic,
         cmdline: cmdline.to_string(),
     };
@@ -399,8 +419,8 @@ pub fn ensure_template(
     })
 }
 
-/// Boots a VM with `slots` empty disks (and a NIC when `nic`) and saves it to `state` once
-/// its agent answers.
+/// Boots a VM with `slots` empty disks, the spare slots after them (and a NIC when `nic`),
+/// and saves it to `state` once its agent answers.
 fn build_template(
     backend: Backend,
     (cpus, memory_mib): (u8, u32),

@@ -3,7 +3,7 @@
 //!
 //! A template is keyed by everything its saved state depends on: the backend, the kernel, the
 //! initramfs, the hypervisor binary, the vmpod version, vCPUs, memory, the kernel command line
-//! and the number of disk slots. A change to any of them gives another key, so a stale
+//! and the number of disk slots (for the container's layers, and spare ones). A change to any of them gives another key, so a stale
 //! template is never restored; it is pruned when its successor is built. Each lives in
 //! `/var/lib/vmpod/templates/<key>/` as `meta.json` and `state`.
 
@@ -27,6 +27,9 @@ pub struct Layout {
     pub memory_mib: u32,
     /// Read-only disk slots the container's layers are inserted into.
     pub slots: usize,
+    /// Empty disk slots after those, for images attached while the clone runs.
+    #[serde(default)]
+    pub spare_slots: usize,
     /// A NIC, whose tap and address each clone brings.
     #[serde(default)]
     pub nic: bool,
@@ -397,6 +400,13 @@ fn difference(saved: &Wanted, wanted: &Wanted) -> Option<String> {
         })
         .or_else(|| field("vCPUs", s.cpus.to_string(), w.cpus.to_string()))
         .or_else(|| field("disk slots", s.slots.to_string(), w.slots.to_string()))
+        .or_else(|| {
+            field(
+                "spare disk slots",
+                s.spare_slots.to_string(),
+                w.spare_slots.to_string(),
+            )
+        })
         .or_else(|| field("NIC", s.nic.to_string(), w.nic.to_string()))
         .or_else(|| field("kernel command line", s.cmdline.clone(), w.cmdline.clone()))
         .or_else(|| field("kernel", path_fp(&saved.kernel), path_fp(&wanted.kernel)))
@@ -428,6 +438,7 @@ mod tests {
                 cpus: 1,
                 memory_mib: 1,
                 slots: 2,
+                spare_slots: 8,
                 nic: false,
                 cmdline: String::new(),
             },

@@ -1,11 +1,13 @@
 //! The vmpod-vmm backend: one process, our devices in it, configured by JSON on a file.
 
 use crate::error::{io, SandboxError};
-use crate::hypervisor::{Hypervisor, TemplateRole, VmSpec};
+use crate::hypervisor::{slot_serial, Hypervisor, SlotControl, TemplateRole, VmSpec};
 use crate::paths;
 use crate::process::{die_with_parent, inherit_fd};
+use crate::slot_control::LineControl;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
@@ -16,6 +18,8 @@ pub struct VmpodVmm {
     /// Where vmpod-vmm writes the state of a VM booted as a template (it saves the VM itself
     /// when the agent is ready, then exits).
     saving_to: Option<PathBuf>,
+    /// Commands to vmpod-vmm's disk_control socket.
+    disks: Option<Arc<LineControl>>,
 }
 
 /// How long a template's boot may take: most of a minute on kvm-pvm.
@@ -29,11 +33,17 @@ impl Hypervisor for VmpodVmm {
     fn start(&mut self, vm: &VmSpec) -> Result<(), SandboxError> {
         self.uds = vm.state_dir.join("vsock.sock");
         self.console = vm.state_dir.join("console.log");
-        let disks: Vec<serde_json::Value> = vm
+        let mut disks: Vec<serde_json::Value> = vm
             .disks
             .iter()
             .map(|d| serde_json::json!({"path": d.path, "read_only": d.read_only, "serial": d.serial}))
             .collect();
+        let count = disks.len() + vm.spare_slots;
+        disks.extend(
+            (vm.disks.len()..count)
+                .map(|i| serde_json::json!({"read_only": true, "serial": slot_serial(i)})),
+        );
+        let control = vm.state_dir.join("disks.sock");
         let mut config = serde_json::json!({
             "kernel": vm.kernel,
             "initrd": vm.initrd,
@@ -44,6 +54,7 @@ impl Hypervisor for VmpodVmm {
             "disks": disks,
             "vsock": {"guest_cid": 3, "uds_path": self.uds},
             "fs": {"tag": vmpod_protocol::SHARED_FS_TAG, "shared_dir": vm.shared_dir},
+            "disk_control": control,
         });
         if let Some(net) = &vm.net {
             config["net"] = serde_json::json!({"fd": net.tap_fd, "mac": net.mac});
@@ -71,7 +82,14 @@ impl Hypervisor for VmpodVmm {
             .spawn()
             .map_err(io("start vmpod-vmm"))?;
         self.child = Some(child);
+        self.disks = Some(Arc::new(LineControl::socket(control)));
         Ok(())
+    }
+
+    fn slot_control(&self) -> Option<Arc<dyn SlotControl>> {
+        self.disks
+            .clone()
+            .map(|control| control as Arc<dyn SlotControl>)
     }
 
     fn vsock_uds(&self) -> &Path {

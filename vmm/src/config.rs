@@ -57,6 +57,8 @@ pub enum ConfigError {
     FsSharedDir(PathBuf),
     #[error("at most {MAX_VIRTIO_DEVICES} virtio devices fit the interrupt lines; {0} asked for")]
     TooManyDevices(usize),
+    #[error("disk {0} has no image: an empty slot must be read_only")]
+    WritableEmptySlot(usize),
 }
 
 /// Where the guest's serial console goes.
@@ -143,6 +145,11 @@ pub struct VmConfig {
     /// Start from a saved VM instead of booting a kernel.
     #[serde(default)]
     pub restore: Option<SnapshotFiles>,
+    /// A Unix socket (created, must not exist) taking disk-slot commands while the VM runs:
+    /// `insert SLOT PATH` and `eject SLOT`, a slot being a disk's index in `disks`
+    /// (vmpod_devices::slot_command).
+    #[serde(default)]
+    pub disk_control: Option<PathBuf>,
 }
 
 /// A snapshot: the VM's state (versioned JSON) and its memory (a raw image, mapped
@@ -219,7 +226,9 @@ impl FsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
-    pub path: PathBuf,
+    /// The image; none for an empty slot (read-only, capacity 0 until an image is inserted).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     #[serde(default)]
     pub read_only: bool,
     /// What the guest reads as the disk's serial (at most 20 bytes).
@@ -255,6 +264,7 @@ impl Default for VmConfig {
             fs: None,
             snapshot: None,
             restore: None,
+            disk_control: None,
         }
     }
 }
@@ -321,6 +331,7 @@ impl VmConfig {
         if let Some(fs) = &self.fs {
             fs.validate()?;
         }
+        self.validate_disks()?;
         let devices = self.disks.len()
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some())
@@ -348,12 +359,24 @@ impl VmConfig {
         if let Some(fs) = &self.fs {
             fs.validate()?;
         }
+        self.validate_disks()?;
         if self.snapshot.is_some() {
             return Err(ConfigError::Unsupported(
                 "a restored VM cannot be snapshotted again yet".into(),
             ));
         }
         Ok(())
+    }
+
+    fn validate_disks(&self) -> Result<(), ConfigError> {
+        match self
+            .disks
+            .iter()
+            .position(|d| d.path.is_none() && !d.read_only)
+        {
+            Some(index) => Err(ConfigError::WritableEmptySlot(index)),
+            None => Ok(()),
+        }
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -441,6 +464,25 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_without_an_image_is_a_read_only_slot() {
+        let config = VmConfig::from_json(
+            r#"{"kernel": "/proc/self/exe", "disk_control": "/run/x/disks.sock",
+                "disks": [{"read_only": true, "serial": "slot0"}, {"serial": "slot1"}]}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.disks[0].path, None);
+        assert_eq!(
+            config.disk_control,
+            Some(PathBuf::from("/run/x/disks.sock"))
+        );
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "disk 1 has no image: an empty slot must be read_only"
+        );
+    }
+
+    #[test]
     fn snapshots_take_any_vcpu_count_and_restores_need_their_files() {
         let kernel = std::env::current_exe().unwrap();
         let files = SnapshotFiles {
@@ -502,7 +544,7 @@ mod tests {
     #[test]
     fn more_devices_than_interrupt_lines_are_refused() {
         let disk = DiskConfig {
-            path: "/d".into(),
+            path: Some("/d".into()),
             read_only: true,
             serial: None,
         };

@@ -8,6 +8,7 @@ pub mod boot;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+mod disk_control;
 mod event_loop;
 pub mod host;
 pub mod lifecycle;
@@ -71,6 +72,8 @@ pub enum VmmError {
     State(vstate::snapshot::StateError),
     #[error("cannot restore the VM: {0}")]
     Restore(String),
+    #[error(transparent)]
+    DiskControl(#[from] disk_control::DiskControlError),
 }
 
 /// Builds the VM and runs it until the guest stops, a vCPU fails or a stop signal arrives.
@@ -89,7 +92,10 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     let workarounds =
         use_workarounds(config.pvm_workarounds, pvm).then(|| host::kvm_pvm_cmdline(&hidden));
     let ap_start_port = workarounds.is_some();
-    let devices = virtio::open_devices(config)?;
+    let virtio::Devices {
+        devices,
+        disk_slots,
+    } = virtio::open_devices(config)?;
     let machine = [
         Some(host::MACHINE_CMDLINE.to_string()),
         workarounds,
@@ -174,6 +180,20 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
             }
         }
     }
+    let disk_control = match &config.disk_control {
+        Some(path) => {
+            let disks = disk_slots
+                .into_iter()
+                .zip(&attached)
+                .map(|(slot, device)| disk_control::ControlledDisk {
+                    slot,
+                    transport: device.transport.clone(),
+                })
+                .collect();
+            Some(disk_control::DiskControl::bind(path, disks)?)
+        }
+        None => None,
+    };
     step(started, "VM created");
     if let Some(files) = &config.snapshot {
         let msrs = vstate::snapshot::readable_msrs(&kvm, vcpus[0].fd()).map_err(VmmError::State)?;
@@ -235,6 +255,9 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     for device in attached {
         events.add_subscriber(Arc::new(Mutex::new(device.handler)));
     }
+    if let Some(control) = disk_control {
+        events.add_subscriber(Arc::new(Mutex::new(control)));
+    }
 
     tracing::debug!(cpus, memory_mib = config.memory_mib, %cmdline, "starting vCPUs");
     for vcpu in vcpus {
@@ -257,6 +280,7 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     if let Some(vsock) = &config.vsock {
         let _ = std::fs::remove_file(&vsock.uds_path);
     }
+
     // The vCPU threads are not joined: a vCPU can sit in KVM_RUN indefinitely, and the caller's
     // process exit releases the VM; `mem` stays mapped until then.
     std::mem::forget(mem);

@@ -56,7 +56,7 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
         .filter(|p| !p.is_empty())
         .ok_or("a disk needs a path")?;
     let mut disk = DiskConfig {
-        path: PathBuf::from(path),
+        path: Some(PathBuf::from(path)),
         read_only: false,
         serial: None,
     };

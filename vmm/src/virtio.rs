@@ -9,7 +9,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::IoEventAddress;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-use vmpod_devices::block::{Block, BlockError};
+use vmpod_devices::block::{Block, BlockError, DiskSlot};
 use vmpod_devices::fs::{FsError, VirtioFs};
 use vmpod_devices::net::{Net, NetError, Tap, TapError};
 use vmpod_devices::rng::Rng;
@@ -49,17 +49,27 @@ pub enum VirtioError {
     },
 }
 
+/// The VM's devices, and a handle to each read-only disk's image (`None` for a writable
+/// disk), in the order of the config's disks.
+pub struct Devices {
+    pub devices: Vec<Box<dyn VirtioDevice>>,
+    pub disk_slots: Vec<Option<DiskSlot>>,
+}
+
 /// Opens every device the config asks for, disks first (so they are vda, vdb, ... in order),
 /// then the network, rng, vsock and the shared directory (last, so configs without it keep
 /// their devices' places and their templates).
-pub fn open_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
+pub fn open_devices(config: &VmConfig) -> Result<Devices, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut disk_slots = Vec::with_capacity(config.disks.len());
     for disk in &config.disks {
-        devices.push(Box::new(Block::open(
-            &disk.path,
-            disk.read_only,
-            disk.serial.as_deref(),
-        )?));
+        let serial = disk.serial.as_deref();
+        let block = match &disk.path {
+            Some(path) => Block::open(path, disk.read_only, serial)?,
+            None => Block::empty(serial)?,
+        };
+        disk_slots.push(disk.read_only.then(|| block.slot()));
+        devices.push(Box::new(block));
     }
     if let Some(net) = &config.net {
         let tap = match (&net.tap, net.fd) {
@@ -82,7 +92,10 @@ pub fn open_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Vir
     if let Some(fs) = &config.fs {
         devices.push(Box::new(VirtioFs::new(&fs.tag, &fs.shared_dir)?));
     }
-    Ok(devices)
+    Ok(Devices {
+        devices,
+        disk_slots,
+    })
 }
 
 fn slot(index: usize) -> (u64, u32) {
@@ -213,7 +226,7 @@ mod tests {
         )
         .unwrap();
         config.validate().unwrap();
-        let mut devices = open_devices(&config).unwrap();
+        let mut devices = open_devices(&config).unwrap().devices;
         assert_eq!(devices.len(), 2);
         let device = devices.pop().unwrap();
         let mem = crate::memory::create_guest_memory(16 << 20).unwrap();

@@ -1,22 +1,27 @@
-//! `vmpod-vhost-user`: serves one vmpod device to a vhost-user front end (QEMU) on a Unix
-//! socket, until the front end disconnects.
+//! `vmpod-vhost-user`: serves vmpod devices to a vhost-user front end (QEMU), each on its
+//! Unix socket, until every front end disconnects.
 //!
 //!   vmpod-vhost-user --socket blk.sock --blk disk.img[,ro][,serial=ID]
+//!   vmpod-vhost-user --blk [PATH][,ro][,serial=ID],socket=SOCK --blk ...   (several disks)
 //!   vmpod-vhost-user --socket rng.sock --rng
 //!   vmpod-vhost-user --socket vsock.sock --vsock CID,UDS_PATH
 //!   vmpod-vhost-user --socket net.sock --net TAP[,netns=PATH]
+//!
+//! Disks are slots numbered in the order given: `insert SLOT PATH` and `eject SLOT` lines on
+//! stdin change a read-only disk's image while the guest runs, each answered on stdout with
+//! `ok` or `error: ...` once the front end has been told (devices/src/slot_command.rs). A
+//! disk given without a PATH starts empty.
 
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
-use std::sync::Arc;
 
 use clap::Parser;
-use vmpod_devices::block::Block;
+use vmpod_devices::block::{Block, DiskSlot};
 use vmpod_devices::net::{Net, Tap};
 use vmpod_devices::rng::Rng;
-use vmpod_devices::virtio::VirtioDevice;
+use vmpod_devices::slot_command::{reply, SlotCommand};
+use vmpod_devices::vhost_user::{ConfigNotifier, Served};
 use vmpod_devices::vsock::Vsock;
 
 /// The config space (and so the MAC) belongs to the vhost-user front end; ours goes unused.
@@ -26,16 +31,17 @@ const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
 #[command(
     name = "vmpod-vhost-user",
     version,
-    about = "Serves a vmpod virtio device over vhost-user"
+    about = "Serves vmpod virtio devices over vhost-user"
 )]
 struct Args {
-    /// The vhost-user socket to listen on (the front end connects to it).
+    /// The vhost-user socket to listen on (the front end connects to it); a disk may name
+    /// its own with socket=.
     #[arg(long)]
-    socket: PathBuf,
-    /// virtio-blk backed by a file: PATH[,ro][,serial=ID][,slot]. A slot (of a restored
-    /// template) reads as an empty disk until the line "insert" arrives on stdin.
+    socket: Option<PathBuf>,
+    /// virtio-blk backed by a file: [PATH][,ro][,serial=ID][,socket=SOCK]; repeat for more
+    /// disks. Without a PATH the disk is an empty read-only slot.
     #[arg(long, conflicts_with_all = ["rng", "vsock"])]
-    blk: Option<String>,
+    blk: Vec<String>,
     /// virtio-rng fed from the host's getrandom.
     #[arg(long, conflicts_with = "vsock")]
     rng: bool,
@@ -47,61 +53,80 @@ struct Args {
     net: Option<String>,
 }
 
-type Device = (&'static str, Box<dyn VirtioDevice>, Option<Receiver<()>>);
-
-/// Shows the slot's disk to the guest when "insert" arrives on stdin.
-fn watch_for_insert(inserted: Arc<AtomicBool>) -> Receiver<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            match line {
-                Ok(l) if l.trim() == "insert" => {
-                    inserted.store(true, Ordering::Release);
-                    if tx.send(()).is_err() {
-                        return;
-                    }
-                }
-                Ok(l) => eprintln!("vmpod-vhost-user: unknown command '{l}' (insert)"),
-                Err(_) => return,
-            }
-        }
-    });
-    rx
+impl Args {
+    fn socket(&self) -> Result<PathBuf, String> {
+        self.socket
+            .clone()
+            .ok_or_else(|| "--socket is missing".to_string())
+    }
 }
 
-fn device(args: &Args) -> Result<Device, String> {
-    if let Some(spec) = &args.blk {
-        let mut parts = spec.split(',');
-        let path = parts
-            .next()
-            .filter(|p| !p.is_empty())
-            .ok_or("--blk needs a path")?;
-        let (mut read_only, mut serial, mut slot) = (false, None, false);
-        for option in parts {
-            match option.split_once('=') {
-                None if option == "ro" => read_only = true,
-                None if option == "slot" => slot = true,
-                Some(("serial", id)) => serial = Some(id),
-                _ => {
-                    return Err(format!(
-                        "unknown --blk option '{option}' (ro, serial=ID, slot)"
-                    ))
-                }
+/// One `--blk` disk: the device, its socket and the handle to its image.
+fn disk(spec: &str, default_socket: Option<&PathBuf>) -> Result<(Served, DiskSlot), String> {
+    let mut parts = spec.split(',');
+    let path = parts.next().filter(|p| !p.is_empty());
+    let (mut read_only, mut serial, mut socket) = (false, None, default_socket.cloned());
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "ro" => read_only = true,
+            Some(("serial", id)) => serial = Some(id),
+            Some(("socket", path)) => socket = Some(PathBuf::from(path)),
+            _ => {
+                return Err(format!(
+                    "unknown --blk option '{option}' (ro, serial=ID, socket=PATH)"
+                ))
             }
         }
-        let block = Block::open(path.as_ref(), read_only, serial).map_err(|e| e.to_string())?;
-        if slot {
-            let (block, inserted) = block.as_slot();
-            return Ok((
-                "vmpod-blk",
-                Box::new(block),
-                Some(watch_for_insert(inserted)),
-            ));
-        }
-        return Ok(("vmpod-blk", Box::new(block), None));
     }
+    let socket = socket.ok_or_else(|| format!("--blk {spec}: no socket= and no --socket"))?;
+    let block = match path {
+        Some(path) => Block::open(path.as_ref(), read_only, serial),
+        None if read_only => Block::empty(serial),
+        None => return Err(format!("--blk {spec}: a disk without an image must be ro")),
+    }
+    .map_err(|e| e.to_string())?;
+    let slot = block.slot();
+    let served = Served {
+        name: "vmpod-blk",
+        device: Box::new(block),
+        socket,
+    };
+    Ok((served, slot))
+}
+
+/// Carries out the slot commands arriving on stdin, one answer line each on stdout.
+fn serve_commands(slots: Vec<Option<DiskSlot>>, notifiers: Vec<ConfigNotifier>) {
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
+        let result = SlotCommand::parse(&line).and_then(|command| {
+            command.apply(&slots)?;
+            Ok(command.slot())
+        });
+        let answer = match result {
+            Ok(slot) => match notifiers[slot].announce() {
+                Ok(()) => "ok\n".to_string(),
+                Err(e) => format!("error: slot {slot}: cannot tell the front end: {e}\n"),
+            },
+            Err(e) => reply(&Err(e)),
+        };
+        if out
+            .write_all(answer.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn device(args: &Args) -> Result<Served, String> {
     if args.rng {
-        return Ok(("vmpod-rng", Box::new(Rng::new()), None));
+        return Ok(Served {
+            name: "vmpod-rng",
+            device: Box::new(Rng::new()),
+            socket: args.socket()?,
+        });
     }
     if let Some(spec) = &args.vsock {
         let (cid, path) = spec.split_once(',').ok_or("--vsock takes CID,UDS_PATH")?;
@@ -111,7 +136,11 @@ fn device(args: &Args) -> Result<Device, String> {
             .filter(|c| *c >= 3)
             .ok_or_else(|| format!("--vsock CID must be a number of 3 or more, not '{cid}'"))?;
         let vsock = Vsock::new(cid, path.as_ref()).map_err(|e| e.to_string())?;
-        return Ok(("vmpod-vsock", Box::new(vsock), None));
+        return Ok(Served {
+            name: "vmpod-vsock",
+            device: Box::new(vsock),
+            socket: args.socket()?,
+        });
     }
     if let Some(spec) = &args.net {
         let mut parts = spec.split(',');
@@ -128,9 +157,32 @@ fn device(args: &Args) -> Result<Device, String> {
         }
         let tap = Tap::open(name, netns.as_deref()).map_err(|e| e.to_string())?;
         let net = Net::new(tap, DEFAULT_MAC).map_err(|e| e.to_string())?;
-        return Ok(("vmpod-net", Box::new(net), None));
+        return Ok(Served {
+            name: "vmpod-net",
+            device: Box::new(net),
+            socket: args.socket()?,
+        });
     }
     Err("name a device: --blk, --rng, --vsock or --net".to_string())
+}
+
+fn serve(args: &Args) -> Result<(), String> {
+    if args.blk.is_empty() {
+        let (server, _) =
+            vmpod_devices::vhost_user::bind(vec![device(args)?]).map_err(|e| e.to_string())?;
+        return server.run().map_err(|e| e.to_string());
+    }
+    let mut served = Vec::with_capacity(args.blk.len());
+    let mut slots = Vec::with_capacity(args.blk.len());
+    for spec in &args.blk {
+        let (device, slot) = disk(spec, args.socket.as_ref())?;
+        served.push(device);
+        slots.push(Some(slot));
+    }
+    let (server, notifiers) = vmpod_devices::vhost_user::bind(served).map_err(|e| e.to_string())?;
+    // Detached: it ends with the process, once every front end has gone.
+    std::thread::spawn(move || serve_commands(slots, notifiers));
+    server.run().map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -149,10 +201,7 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::from(e.use_stderr()));
         }
     };
-    let result = device(&args).and_then(|(name, device, config_changes)| {
-        vmpod_devices::vhost_user::serve(name, device, &args.socket, config_changes)
-            .map_err(|e| e.to_string())
-    });
+    let result = serve(&args);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
