@@ -59,6 +59,7 @@ bench: images
 	cargo run --release -p vmpod-agent --example bench_agent
 	scripts/bench_run.py
 	scripts/bench_shim.py
+	scripts/bench_pods.py
 	scripts/bench_template.py
 	scripts/bench_volumes.py
 

@@ -22,11 +22,18 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Where the build put the shim (and vmpod-vmm, vmpod-vhost-user): cargo names it to tests;
+/// an example (shim/examples/bench_pods.rs) runs from `<profile>/examples/`.
 pub fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-vmpod-v2"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    match option_env!("CARGO_BIN_EXE_containerd-shim-vmpod-v2") {
+        Some(shim) => Path::new(shim).parent().unwrap().to_path_buf(),
+        None => std::env::current_exe()
+            .unwrap()
+            .ancestors()
+            .nth(2)
+            .unwrap()
+            .to_path_buf(),
+    }
 }
 
 pub fn guest_dir() -> PathBuf {
@@ -45,11 +52,18 @@ pub struct CriContainerd {
 
 static SHARED: OnceLock<Mutex<Option<CriContainerd>>> = OnceLock::new();
 
-extern "C" fn stop_shared_at_exit() {
+/// Stops the shared containerd (and removes what it made); a later `shared()` panics.
+pub fn stop_shared() {
     if let Some(shared) = SHARED.get() {
         let taken = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(taken);
     }
+}
+
+extern "C" fn stop_shared_at_exit() {
+    // On a thread of its own: the exiting thread's thread-locals (tokio's context among them)
+    // may be gone already, and a panic must not unwind into C.
+    let _ = std::thread::spawn(stop_shared).join();
 }
 
 /// The binary's containerd, started by the first test that asks; what a test needs of it is

@@ -17,6 +17,9 @@ pub const DNS_SEARCHES: [&str; 3] = [
     "cluster.local",
 ];
 
+/// The service-account token the projected volume holds.
+pub const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.test-token.signature";
+
 /// Where kubelet mounts a pod's service-account token.
 pub const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -129,7 +132,7 @@ impl PodDirs {
         atomic_write(
             &dir,
             &[
-                ("token", "eyJhbGciOiJSUzI1NiJ9.test-token.signature"),
+                ("token", TOKEN),
                 (
                     "ca.crt",
                     "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n",

@@ -1,6 +1,6 @@
 //! What a pod leaves on the node while it runs, noted before it is removed and checked gone
 //! after: its shim, its mounts (kubelet root, containerd's state and root), its network
-//! namespace and host-side veth, its containerd containers and tasks.
+//! namespace and host-side veth, its containerd containers and tasks, a VM's state directory.
 
 use super::containerd::{mounts_under, processes, text, Shared};
 use super::pod::Pod;
@@ -13,11 +13,14 @@ pub struct Traces {
     containers: Vec<String>,
     netns: Option<String>,
     veths: Vec<String>,
+    /// A vmpod pod's VM state directory (/run/vmpod/<id>), from the note its shim leaves in
+    /// the sandbox's bundle.
+    vm_state: Option<PathBuf>,
 }
 
 impl Traces {
     /// Noted just before the pod is removed, so that its containers are known.
-    pub fn of(pod: &Pod) -> Traces {
+    pub fn of(node: &Shared, pod: &Pod) -> Traces {
         let info = pod.info();
         let netns = info["runtimeSpec"]["linux"]["namespaces"]
             .as_array()
@@ -40,7 +43,16 @@ impl Traces {
             .into_iter()
             .map(|c| c.id)
             .collect();
+        let vm_state = std::fs::read_to_string(
+            node.dir
+                .join("state/io.containerd.runtime.v2.task/k8s.io")
+                .join(&pod.id)
+                .join("vmpod-sandbox"),
+        )
+        .ok()
+        .map(PathBuf::from);
         Traces {
+            vm_state,
             sandbox: pod.id.clone(),
             containers,
             pod_dir: pod.dirs.dir.clone(),
@@ -67,6 +79,9 @@ impl Traces {
                     found.push(format!("mount {mount}"));
                 }
             }
+        }
+        if let Some(vm) = self.vm_state.as_ref().filter(|d| d.exists()) {
+            found.push(format!("VM state directory {}", vm.display()));
         }
         if let Some(netns) = &self.netns {
             if std::path::Path::new(netns).exists() {

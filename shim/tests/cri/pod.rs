@@ -30,7 +30,18 @@ pub struct Exec {
 impl Pod {
     /// RunPodSandbox with `handler`; panics with containerd's words if it fails.
     pub fn run(node: &Shared, handler: &str, name: &str, pid: NamespaceMode) -> Pod {
-        let cri = Cri::connect(&node.socket()).expect("connect to containerd's CRI socket");
+        Pod::try_run(node, handler, name, pid).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// RunPodSandbox with `handler` and the sandbox's IP, or why not.
+    pub fn try_run(
+        node: &Shared,
+        handler: &str,
+        name: &str,
+        pid: NamespaceMode,
+    ) -> Result<Pod, String> {
+        let cri = Cri::connect(&node.socket())
+            .map_err(|e| format!("connect to containerd's CRI socket: {e}"))?;
         let dirs = PodDirs::new(&node.kubelet_root(), name);
         let hostname = format!("{name}-{}", &dirs.uid[..8]);
         let config = kubelet::sandbox_config(&dirs, &hostname, pid);
@@ -38,11 +49,11 @@ impl Pod {
             Ok(id) => id,
             Err(e) => {
                 dirs.remove_cgroups();
-                panic!(
+                return Err(format!(
                     "RunPodSandbox ({handler}): {}\ncontainerd: {}",
                     e.message(),
                     node.errors()
-                )
+                ));
             }
         };
         let mut pod = Pod {
@@ -58,14 +69,16 @@ impl Pod {
         let status = pod
             .cri
             .pod_sandbox_status(&pod.id)
-            .expect("PodSandboxStatus");
+            .map_err(|e| format!("PodSandboxStatus: {}", e.message()))?;
         pod.ip = status
             .status
             .and_then(|s| s.network)
             .map(|n| n.ip)
             .unwrap_or_default();
-        assert!(!pod.ip.is_empty(), "the sandbox has no IP");
-        pod
+        if pod.ip.is_empty() {
+            return Err("the sandbox has no IP".into());
+        }
+        Ok(pod)
     }
 
     /// The sandbox's verbose info (containerd's JSON: runtime spec, netns path, pid ...).
@@ -81,20 +94,23 @@ impl Pod {
             .unwrap_or_default()
     }
 
-    /// CreateContainer + StartContainer.
+    /// CreateContainer + StartContainer; panics with containerd's words if either fails.
     pub fn start(&self, spec: ContainerSpec) -> String {
+        self.try_start(spec).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start(&self, spec: ContainerSpec) -> Result<String, String> {
         let name = spec.name.to_string();
+        let handler = &self.handler;
         let config = kubelet::container_config(&self.dirs, spec);
         let id = self
             .cri
             .create_container(&self.id, config, &self.config)
-            .unwrap_or_else(|e| {
-                panic!("CreateContainer {name} ({}): {}", self.handler, e.message())
-            });
-        self.cri.start_container(&id).unwrap_or_else(|e| {
-            panic!("StartContainer {name} ({}): {}", self.handler, e.message())
-        });
-        id
+            .map_err(|e| format!("CreateContainer {name} ({handler}): {}", e.message()))?;
+        self.cri
+            .start_container(&id)
+            .map_err(|e| format!("StartContainer {name} ({handler}): {}", e.message()))?;
+        Ok(id)
     }
 
     pub fn status(&self, id: &str) -> ContainerStatus {
