@@ -28,6 +28,10 @@ pub fn share_host_binds(spec: &mut Spec, shared: &Mutex<SharedDir>) -> Result<Ve
         let Some(source) = mount.source().clone() else {
             continue;
         };
+        // The pod's /dev/shm is the guest's own (cri.rs).
+        if source == std::path::Path::new(vmpod_protocol::POD_SHM_DIR) {
+            continue;
+        }
         let read_only = mount.options().iter().flatten().any(|o| o == "ro");
         let volume = SharedVolume {
             source: source.clone(),
@@ -83,8 +87,9 @@ mod tests {
         std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
         let shared = Mutex::new(SharedDir::create(&state).unwrap());
         let json = format!(
-            r#"{{"ociVersion":"1.0.2","mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},{{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}}]}}"#,
-            hosts.display()
+            r#"{{"ociVersion":"1.0.2","mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},{{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}},{{"destination":"/dev/shm","type":"bind","source":"{}","options":["rbind"]}}]}}"#,
+            hosts.display(),
+            vmpod_protocol::POD_SHM_DIR
         );
         let mut spec: Spec = serde_json::from_str(&json).unwrap();
         let paths = share_host_binds(&mut spec, &shared).unwrap();
@@ -97,6 +102,11 @@ mod tests {
         assert_eq!(
             mounts[1].source().as_deref(),
             Some(std::path::Path::new("/run/vmpod/shared/v0"))
+        );
+        // The pod's /dev/shm stays the guest's.
+        assert_eq!(
+            mounts[2].source().as_deref(),
+            Some(std::path::Path::new(vmpod_protocol::POD_SHM_DIR))
         );
         let seen = shared::lock(&shared).root().join("v0");
         assert_eq!(

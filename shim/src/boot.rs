@@ -81,11 +81,21 @@ impl PodVm for BootedVm {
             .map(|(_, serial)| serial.clone())
     }
 
-    fn insert_layer(&self, _image: &Path) -> Result<String, String> {
-        Err("this VM has no spare disk slots".into())
+    fn insert_layer(&self, image: &Path) -> Result<String, String> {
+        self.vm
+            .slots
+            .insert(image)
+            .map_err(|e| vmpod_sandbox::error::chain(&e))
     }
 
-    fn eject_layer(&self, _serial: &str) {}
+    fn eject_layer(&self, serial: &str) {
+        if let Err(e) = self.vm.slots.eject(serial) {
+            log::warn!(
+                "empty the disk slot {serial}: {}",
+                vmpod_sandbox::error::chain(&e)
+            );
+        }
+    }
 
     fn share_host_binds(&self, spec: &mut Spec) -> Result<Vec<String>, String> {
         binds::share_host_binds(spec, &self.vm.shared)

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use vmpod_sandbox::shared::SharedDir;
-use vmpod_sandbox::{Endpoint, Sandbox, SandboxConfig};
+use vmpod_sandbox::{DiskSlots, Endpoint, Sandbox, SandboxConfig};
 
 pub struct Vm {
     pub endpoint: Endpoint,
@@ -13,6 +13,8 @@ pub struct Vm {
     pub disks: Vec<(PathBuf, String)>,
     /// Where containers' host binds are shared with the guest.
     pub shared: Arc<Mutex<SharedDir>>,
+    /// Spare disk slots for layers the VM did not boot with.
+    pub slots: DiskSlots,
     stop: mpsc::Sender<()>,
     owner: Option<std::thread::JoinHandle<()>>,
 }
@@ -44,18 +46,27 @@ impl Vm {
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok((sandbox.endpoint(), sandbox.state_dir.clone(), shared)));
+                let slots = match sandbox.slots() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(vmpod_sandbox::error::chain(&e)));
+                        return;
+                    }
+                };
+                let ready = (sandbox.endpoint(), sandbox.state_dir.clone(), shared, slots);
+                let _ = ready_tx.send(Ok(ready));
                 // Held until asked to stop (or the shim goes): dropping it stops the VM.
                 let _ = stop_rx.recv();
                 drop(sandbox);
             })
             .map_err(|e| format!("start the VM's thread: {e}"))?;
         match ready_rx.recv() {
-            Ok(Ok((endpoint, state_dir, shared))) => Ok(Vm {
+            Ok(Ok((endpoint, state_dir, shared, slots))) => Ok(Vm {
                 endpoint,
                 state_dir,
                 disks,
                 shared,
+                slots,
                 stop,
                 owner: Some(owner),
             }),
