@@ -7,6 +7,7 @@ use super::images;
 use super::support::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,13 @@ pub struct CriContainerd {
 }
 
 static SHARED: OnceLock<Mutex<Option<CriContainerd>>> = OnceLock::new();
+
+/// Set when a test failed with a pod up: containerd's log (the shims' lines in it) is kept.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+pub fn note_failure() {
+    FAILED.store(true, Ordering::Relaxed);
+}
 
 /// Stops the shared containerd (and removes what it made); a later `shared()` panics.
 pub fn stop_shared() {
@@ -354,6 +362,13 @@ impl Drop for CriContainerd {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = run("ip", &["netns", "del", &self.netns]);
+        if FAILED.load(Ordering::Relaxed) {
+            let kept = std::env::temp_dir()
+                .join(format!("vmpod-cri-{}-containerd.log", std::process::id()));
+            if std::fs::copy(self.dir.join("containerd.log"), &kept).is_ok() {
+                eprintln!("containerd's log (with the shims'): {}", kept.display());
+            }
+        }
         unmount_under(&self.dir);
         // remove_dir_all would walk into a mount left behind: only once nothing is mounted.
         if mounts_under(&self.dir).is_empty() {
