@@ -16,9 +16,33 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchlib import pct, plot, write_csv
+from benchlib import pct, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def plot(out: Path, rows):
+    """Three panels: start, stop (medians, ms) and an idle pod's PSS; writes out/pods.png."""
+    data = out / "pods.dat"
+    data.write_text("".join(f'"{r["case"]}" {r["median_ms"]} {r["stop_median_ms"]} '
+                            f'{r["idle_pss_mib"]}\n' for r in rows))
+    panels = "".join(f"""
+set ylabel '{label}'
+plot '{data}' using {column}:xtic(1) notitle
+""" for column, label in [(2, "ms, pod start until the app runs"),
+                          (3, "ms, pod stop and removal"),
+                          (4, "MiB PSS of an idle pod")])
+    script = f"""
+set terminal pngcairo size 1400,420
+set output '{out / "pods.png"}'
+set multiplot layout 1,3 title 'pods through the CRI: vmpod vs runc (medians)'
+set style data histogram
+set style fill solid 0.8
+set yrange [0:*]
+{panels}
+unset multiplot
+"""
+    subprocess.run(["gnuplot"], input=script.encode(), check=True)
 
 
 def main():
@@ -62,8 +86,7 @@ def main():
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
     write_csv(dest / "pods.csv", rows)
-    plot(dest, "pods", "pods through the CRI: vmpod vs runc (medians)", rows,
-         "ms, RunPodSandbox until the app runs (log)", "MiB PSS of an idle pod")
+    plot(dest, rows)
     print(f"csv: {dest / 'pods.csv'}, plot: {dest / 'pods.png'}")
 
 

@@ -458,3 +458,38 @@ fn containers_end_as_kubelet_expects_under_vmpod() {
 fn a_pod_shares_its_pid_namespace_when_asked_under_vmpod() {
     a_pod_shares_its_pid_namespace_when_asked(VMPOD);
 }
+
+#[test]
+fn the_atomic_writer_lays_out_and_swaps_a_volume_as_kubelet_does() {
+    let dir = support::Scratch::new("cri-atomic-writer");
+    let volume = dir.path("kubernetes.io~configmap/cfg");
+    let payloads = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&volume)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..") && n != "..data")
+            .collect();
+        names.sort();
+        names
+    };
+    kubelet::atomic_write(&volume, &[("a", "1\n"), ("b", "2\n")]);
+    let first = payloads();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].starts_with("..20"),
+        "a ..<timestamp> directory: {first:?}"
+    );
+    let link = |name: &str| std::fs::read_link(volume.join(name)).unwrap();
+    assert_eq!(link("..data"), Path::new(&first[0]));
+    assert_eq!(link("a"), Path::new("..data/a"));
+    assert_eq!(std::fs::read_to_string(volume.join("b")).unwrap(), "2\n");
+
+    kubelet::atomic_write(&volume, &[("a", "one\n"), ("b", "two\n")]);
+    let second = payloads();
+    assert_eq!(second.len(), 1, "the old payload is removed: {second:?}");
+    assert_ne!(second, first);
+    assert_eq!(link("..data"), Path::new(&second[0]));
+    assert_eq!(std::fs::read_to_string(volume.join("a")).unwrap(), "one\n");
+    assert!(!volume.join("..data_tmp").exists());
+}

@@ -7,6 +7,7 @@ use super::images;
 use super::support::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,13 @@ pub struct CriContainerd {
 
 static SHARED: OnceLock<Mutex<Option<CriContainerd>>> = OnceLock::new();
 
+/// Set when a test failed with a pod up: containerd's log (the shims' lines in it) is kept.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+pub fn note_failure() {
+    FAILED.store(true, Ordering::Relaxed);
+}
+
 /// Stops the shared containerd (and removes what it made); a later `shared()` panics.
 pub fn stop_shared() {
     if let Some(shared) = SHARED.get() {
@@ -66,12 +74,51 @@ extern "C" fn stop_shared_at_exit() {
     let _ = std::thread::spawn(stop_shared).join();
 }
 
+/// The write end of the pipe the signal handler pokes.
+static INTERRUPT_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    let byte = 1u8;
+    // SAFETY: write(2) is async-signal-safe; the pipe lives as long as the process.
+    unsafe {
+        libc::write(
+            INTERRUPT_PIPE.load(Ordering::Relaxed),
+            (&byte as *const u8).cast(),
+            1,
+        )
+    };
+}
+
+/// Ctrl-C (or SIGTERM, SIGHUP) ends the process through exit(3), so the pods and containerd are
+/// removed as at a normal end: the handler only writes to a pipe, a thread reads it and exits.
+fn exit_cleanly_on_interrupt() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) into a two-int array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return;
+    }
+    INTERRUPT_PIPE.store(fds[1], Ordering::Relaxed);
+    std::thread::spawn(move || {
+        let mut byte = 0u8;
+        // SAFETY: read(2) of one byte into a local from the pipe made above.
+        if unsafe { libc::read(fds[0], (&mut byte as *mut u8).cast(), 1) } == 1 {
+            eprintln!("interrupted: removing the pods and stopping containerd");
+            std::process::exit(130);
+        }
+    });
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that only calls write(2).
+        unsafe { libc::signal(signal, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
 /// The binary's containerd, started by the first test that asks; what a test needs of it is
 /// its socket, paths and netns, all fixed once started.
 pub fn shared() -> Shared {
     let cell = SHARED.get_or_init(|| {
         // SAFETY: registers a plain extern "C" function with no arguments, run once at exit.
         unsafe { libc::atexit(stop_shared_at_exit) };
+        exit_cleanly_on_interrupt();
         Mutex::new(Some(CriContainerd::start()))
     });
     let guard = cell.lock().unwrap_or_else(|e| e.into_inner());
@@ -354,6 +401,13 @@ impl Drop for CriContainerd {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = run("ip", &["netns", "del", &self.netns]);
+        if FAILED.load(Ordering::Relaxed) {
+            let kept = std::env::temp_dir()
+                .join(format!("vmpod-cri-{}-containerd.log", std::process::id()));
+            if std::fs::copy(self.dir.join("containerd.log"), &kept).is_ok() {
+                eprintln!("containerd's log (with the shims'): {}", kept.display());
+            }
+        }
         unmount_under(&self.dir);
         // remove_dir_all would walk into a mount left behind: only once nothing is mounted.
         if mounts_under(&self.dir).is_empty() {

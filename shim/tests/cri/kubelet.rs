@@ -247,6 +247,14 @@ pub fn sandbox_config(pod: &PodDirs, hostname: &str, pid: NamespaceMode) -> PodS
                 namespace_options: Some(namespaces(pid)),
                 ..Default::default()
             }),
+            // kubelet (1.24 on) sends the pod's summed limits, for runtimes that size a VM.
+            resources: Some(LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: 100_000,
+                cpu_shares: 1024,
+                memory_limit_in_bytes: 256 << 20,
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         windows: None,

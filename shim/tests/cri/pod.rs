@@ -30,7 +30,10 @@ pub struct Exec {
 impl Pod {
     /// RunPodSandbox with `handler`; panics with containerd's words if it fails.
     pub fn run(node: &Shared, handler: &str, name: &str, pid: NamespaceMode) -> Pod {
-        Pod::try_run(node, handler, name, pid).unwrap_or_else(|e| panic!("{e}"))
+        Pod::try_run(node, handler, name, pid).unwrap_or_else(|e| {
+            super::containerd::note_failure();
+            panic!("{e}")
+        })
     }
 
     /// RunPodSandbox with `handler` and the sandbox's IP, or why not.
@@ -182,6 +185,9 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            super::containerd::note_failure();
+        }
         if !self.removed {
             let _ = self.cri.stop_pod_sandbox(&self.id);
             let _ = self.cri.remove_pod_sandbox(&self.id);
