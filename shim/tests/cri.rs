@@ -541,6 +541,42 @@ fn containers_take_updates_and_a_terminal(handler: &str) {
     assert!(!cgroup.exists(), "{} stayed", cgroup.display());
 }
 
+/// A shim killed with SIGKILL (the node's OOM killer, an operator) takes its pod's processes
+/// down (runc's containers when containerd cleans up after it, vmpod's VM at once); kubelet
+/// then sees the sandbox not ready, and stopping and removing it leaves nothing behind.
+fn a_killed_shim_leaves_nothing_behind(handler: &str) {
+    let node = containerd::shared();
+    let mut pod = Pod::run(&node, handler, "killed", NamespaceMode::Container);
+    let app = pod.start(container("app", IMAGE_A, "exec sleep 1000"));
+    pod.wait_running(&app);
+    let cgroup = host_cgroup(&pod);
+    let traces = leftovers::Traces::of(&node, &pod);
+    let shims: Vec<i32> = containerd::processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("containerd-shim") && cmdline.contains(&pod.id))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(shims.len(), 1, "the pod's shim");
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(shims[0], libc::SIGKILL) }, 0);
+
+    eventually("the sandbox is not ready", Duration::from_secs(30), || {
+        let state = pod
+            .cri
+            .pod_sandbox_status(&pod.id)
+            .ok()
+            .and_then(|s| s.status)
+            .map(|s| s.state);
+        state == Some(k8s_cri::v1::PodSandboxState::SandboxNotready as i32)
+    });
+    eventually("the app is not running", Duration::from_secs(30), || {
+        pod.status(&app).state != k8s_cri::v1::ContainerState::ContainerRunning as i32
+    });
+    pod.remove();
+    traces.check_gone(&node);
+    assert!(!cgroup.exists(), "{} stayed", cgroup.display());
+}
+
 #[test]
 fn a_kubelet_style_pod_works_under_runc() {
     a_kubelet_style_pod_works(RUNC);
@@ -614,4 +650,14 @@ fn containers_take_updates_and_a_terminal_under_runc() {
 #[test]
 fn containers_take_updates_and_a_terminal_under_vmpod() {
     containers_take_updates_and_a_terminal(VMPOD);
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing_behind_under_runc() {
+    a_killed_shim_leaves_nothing_behind(RUNC);
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing_behind_under_vmpod() {
+    a_killed_shim_leaves_nothing_behind(VMPOD);
 }
