@@ -42,7 +42,7 @@ pub fn attach(
     }
     let mut signal_connection = None;
     if let (Ok(mut signals), Ok(mut control)) = (
-        signals::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGWINCH]),
+        signals::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGWINCH]),
         endpoint.control(),
     ) {
         signal_connection = control.stream().try_clone().ok();

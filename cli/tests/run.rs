@@ -330,35 +330,54 @@ fn smoke_on_vmpod_vmm() {
     assert_eq!(std::fs::read_to_string(volume.path("g")).unwrap(), "back\n");
 }
 
+/// Ctrl-C in a terminal signals the whole foreground process group, as `timeout(1)` and other
+/// supervisors do: SIGINT, SIGTERM and SIGHUP to the CLI's group reach the container's process
+/// (whose trap decides the exit), and no helper of the VM hears them.
 #[test]
-fn ctrl_c_goes_to_the_container() {
+fn signals_to_the_clis_process_group_go_to_the_container() {
+    use std::os::unix::process::CommandExt;
     let _serial = serial();
     let root = rootfs();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
-        .args([
-            "run",
-            "--rm",
-            "--rootfs",
-            root.to_str().unwrap(),
-            "sh",
-            "-c",
-        ])
-        .arg("trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.1; done")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmpod");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut first).expect("the container says ready");
-    assert_eq!(&first, b"ready\n");
-    // SAFETY: kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!((status.code(), rest.as_str()), (Some(7), "got-int\n"));
+    for (signal, name, code) in [
+        (libc::SIGINT, "INT", 7),
+        (libc::SIGTERM, "TERM", 8),
+        (libc::SIGHUP, "HUP", 9),
+    ] {
+        let script = format!(
+            "trap 'echo got-{name}; exit {code}' {name}; echo ready; while :; do sleep 0.1; done"
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
+            .args([
+                "run",
+                "--rm",
+                "--rootfs",
+                root.to_str().unwrap(),
+                "sh",
+                "-c",
+            ])
+            .arg(&script)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmpod");
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 6];
+        std::io::Read::read_exact(&mut stdout, &mut first).expect("the container says ready");
+        assert_eq!(&first, b"ready\n");
+        // SAFETY: kill(2) of our own child's process group.
+        unsafe { libc::kill(-(child.id() as i32), signal) };
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            (out.status.code(), rest.as_str()),
+            (Some(code), format!("got-{name}\n").as_str()),
+            "SIG{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

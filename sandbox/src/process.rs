@@ -1,13 +1,20 @@
-//! Children that die with the sandbox's owner, even when it is killed with SIGKILL.
+//! Children that die with the sandbox's owner, even when it is killed with SIGKILL, and hear
+//! no terminal.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+/// The child dies with its parent, in a session of its own: a terminal's Ctrl-C (SIGINT to the
+/// foreground process group) and a supervisor's signal to a process group reach the sandbox's
+/// owner, which hands them to the container, and never the VMM or its helpers directly.
 pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    // SAFETY: prctl and setsid are async-signal-safe and touch no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         })
     }

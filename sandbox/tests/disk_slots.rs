@@ -85,6 +85,7 @@ fn run(sandbox: &mut Sandbox, id: &str, layers: &[&str], script: &str) -> (i32, 
                 stderr: false,
             },
             user: None,
+            pod_sandbox: false,
         }))
         .unwrap_or_else(|e| {
             let console = std::fs::read_to_string(&console_log).unwrap_or_default();

@@ -344,7 +344,6 @@ mod tests {
             env: vec![],
             working_dir: None,
             user: None,
-            pod_sandbox: false,
             created: None,
         };
         for l in ["sha256:aa", "sha256:bb", "sha256:orphan"] {
