@@ -6,10 +6,13 @@ the memory copy, the restore and the agent's first answer) for both vmpod cases;
 memory of 20 idle sandboxes (`run -d busybox sleep 3600`, the sum of PSS of every process each
 keeps, guest memory included) from the template and cold-booted; and, where /dev/kvm opens,
 the same for a few idle vmpod-vmm sandboxes from their template (their guest memory is the
-template's file mapped copy-on-write, so clones share its pages).
+template's file mapped copy-on-write, so clones share its pages). Each idle sandbox is also
+counted in RSS, processes and threads (its VMM and helpers: every VM carries its spare disk
+slots, ARCHITECTURE.md "Disk slots at runtime"); --vmpod measures another build the same way
+(e.g. one from before the slots, to compare).
 Prints a table, writes results/template.csv and results/template.png.
 
-  scripts/bench_template.py [--runs N] [--idle N] [--vmm-idle N]
+  scripts/bench_template.py [--runs N] [--idle N] [--vmm-idle N] [--vmpod PATH]
 """
 
 import argparse
@@ -22,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import alternate, pct, plot, table, tree_pss_mib, write_csv
+from benchlib import alternate, pct, plot, table, tree_usage, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
@@ -77,7 +80,8 @@ def monitors():
 
 
 def idle_memory(count, cold, hypervisor="auto"):
-    """Mean PSS per sandbox, in MiB, with `count` idle sandboxes running at once."""
+    """Means per sandbox (PSS and RSS in MiB, processes, threads) with `count` idle
+    sandboxes running at once."""
     names = [f"bench-idle-{os.getpid()}-{i}" for i in range(count)]
     extra = ["--hypervisor", hypervisor] + (["--cold-boot"] if cold else [])
     try:
@@ -87,20 +91,25 @@ def idle_memory(count, cold, hypervisor="auto"):
         found = monitors()
         if len(found) != count:
             sys.exit(f"bench: {len(found)} sandboxes running, not {count}")
-        total = sum(tree_pss_mib(pid) for pid in found)
-        return total / count
+        usage = [tree_usage(pid) for pid in found]
+        return {key: sum(u[key] for u in usage) / count for key in usage[0]}
     finally:
         vmpod("rm", "-f", *names, check=False)
 
 
 def main():
+    global VMPOD
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--idle", type=int, default=20)
     parser.add_argument("--vmm-idle", type=int, default=5,
                         help="idle vmpod-vmm sandboxes (slow to start on kvm-pvm); 0 skips")
     parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument("--vmpod", default=str(VMPOD),
+                        help="the vmpod binary to measure (its vmpod-vmm and vmpod-vhost-user "
+                             "beside it)")
     args = parser.parse_args()
+    VMPOD = Path(args.vmpod)
     for path in (VMPOD, ROOTFS):
         if not path.exists():
             sys.exit(f"bench: {path} is missing; run `make build guest` first")
@@ -108,14 +117,15 @@ def main():
     vmpod("template", "build", "busybox")
     with tempfile.TemporaryDirectory(prefix="vmpod-bench-template-") as tmp:
         times, to_agent = start_times(Path(tmp), args.runs)
-    memory = {
+    usage = {
         "vmpod template": idle_memory(args.idle, cold=False),
         "vmpod cold boot": idle_memory(args.idle, cold=True),
     }
+    memory = {name: u["pss_mib"] for name, u in usage.items()}
     vmm_idle = None
     if args.vmm_idle and os.access("/dev/kvm", os.R_OK | os.W_OK):
         vmpod("template", "build", "--hypervisor", "vmm", "busybox")
-        vmm_idle = idle_memory(args.vmm_idle, cold=False, hypervisor="vmm")
+        vmm_idle = idle_memory(args.vmm_idle, cold=False, hypervisor="vmm")["pss_mib"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = table("start to exit of `true`", times, memory, "runc", args.runs)
@@ -126,6 +136,10 @@ def main():
     for name, values in to_agent.items():
         print(f"{name}: VM start to agent ready median {statistics.median(values):.1f} ms, "
               f"p90 {pct(values, 90):.1f} ms")
+    for name, u in usage.items():
+        print(f"{name}, idle: {u['pss_mib']:.1f} MiB PSS, {u['rss_mib']:.1f} MiB RSS, "
+              f"{u['processes']:.0f} processes, {u['threads']:.0f} threads per sandbox "
+              "(VMM and helpers)")
     ratio = statistics.median(to_agent["vmpod cold boot"]) / statistics.median(
         to_agent["vmpod template"])
     print(f"template vs cold boot to agent ready: {ratio:.1f}x faster")
@@ -134,6 +148,9 @@ def main():
             row["to_agent_median_ms"] = round(statistics.median(to_agent[row["case"]]), 1)
         else:
             row["to_agent_median_ms"] = ""
+        u = usage.get(row["case"], {})
+        row["idle_rss_mib"] = round(u["rss_mib"], 1) if u else ""
+        row["idle_threads"] = round(u["threads"]) if u else ""
     write_csv(out / "template.csv", rows)
     plot(out, "template", "vmpod run from a template vs a cold boot vs runc (medians)", rows,
          "ms, start to exit of true (log)", f"MiB PSS per idle sandbox ({args.idle} at once)")

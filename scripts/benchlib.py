@@ -40,14 +40,26 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def pss_kib(pid):
+def rollup_kib(pid, field):
+    """A field of /proc/PID/smaps_rollup (Pss, Rss), in KiB; 0 for a process that is gone."""
     try:
         for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Pss:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
+
+
+def pss_kib(pid):
+    return rollup_kib(pid, "Pss")
+
+
+def threads(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
 
 
 def descendants(pid):
@@ -70,6 +82,17 @@ def descendants(pid):
 
 def tree_pss_mib(pid):
     return sum(pss_kib(p) for p in descendants(pid)) / 1024
+
+
+def tree_usage(pid):
+    """PSS and RSS (MiB), processes and threads of `pid` and everything below it."""
+    tree = descendants(pid)
+    return {
+        "pss_mib": sum(pss_kib(p) for p in tree) / 1024,
+        "rss_mib": sum(rollup_kib(p, "Rss") for p in tree) / 1024,
+        "processes": len(tree),
+        "threads": sum(threads(p) for p in tree),
+    }
 
 
 def write_csv(path, rows):

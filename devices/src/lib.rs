@@ -12,5 +12,7 @@ pub mod slot_command;
 pub mod vhost_user;
 #[cfg(feature = "vhost-user")]
 mod vhost_user_config;
+#[cfg(feature = "vhost-user")]
+mod vhost_user_device;
 pub mod virtio;
 pub mod vsock;

@@ -1,169 +1,40 @@
-//! Any vmpod device served as a vhost-user backend (rust-vmm's `vhost-user-backend`), so QEMU
-//! can use the same device logic vmpod-vmm runs in process: `-device vhost-user-blk`,
-//! `vhost-user-rng`, `vhost-user-vsock-device` with a shared-memory guest.
+//! Any vmpod device served as a vhost-user back end, so QEMU can use the same device logic
+//! vmpod-vmm runs in process: `-device vhost-user-blk`, `vhost-user-rng`,
+//! `vhost-user-vsock-device` with a shared-memory guest.
 //!
-//! One process serves several devices (a sandbox's disks), each on its own socket. The library
-//! gives every device two threads: one reads its front end's messages (the daemon's), one
-//! serves its queues (the vring worker). Neither can be shared between daemons through the
-//! library's API, so a device costs two mostly idle threads; serving every device's messages
-//! and queues from one epoll loop needs our own handler over the `vhost` crate's
-//! `BackendReqHandler` (planned, ARCHITECTURE.md).
+//! One process serves several devices (a sandbox's disks), each on its own socket, from one
+//! thread: one epoll set holds every device's listening socket, front-end connection, ring
+//! kicks and own descriptor (vhost_user_device.rs handles each device's messages). A device
+//! costs no thread, so a sandbox's empty disk slots cost only their sockets and rings.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{Backend, Listener};
-use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vhost::vhost_user::{BackendReqHandler, Error as ProtocolError, Listener};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::vhost_user_config::Channels;
-use crate::virtio::{UsedQueues, VirtioDevice};
-
-const FRONT_END_MAX_QUEUE_SIZE: usize = 1024;
-const VHOST_F_LOG_ALL: u32 = 26;
+use crate::vhost_user_device::{Token, VhostUserDevice};
+use crate::virtio::VirtioDevice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserError {
     #[error("vhost-user backend: {0}")]
     Daemon(String),
-    #[error("vhost-user backend: cannot watch the device's sockets: {0}")]
-    Listener(io::Error),
+    #[error("vhost-user backend: {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
-pub struct VhostUserDevice {
-    /// Only the one worker thread uses it; the lock makes the backend `Sync` as the library
-    /// requires.
-    device: Mutex<Box<dyn VirtioDevice>>,
-    mem: GuestMemoryAtomic<GuestMemoryMmap>,
-    /// Stops the worker thread when the front end goes away (without it the daemon never
-    /// finishes).
-    exit: (EventConsumer, EventNotifier),
-    /// Finds this device's backend channel among the process's sockets (vhost_user_config.rs).
-    channels: Arc<Channels>,
-    /// Kept so its socket stays open: the channel below is a duplicate of it.
-    _backend: Option<Backend>,
-    channel: Arc<Mutex<Option<UnixStream>>>,
-}
-
-impl VhostUserDevice {
-    fn device(&self) -> MutexGuard<'_, Box<dyn VirtioDevice>> {
-        self.device.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn num_queues(&self) -> usize {
-        self.device().queue_max_sizes().len()
-    }
-
-    /// The event id the device's backend fd is registered under: past the queues and the
-    /// library's own exit event.
-    fn backend_event(&self) -> u16 {
-        self.num_queues() as u16 + 1
-    }
-}
-
-impl VhostUserBackendMut for VhostUserDevice {
-    type Bitmap = ();
-    type Vring = VringRwLock;
-
-    fn num_queues(&self) -> usize {
-        VhostUserDevice::num_queues(self)
-    }
-
-    /// QEMU's front ends pick their own queue sizes (up to 1024) and our devices work with any
-    /// size, so the backend accepts what a front end may ask for.
-    fn max_queue_size(&self) -> usize {
-        let own = self.device().queue_max_sizes().iter().copied().max();
-        usize::from(own.unwrap_or(0)).max(FRONT_END_MAX_QUEUE_SIZE)
-    }
-
-    /// VHOST_F_LOG_ALL and LOG_SHMFD let QEMU save the VM (a template) at all. Only a stopped
-    /// VM is ever saved, when no device writes guest memory; a live migration, which would
-    /// need dirty logging, fails at SET_LOG_BASE instead of corrupting memory.
-    fn features(&self) -> u64 {
-        self.device().features()
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
-            | (1 << VHOST_F_LOG_ALL)
-    }
-
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::LOG_SHMFD
-            | VhostUserProtocolFeatures::BACKEND_REQ
-    }
-
-    fn set_backend_req_fd(&mut self, backend: Backend) {
-        let found = self.channels.claim();
-        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = found;
-        self._backend = Some(backend);
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
-    }
-
-    /// The library sets EVENT_IDX on the vrings' queues itself when features are acked.
-    fn set_event_idx(&mut self, _enabled: bool) {}
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let mut data = vec![0u8; size as usize];
-        self.device().read_config(u64::from(offset), &mut data);
-        data
-    }
-
-    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        self.mem = mem;
-        Ok(())
-    }
-
-    fn handle_event(
-        &mut self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[VringRwLock],
-        _thread_id: usize,
-    ) -> io::Result<()> {
-        let mem = self.mem.memory();
-        // The device wants all its queues at once; they are lent out of the vrings for the call
-        // and put back, so the library's own view stays the one true state.
-        let mut queues: Vec<Queue> = vrings
-            .iter()
-            .map(|vring| {
-                let mut state = vring.get_mut();
-                // Any valid size will do: the placeholder is swapped back out below.
-                let placeholder = Queue::new(1).expect("1 is a valid queue size");
-                std::mem::replace(state.get_queue_mut(), placeholder)
-            })
-            .collect();
-        let backend_event = self.backend_event();
-        let mut device = self.device();
-        let result = if usize::from(device_event) < queues.len() {
-            device.process_queue(usize::from(device_event), &mut queues, &mem)
-        } else if device_event == backend_event {
-            device.process_backend(&mut queues, &mem)
-        } else {
-            Ok(UsedQueues::NONE)
-        };
-        let used = result.unwrap_or_else(|e| {
-            tracing::warn!("vhost-user: {e}");
-            UsedQueues::NONE
-        });
-        for (index, (vring, mut queue)) in vrings.iter().zip(queues).enumerate() {
-            let notify = used.contains(index) && queue.needs_notification(&*mem).unwrap_or(true);
-            *vring.get_mut().get_queue_mut() = queue;
-            if notify {
-                vring.signal_used_queue()?;
-            }
-        }
-        Ok(())
-    }
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> VhostUserError {
+    let what = what.into();
+    move |source| VhostUserError::Io { what, source }
 }
 
 /// A device to serve and the socket its front end connects to.
@@ -191,93 +62,174 @@ impl ConfigNotifier {
     }
 }
 
-type Daemon = VhostUserDaemon<Arc<std::sync::RwLock<VhostUserDevice>>>;
+type Connection = BackendReqHandler<Mutex<VhostUserDevice>>;
+
+/// One device: its socket until the front end connects, then the connection.
+struct Endpoint {
+    name: &'static str,
+    device: Arc<Mutex<VhostUserDevice>>,
+    listener: Listener,
+    connection: Option<Connection>,
+    ended: bool,
+}
 
 /// Bound devices, each with its socket listening, waiting for their front ends.
 pub struct Server {
-    devices: Vec<(Daemon, Listener, EventNotifier)>,
+    epoll: Arc<Epoll>,
+    endpoints: Vec<Endpoint>,
+}
+
+fn watch(epoll: &Epoll, fd: i32, token: Token) -> io::Result<()> {
+    epoll.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(EventSet::IN, token.encode()),
+    )
+}
+
+fn unwatch(epoll: &Epoll, fd: i32) {
+    let _ = epoll.ctl(
+        ControlOperation::Delete,
+        fd,
+        EpollEvent::new(EventSet::IN, 0),
+    );
 }
 
 /// Creates every device's socket (the front end may connect from now on) and returns the
 /// notifiers of their configuration changes, in order.
 pub fn bind(served: Vec<Served>) -> Result<(Server, Vec<ConfigNotifier>), VhostUserError> {
+    let epoll = Arc::new(Epoll::new().map_err(io_error("cannot create an epoll set"))?);
     let channels = Arc::new(Channels::new());
-    let mut devices = Vec::with_capacity(served.len());
+    let mut endpoints = Vec::with_capacity(served.len());
     let mut notifiers = Vec::with_capacity(served.len());
-    for Served {
-        name,
-        device,
-        socket,
-    } in served
+    for (
+        index,
+        Served {
+            name,
+            device,
+            socket,
+        },
+    ) in served.into_iter().enumerate()
     {
-        let backend_fd = device.backend_fd();
-        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
-            .map_err(|e| VhostUserError::Daemon(format!("cannot create the exit event: {e}")))?;
-        let stop = notifier
-            .try_clone()
-            .map_err(|e| VhostUserError::Daemon(format!("cannot copy the exit event: {e}")))?;
         let channel = Arc::new(Mutex::new(None));
         notifiers.push(ConfigNotifier {
             channel: Arc::clone(&channel),
         });
-        let backend = VhostUserDevice {
-            device: Mutex::new(device),
-            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-            exit: (consumer, notifier),
-            channels: Arc::clone(&channels),
-            _backend: None,
+        let device = VhostUserDevice::new(
+            index,
+            device,
+            Arc::clone(&epoll),
+            Arc::clone(&channels),
             channel,
-        };
-        let backend_event = backend.backend_event();
-        let daemon = VhostUserDaemon::new(
-            name.to_string(),
-            Arc::new(std::sync::RwLock::new(backend)),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
-        .map_err(|e| VhostUserError::Daemon(e.to_string()))?;
-        if let Some(fd) = backend_fd {
-            for handler in daemon.get_epoll_handlers() {
-                handler
-                    .register_listener(fd, EventSet::IN, u64::from(backend_event))
-                    .map_err(VhostUserError::Listener)?;
-            }
+        .map_err(io_error(format!("{name}: cannot create its rings")))?;
+        if let Some(fd) = device.device_fd() {
+            watch(&epoll, fd, Token::DeviceFd(index))
+                .map_err(io_error(format!("{name}: cannot watch its sockets")))?;
         }
         let listener = Listener::new(&socket, true).map_err(|e| {
             VhostUserError::Daemon(format!("cannot listen on {}: {e}", socket.display()))
         })?;
-        devices.push((daemon, listener, stop));
+        watch(&epoll, listener.as_raw_fd(), Token::Listener(index))
+            .map_err(io_error(format!("cannot watch {}", socket.display())))?;
+        endpoints.push(Endpoint {
+            name,
+            device: Arc::new(Mutex::new(device)),
+            listener,
+            connection: None,
+            ended: false,
+        });
     }
-    Ok((Server { devices }, notifiers))
+    Ok((Server { epoll, endpoints }, notifiers))
+}
+
+fn lock(device: &Mutex<VhostUserDevice>) -> std::sync::MutexGuard<'_, VhostUserDevice> {
+    device.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Server {
-    /// Accepts each device's front end (in the order given: QEMU connects every chardev
-    /// before it sets up the first device, so none waits on another) and serves them until
-    /// every one has disconnected.
+    /// Serves every device until each one's front end has connected and gone again.
     pub fn run(mut self) -> Result<(), VhostUserError> {
-        for (daemon, listener, _) in &mut self.devices {
-            daemon
-                .start(listener)
-                .map_err(|e| VhostUserError::Daemon(e.to_string()))?;
-        }
-        let mut result = Ok(());
-        for (mut daemon, _, stop) in self.devices {
-            let ended = daemon.wait();
-            // The vring worker ends only when told to.
-            let _ = stop.notify();
-            if let Err(e) = ended {
-                let disconnected = matches!(
-                    &e,
-                    vhost_user_backend::Error::HandleRequest(
-                        vhost::vhost_user::Error::Disconnected
-                            | vhost::vhost_user::Error::PartialMessage
-                    )
-                );
-                if !disconnected && result.is_ok() {
-                    result = Err(VhostUserError::Daemon(e.to_string()));
+        let mut events = vec![EpollEvent::default(); 64];
+        while !self.endpoints.iter().all(|e| e.ended) {
+            let count = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error("cannot wait for events")(e)),
+            };
+            for event in &events[..count] {
+                match Token::decode(event.data()) {
+                    Some(Token::Listener(d)) => self.accept(d)?,
+                    Some(Token::Connection(d)) => self.message(d),
+                    Some(Token::Kick(d, q)) => {
+                        if let Some(e) = self.endpoints.get(d) {
+                            lock(&e.device).kicked(q);
+                        }
+                    }
+                    Some(Token::DeviceFd(d)) => {
+                        if let Some(e) = self.endpoints.get(d) {
+                            lock(&e.device).device_ready();
+                        }
+                    }
+                    None => {}
                 }
             }
         }
-        result
+        Ok(())
+    }
+
+    /// The front end connected to device `index` (one front end per device).
+    fn accept(&mut self, index: usize) -> Result<(), VhostUserError> {
+        let Some(endpoint) = self.endpoints.get_mut(index) else {
+            return Ok(());
+        };
+        let stream = match endpoint.listener.accept() {
+            Ok(Some(stream)) => stream,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(VhostUserError::Daemon(format!(
+                    "{}: cannot accept its front end: {e}",
+                    endpoint.name
+                )))
+            }
+        };
+        unwatch(&self.epoll, endpoint.listener.as_raw_fd());
+        let connection = BackendReqHandler::from_stream(stream, Arc::clone(&endpoint.device));
+        watch(
+            &self.epoll,
+            connection.as_raw_fd(),
+            Token::Connection(index),
+        )
+        .map_err(io_error(format!(
+            "{}: cannot watch its front end",
+            endpoint.name
+        )))?;
+        endpoint.connection = Some(connection);
+        Ok(())
+    }
+
+    /// A message from device `index`'s front end; its end ends the device.
+    fn message(&mut self, index: usize) {
+        let Some(endpoint) = self.endpoints.get_mut(index) else {
+            return;
+        };
+        let Some(connection) = endpoint.connection.as_mut() else {
+            return;
+        };
+        let Err(e) = connection.handle_request() else {
+            return;
+        };
+        if !matches!(
+            e,
+            ProtocolError::Disconnected
+                | ProtocolError::PartialMessage
+                | ProtocolError::SocketBroken(_)
+        ) {
+            tracing::warn!("{}: the front end's message failed: {e}", endpoint.name);
+        }
+        unwatch(&self.epoll, connection.as_raw_fd());
+        endpoint.connection = None;
+        lock(&endpoint.device).disconnected();
+        endpoint.ended = true;
     }
 }

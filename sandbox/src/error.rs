@@ -31,6 +31,8 @@ pub enum SandboxError {
 pub enum SlotError {
     #[error("all {count} spare disk slots of sandbox {sandbox} are in use")]
     Full { sandbox: String, count: usize },
+    #[error("sandbox {sandbox} has no spare disk slots (its VM's other devices left no room)")]
+    NoSpareSlots { sandbox: String },
     #[error("sandbox {sandbox} has no inserted disk with serial {serial:?}")]
     UnknownSerial { sandbox: String, serial: String },
     #[error("disk image {path}")]

@@ -63,11 +63,15 @@ impl DiskSlots {
     pub fn insert(&self, image: &Path) -> Result<String, SandboxError> {
         check_image(image)?;
         let mut in_use = self.in_use();
+        let sandbox = || self.inner.sandbox.clone();
+        if in_use.is_empty() {
+            return Err(SlotError::NoSpareSlots { sandbox: sandbox() }.into());
+        }
         let free = in_use
             .iter()
             .position(|used| !used)
             .ok_or_else(|| SlotError::Full {
-                sandbox: self.inner.sandbox.clone(),
+                sandbox: sandbox(),
                 count: in_use.len(),
             })?;
         let slot = self.inner.first + free;
@@ -204,6 +208,24 @@ mod tests {
             "{err}"
         );
         assert!(recorder.sent.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_vm_without_spare_slots_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slots, _) = slots(0, usize::MAX);
+        let err = slots.insert(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.ends_with("is not a regular file or block device"),
+            "{err}"
+        );
+        let image = dir.path().join("l.erofs");
+        std::fs::write(&image, b"erofs").unwrap();
+        let err = slots.insert(&image).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "sandbox 0123abcd has no spare disk slots (its VM's other devices left no room)"
+        );
     }
 
     #[test]

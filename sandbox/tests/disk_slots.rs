@@ -14,10 +14,7 @@ use vmpod_sandbox::hypervisor::Disk;
 use vmpod_sandbox::{Backend, Boot, Sandbox, SandboxConfig};
 
 fn busybox_layer() -> PathBuf {
-    let dir = std::env::var_os("VMPOD_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| support::repo_root().join("build/guest"));
-    let image = dir.join("busybox.erofs");
+    let image = support::guest_dir().join("busybox.erofs");
     assert!(
         image.is_file(),
         "{} is missing: run `make guest` first",
@@ -114,20 +111,6 @@ fn run(sandbox: &mut Sandbox, id: &str, layers: &[&str], script: &str) -> (i32, 
     (exit.status, stdout)
 }
 
-/// Processes whose command line mentions `needle` (a state directory).
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(needle) {
-                found.push(text);
-            }
-        }
-    }
-    found
-}
-
 fn images_come_and_go_through_the_slots(backend: Backend, boot: Boot, tag: &str) {
     let scratch = Scratch::new(tag);
     let first = image(&scratch, "first", "from the first image\n");
@@ -200,7 +183,7 @@ fn images_come_and_go_through_the_slots(backend: Backend, boot: Boot, tag: &str)
     drop(sandbox);
     assert!(!state_dir.exists(), "{} is left", state_dir.display());
     let state = state_dir.display().to_string();
-    assert_eq!(processes_mentioning(&state), Vec::<String>::new());
+    assert_eq!(support::processes_mentioning(&state), Vec::new());
     let err = slots.insert(&third).unwrap_err().to_string();
     assert!(err.contains("disk backend"), "after the sandbox: {err}");
 }

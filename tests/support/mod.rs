@@ -14,11 +14,31 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The guest artefacts: $VMPOD_GUEST_DIR, else the tree's build/guest.
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("VMPOD_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build/guest"))
+}
+
+/// The processes whose command line mentions `needle` (e.g. a state directory): pid and
+/// command line.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
 /// The guest kernel and test initramfs, as `make guest` builds them into build/guest.
 pub fn linux_guest() -> (PathBuf, PathBuf) {
-    let dir = std::env::var_os("VMPOD_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("build/guest"));
+    let dir = guest_dir();
     let kernel = dir.join("vmlinux");
     let initrd = dir.join("test-initramfs.cpio");
     assert!(

@@ -8,19 +8,15 @@ pub mod support;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-pub use support::repo_root;
+// Each test crate uses its own part of them.
+#[allow(unused_imports)]
+pub use support::{guest_dir, processes_mentioning, repo_root};
 
 /// One run at a time, so that what a test finds left behind is its own.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub fn guest_dir() -> PathBuf {
-    std::env::var_os("VMPOD_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("build/guest"))
 }
 
 pub fn rootfs() -> PathBuf {
@@ -101,20 +97,6 @@ pub fn leftovers() -> (usize, usize) {
         })
         .count();
     (dirs, procs)
-}
-
-/// Processes whose command line mentions `needle` (a sandbox's state directory).
-pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(needle).then_some((pid, cmdline))
-        })
-        .collect()
 }
 
 /// The sandboxes' state directories under /run/vmpod.
