@@ -4,7 +4,9 @@
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as Lc;
-use libcontainer::oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
+use libcontainer::oci_spec::runtime::{
+    LinuxNamespace, LinuxNamespaceType, LinuxSeccomp, Process, Spec,
+};
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
@@ -122,13 +124,25 @@ fn adapt_spec(
     let mut linux = spec.linux().clone().unwrap_or_default();
     let cgroup = PathBuf::from(format!("{CGROUP_PARENT}/{id}"));
     linux.set_cgroups_path(Some(cgroup.clone()));
-    if let Some(namespaces) = linux.namespaces().clone() {
-        let kept = namespaces
-            .into_iter()
-            .filter(|ns| ns.typ() != LinuxNamespaceType::Network || ns.path().is_some())
-            .collect();
-        linux.set_namespaces(Some(kept));
+    let mut namespaces: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ns| ns.typ() != LinuxNamespaceType::Network || ns.path().is_some())
+        .collect();
+    // The guest is cgroup v2, where containerd and docker give each container a cgroup
+    // namespace of its own; a host on cgroup v1 writes none into the spec, and without one the
+    // container's /sys/fs/cgroup would show the guest's root instead of its own limits.
+    if !namespaces
+        .iter()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Cgroup)
+    {
+        let mut cgroup = LinuxNamespace::default();
+        cgroup.set_typ(LinuxNamespaceType::Cgroup);
+        namespaces.push(cgroup);
     }
+    linux.set_namespaces(Some(namespaces));
     let seccomp = linux.seccomp().clone();
     spec.set_linux(Some(linux));
     Ok((cgroup, seccomp))
@@ -268,6 +282,11 @@ mod tests {
         assert!(namespaces
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Pid));
+        let cgroups = namespaces
+            .iter()
+            .filter(|n| n.typ() == LinuxNamespaceType::Cgroup)
+            .count();
+        assert_eq!(cgroups, 1, "a cgroup namespace of its own");
     }
 
     #[test]

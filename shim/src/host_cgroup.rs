@@ -176,7 +176,9 @@ impl Drop for PodCgroup {
     }
 }
 
-/// Removes the pod's cgroup after a shim that died in it (its processes are gone).
+/// Removes the pod's cgroup after a shim that died in it: what the shim ran there (the VMM and
+/// its helpers, which PDEATHSIG is already killing) is killed and waited for first, as
+/// `runc delete --force` does with a container's processes.
 pub fn remove(cgroups_path: &str) {
     let (Ok(relative), Ok(mountinfo)) =
         (relative(cgroups_path), std::fs::read_to_string(MOUNTINFO))
@@ -184,7 +186,29 @@ pub fn remove(cgroups_path: &str) {
         return;
     };
     for h in hierarchies(&mountinfo) {
-        let _ = std::fs::remove_dir(h.mount.join(&relative));
+        let dir = h.mount.join(&relative);
+        if !dir.is_dir() {
+            continue;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|p| p.trim().parse().ok())
+                .collect();
+            if pids.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if let Err(e) = std::fs::remove_dir(&dir) {
+            log::warn!("remove the pod's cgroup {}: {e}", dir.display());
+        }
     }
 }
 

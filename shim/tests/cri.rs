@@ -18,6 +18,8 @@ mod kubelet;
 mod leftovers;
 #[path = "cri/pod.rs"]
 mod pod;
+#[path = "cri/stream.rs"]
+mod stream;
 
 use containerd::{RUNC, VMPOD};
 use images::{IMAGE_A, IMAGE_B, INDEX_HTML};
@@ -429,6 +431,152 @@ fn a_pod_shares_its_pid_namespace_when_asked(handler: &str) {
     traces.check_gone(&node);
 }
 
+/// The pod's host cgroup (cgroupfs: kubelet's parent, then the sandbox's id) in the memory
+/// hierarchy.
+fn host_cgroup(pod: &Pod) -> PathBuf {
+    let parent = pod.dirs.cgroup_parent();
+    Path::new("/sys/fs/cgroup/memory")
+        .join(parent.trim_start_matches('/'))
+        .join(&pod.id)
+}
+
+fn comm(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// What kubelet does to running containers beyond exec: resource updates reach the
+/// container's cgroup, a streaming exec gets a terminal that resizes, an exited container
+/// reports its times, and the node's cgroup for the pod holds what the pod runs on the host.
+fn containers_take_updates_and_a_terminal(handler: &str) {
+    let node = containerd::shared();
+    let mut pod = Pod::run(&node, handler, "tty", NamespaceMode::Container);
+
+    // The pod's host cgroup holds the pause process under runc, the VM under vmpod.
+    let cgroup = host_cgroup(&pod);
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("{}: {e}", cgroup.display()));
+    let comms: Vec<String> = procs.lines().map(comm).collect();
+    if handler == VMPOD {
+        assert!(
+            comms
+                .iter()
+                .any(|c| c.starts_with("qemu-system") || c == "vmpod-vmm"),
+            "no VMM in the pod's cgroup: {comms:?}"
+        );
+    } else {
+        let pause = pod.info()["pid"].to_string();
+        assert!(procs.lines().any(|p| p == pause), "{pause} not in {procs}");
+    }
+    let usage = std::fs::read_to_string(cgroup.join("memory.usage_in_bytes")).unwrap();
+    let usage: u64 = usage.trim().parse().unwrap();
+    assert!(usage > 0, "the pod's memory is not counted on the node");
+
+    let app = pod.start(container("app", IMAGE_B, "exec sleep 1000"));
+    pod.wait_running(&app);
+
+    // UpdateContainerResources reaches the container's own cgroup.
+    let limit = 48 << 20;
+    pod.cri
+        .update_container_resources(
+            &app,
+            k8s_cri::v1::LinuxContainerResources {
+                memory_limit_in_bytes: limit,
+                cpu_period: 100_000,
+                cpu_quota: 50_000,
+                ..Default::default()
+            },
+        )
+        .expect("UpdateContainerResources");
+    let memory = pod.sh(
+        &app,
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+    );
+    assert_eq!(memory.trim(), limit.to_string());
+    let cpu = pod.sh(
+        &app,
+        "cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    );
+    assert_eq!(cpu.split_whitespace().next(), Some("50000"), "{cpu}");
+
+    // A streaming exec with a terminal, resized as kubectl does before it writes.
+    let url = pod.cri.exec(&app, &["sh"], true).expect("Exec");
+    let session = stream::run(
+        &node.netns_path(),
+        &url,
+        40,
+        100,
+        "stty size; tty; echo $((6*7)); exit 5\n",
+    );
+    for expected in ["40 100", "/dev/pts/", "42"] {
+        assert!(
+            session.stdout.contains(expected),
+            "{expected} not in {:?}",
+            session.stdout
+        );
+    }
+    assert!(
+        session
+            .status
+            .contains(r#""reason":"ExitCode","message":"5""#),
+        "{session:?}"
+    );
+
+    // An exited container reports when it was created, started and finished.
+    let quick = pod.start(container("quick", IMAGE_B, "sleep 1; exit 0"));
+    let status = pod.wait_exited(&quick, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert!(
+        0 < status.created_at
+            && status.created_at <= status.started_at
+            && status.started_at + 900_000_000 <= status.finished_at,
+        "{status:?}"
+    );
+
+    let traces = leftovers::Traces::of(&node, &pod);
+    pod.remove();
+    traces.check_gone(&node);
+    assert!(!cgroup.exists(), "{} stayed", cgroup.display());
+}
+
+/// A shim killed with SIGKILL (the node's OOM killer, an operator) takes its pod's processes
+/// down (runc's containers when containerd cleans up after it, vmpod's VM at once); kubelet
+/// then sees the sandbox not ready, and stopping and removing it leaves nothing behind.
+fn a_killed_shim_leaves_nothing_behind(handler: &str) {
+    let node = containerd::shared();
+    let mut pod = Pod::run(&node, handler, "killed", NamespaceMode::Container);
+    let app = pod.start(container("app", IMAGE_A, "exec sleep 1000"));
+    pod.wait_running(&app);
+    let cgroup = host_cgroup(&pod);
+    let traces = leftovers::Traces::of(&node, &pod);
+    let shims: Vec<i32> = containerd::processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("containerd-shim") && cmdline.contains(&pod.id))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(shims.len(), 1, "the pod's shim");
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(shims[0], libc::SIGKILL) }, 0);
+
+    eventually("the sandbox is not ready", Duration::from_secs(30), || {
+        let state = pod
+            .cri
+            .pod_sandbox_status(&pod.id)
+            .ok()
+            .and_then(|s| s.status)
+            .map(|s| s.state);
+        state == Some(k8s_cri::v1::PodSandboxState::SandboxNotready as i32)
+    });
+    eventually("the app is not running", Duration::from_secs(30), || {
+        pod.status(&app).state != k8s_cri::v1::ContainerState::ContainerRunning as i32
+    });
+    pod.remove();
+    traces.check_gone(&node);
+    assert!(!cgroup.exists(), "{} stayed", cgroup.display());
+}
+
 #[test]
 fn a_kubelet_style_pod_works_under_runc() {
     a_kubelet_style_pod_works(RUNC);
@@ -492,4 +640,24 @@ fn the_atomic_writer_lays_out_and_swaps_a_volume_as_kubelet_does() {
     assert_eq!(link("..data"), Path::new(&second[0]));
     assert_eq!(std::fs::read_to_string(volume.join("a")).unwrap(), "one\n");
     assert!(!volume.join("..data_tmp").exists());
+}
+
+#[test]
+fn containers_take_updates_and_a_terminal_under_runc() {
+    containers_take_updates_and_a_terminal(RUNC);
+}
+
+#[test]
+fn containers_take_updates_and_a_terminal_under_vmpod() {
+    containers_take_updates_and_a_terminal(VMPOD);
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing_behind_under_runc() {
+    a_killed_shim_leaves_nothing_behind(RUNC);
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing_behind_under_vmpod() {
+    a_killed_shim_leaves_nothing_behind(VMPOD);
 }

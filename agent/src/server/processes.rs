@@ -17,13 +17,8 @@ impl Server {
             reported: false,
         };
         if let Some(console) = plan.console.take() {
-            let master = receive_pty(&console)?;
-            let _ = std::fs::remove_file(
-                console
-                    .local_addr()?
-                    .as_pathname()
-                    .unwrap_or(std::path::Path::new("")),
-            );
+            let master = receive_pty(&console.listener)?;
+            drop(console);
             let out = master.try_clone()?;
             let input = master.try_clone()?;
             proc.stdout = Some(self.new_relay(key, Some(out), None)?);

@@ -180,7 +180,7 @@ impl Server {
             self.layers.assemble(&c.rootfs, dir)
         }
         .map_err(|e| err(ErrorKind::BadRequest, crate::chain(&e)))?;
-        let (io, kept) = match plan_io(c.stdio, terminal, dir, "init") {
+        let (io, kept) = match plan_io(c.stdio, terminal) {
             Ok(p) => p,
             Err(e) => {
                 self.layers.release(assembled);
@@ -256,10 +256,8 @@ impl Server {
                 format!("container {} is not running", e.container_id),
             ));
         }
-        let dir = entry.container.dir.clone();
         let terminal = e.process.terminal().unwrap_or(false);
-        let (io, kept) = plan_io(e.stdio, terminal, &dir, &e.exec_id)
-            .map_err(|x| failed(format!("stdio: {x}")))?;
+        let (io, kept) = plan_io(e.stdio, terminal).map_err(|x| failed(format!("stdio: {x}")))?;
         let entry = self.entry(&e.container_id)?;
         let pid = entry
             .container

@@ -14,19 +14,42 @@ pub(super) struct Kept {
     pub(super) stderr: Option<OwnedFd>,
     /// Output nobody asked for: read and dropped.
     pub(super) discard: Vec<OwnedFd>,
-    pub(super) console: Option<std::os::unix::net::UnixListener>,
+    pub(super) console: Option<ConsoleSocket>,
+}
+
+/// Where console sockets are made: a socket's path must fit in 108 bytes, which a path under
+/// a container's directory with CRI's 64-character exec ids does not.
+const CONSOLE_DIR: &str = "/run/vmpod/tty";
+
+/// A console socket, whose file goes with it.
+pub(super) struct ConsoleSocket {
+    pub(super) listener: std::os::unix::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+impl ConsoleSocket {
+    fn bind() -> io::Result<ConsoleSocket> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        std::fs::create_dir_all(CONSOLE_DIR)?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::path::Path::new(CONSOLE_DIR).join(format!("{n}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        Ok(ConsoleSocket { listener, path })
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The process's ends of its stdio (pipes, or a console socket) and ours. Streams nobody asked
 /// for are pipes too, not /dev/null: an empty stdin, output the agent drains and drops. (A
 /// /dev/null opened by the agent reached the container as a read-only /dev/null on fds 0
 /// and 1, and writes to stdout failed.)
-pub(super) fn plan_io(
-    wiring: StdioWiring,
-    terminal: bool,
-    dir: &std::path::Path,
-    name: &str,
-) -> io::Result<(ProcessIo, Kept)> {
+pub(super) fn plan_io(wiring: StdioWiring, terminal: bool) -> io::Result<(ProcessIo, Kept)> {
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
@@ -44,10 +67,9 @@ pub(super) fn plan_io(
         console_socket: None,
     };
     if terminal {
-        let path = dir.join(format!("console-{name}.sock"));
-        let _ = std::fs::remove_file(&path);
-        kept.console = Some(std::os::unix::net::UnixListener::bind(&path)?);
-        io.console_socket = Some(path);
+        let console = ConsoleSocket::bind()?;
+        io.console_socket = Some(console.path.clone());
+        kept.console = Some(console);
         return Ok((io, kept));
     }
     // A stdin nobody feeds is at its end from the start.

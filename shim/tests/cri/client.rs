@@ -175,6 +175,34 @@ impl Cri {
         }))
     }
 
+    /// Exec (streaming): the URL of containerd's streaming server to attach to.
+    pub fn exec(&self, id: &str, cmd: &[&str], tty: bool) -> CriResult<String> {
+        self.block(self.runtime.clone().exec(ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin: true,
+            stdout: true,
+            stderr: !tty,
+        }))
+        .map(|r| r.url)
+    }
+
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        linux: LinuxContainerResources,
+    ) -> CriResult<()> {
+        self.block(self.runtime.clone().update_container_resources(
+            UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(linux),
+                ..Default::default()
+            },
+        ))
+        .map(drop)
+    }
+
     pub fn container_stats(&self, id: &str) -> CriResult<ContainerStats> {
         self.block(self.runtime.clone().container_stats(ContainerStatsRequest {
             container_id: id.into(),
