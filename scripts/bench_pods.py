@@ -56,14 +56,15 @@ def main():
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     if out.returncode != 0:
         sys.exit(f"bench: bench_pods failed ({out.returncode})")
-    start, stop, memory = {}, {}, {}
+    start, stop, stop_container, memory = {}, {}, {}, {}
     for line in out.stdout.splitlines():
-        kind, handler, *rest = line.split(",", 2 if line.startswith("skip") else 4)
+        kind, handler, *rest = line.split(",", 2 if line.startswith("skip") else -1)
         if kind == "skip":
             print(f"bench: {handler} skipped: {rest[0]}", file=sys.stderr)
         elif kind == "time":
             start.setdefault(handler, []).append(float(rest[1]))
             stop.setdefault(handler, []).append(float(rest[2]))
+            stop_container.setdefault(handler, []).append(float(rest[3]))
         elif kind == "memory":
             memory[handler] = float(rest[0])
     if "runc" not in start:
@@ -79,10 +80,13 @@ def main():
                      "ratio_vs_runc": round(s / base_start, 2),
                      "stop_median_ms": round(t, 1), "stop_p90_ms": round(pct(stop[handler], 90), 1),
                      "stop_ratio_vs_runc": round(t / base_stop, 2),
+                     "stop_container_median_ms": round(statistics.median(stop_container[handler]), 1),
                      "idle_pss_mib": round(memory.get(handler, 0), 1)})
         print(f"{handler:10} {s:9.1f} {pct(start[handler], 90):7.1f} {s / base_start:7.1f}x"
               f" {t:9.1f} {pct(stop[handler], 90):7.1f} {t / base_stop:7.1f}x"
               f" {memory.get(handler, 0):9.1f}")
+    print("of the stop, StopContainer (grace period 10 s): " + ", ".join(
+        f"{h} {statistics.median(v):.1f} ms" for h, v in stop_container.items()))
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
     write_csv(dest / "pods.csv", rows)

@@ -5,7 +5,7 @@
 //! memory included). Uses the CRI test's containerd, client and kubelet pieces
 //! (shim/tests/cri/). Prints CSV lines for scripts/bench_pods.py:
 //!
-//!   time,HANDLER,RUN,START_MS,STOP_MS
+//!   time,HANDLER,RUN,START_MS,STOP_MS,STOP_CONTAINER_MS (STOP_MS includes it)
 //!   memory,HANDLER,PSS_MIB
 //!   skip,HANDLER,WHY
 //!
@@ -43,7 +43,7 @@ fn app() -> ContainerSpec<'static> {
         command: vec![
             "sh".into(),
             "-c".into(),
-            "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait".into(),
+            "trap 'exit 0' TERM; echo ready; httpd -f -p 80 -h /www & wait".into(),
         ],
         mounts: vec![],
         memory_limit: 0,
@@ -64,13 +64,23 @@ fn start(node: &containerd::Shared, handler: &str) -> (Pod, String, Duration) {
     try_start(node, handler).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn stop(mut pod: Pod, app: &str) -> Duration {
+/// Stops and removes the pod; how long it all took, and how much of it StopContainer. The
+/// app is first given the time to set its SIGTERM trap (its log says "ready"): a signal that
+/// comes before it is ignored by a PID 1 with no handler, and the stop lasts the grace period.
+fn stop(mut pod: Pod, app: &str) -> (Duration, Duration) {
+    let log = pod.dirs.log_dir.join("app/0.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" ready")) {
+        assert!(Instant::now() < deadline, "the app never said it was ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t0 = Instant::now();
     pod.cri
         .stop_container(app, 10)
         .unwrap_or_else(|e| panic!("StopContainer: {}", e.message()));
+    let container = t0.elapsed();
     pod.remove();
-    t0.elapsed()
+    (t0.elapsed(), container)
 }
 
 /// The PSS of `pid` and every process below it, in MiB.
@@ -151,11 +161,12 @@ fn main() {
     for run in 0..runs {
         for handler in &handlers {
             let (pod, app, started) = start(&node, handler);
-            let stopped = stop(pod, &app);
+            let (stopped, container) = stop(pod, &app);
             println!(
-                "time,{handler},{run},{:.1},{:.1}",
+                "time,{handler},{run},{:.1},{:.1},{:.1}",
                 started.as_secs_f64() * 1e3,
-                stopped.as_secs_f64() * 1e3
+                stopped.as_secs_f64() * 1e3,
+                container.as_secs_f64() * 1e3
             );
         }
     }
