@@ -176,9 +176,10 @@ impl Drop for PodCgroup {
     }
 }
 
-/// Removes the pod's cgroup after a shim that died in it: what the shim ran there (the VMM and
-/// its helpers, which PDEATHSIG is already killing) is killed and waited for first, as
-/// `runc delete --force` does with a container's processes.
+/// Removes the pod's cgroup after a shim that died in it, once the VMM and its helpers (killed
+/// by PDEATHSIG with the shim) have left it. containerd also runs `delete` while the shim
+/// lives (after every disconnect): a cgroup that still holds a shim is left alone, and
+/// nothing is ever killed here.
 pub fn remove(cgroups_path: &str) {
     let (Ok(relative), Ok(mountinfo)) =
         (relative(cgroups_path), std::fs::read_to_string(MOUNTINFO))
@@ -193,16 +194,16 @@ pub fn remove(cgroups_path: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<i32> = procs
-                .lines()
-                .filter_map(|p| p.trim().parse().ok())
-                .collect();
-            if pids.is_empty() || std::time::Instant::now() > deadline {
+            let pids: Vec<&str> = procs.lines().collect();
+            if pids.is_empty() {
                 break;
             }
-            for pid in pids {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            let shim_alive = pids.iter().any(|pid| {
+                std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+                    .is_ok_and(|c| c.windows(SHIM.len()).any(|w| w == SHIM.as_bytes()))
+            });
+            if shim_alive || std::time::Instant::now() > deadline {
+                return;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -211,6 +212,9 @@ pub fn remove(cgroups_path: &str) {
         }
     }
 }
+
+/// The shim's binary, as its command line names it.
+const SHIM: &str = "containerd-shim-vmpod-v2";
 
 #[cfg(test)]
 mod tests {

@@ -118,6 +118,12 @@ impl containerd_shim::Shim for Service {
 }
 
 fn main() {
+    // The shim's stderr goes nowhere once it runs as a server: a panic is said in containerd's
+    // log, as the shim's other lines are.
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("containerd-shim-vmpod-v2 panicked: {info}");
+        eprintln!("containerd-shim-vmpod-v2 panicked: {info}");
+    }));
     // The shim reaps its own children (the VMM, its helpers, nsenter): the crate's reaper
     // would take their exit statuses away from those who wait for them. It is set up before
     // `Shim::new`, so it is turned off here.
