@@ -15,7 +15,7 @@ struct Backend(Child);
 
 impl Backend {
     fn start(socket: &Path, device_args: &[&str]) -> Backend {
-        let child = Command::new(env!("CARGO_BIN_EXE_vmpod-vhost-user"))
+        let child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_vmpod-vhost-user")))
             .arg("--socket")
             .arg(socket)
             .args(device_args)
@@ -64,6 +64,8 @@ fn vhost_user_args(devices: &[(&Path, &str)]) -> Vec<String> {
 fn qemu(cmdline: &str, console: &Path, extra: &[String]) -> Command {
     let (kernel, initrd) = linux_guest();
     let mut cmd = Command::new(repo_root().join("scripts/qemu-microvm.sh"));
+    // A failed assertion must not leave the guest running (the script execs QEMU).
+    die_with_parent(&mut cmd);
     cmd.args(["--accel", "tcg", "--memory", "256", "--cmdline", cmdline])
         .arg("--kernel")
         .arg(kernel)

@@ -14,6 +14,19 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Children die with the test thread that spawned them (PDEATHSIG follows the thread), even
+/// when a failed assertion or a kill skips their owner's destructors.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 /// The guest artefacts: $VMPOD_GUEST_DIR, else the tree's build/guest.
 pub fn guest_dir() -> PathBuf {
     std::env::var_os("VMPOD_GUEST_DIR")

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{repo_root, Scratch};
+use support::{die_with_parent, repo_root, Scratch};
 use vmpod_protocol::{Client, StdStream, AGENT_PORT};
 
 pub fn guest_dir() -> PathBuf {
@@ -53,18 +53,6 @@ pub struct AgentVm {
     pub console: PathBuf,
     qemu: Child,
     backends: Vec<Child>,
-}
-
-/// Children die with the test process, even when it is killed before its destructors run.
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        })
-    }
 }
 
 fn start_backend(socket: &Path, args: &[String]) -> Child {
