@@ -11,8 +11,8 @@ use vmpod_protocol::POD_SHM_DIR;
 
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-/// The pod's resources as containerd 1.7+ passes them on the sandbox (the sum of its
-/// containers' limits); 1.6 passes none.
+/// The pod's resources, as containerd passes them on the sandbox when kubelet sends them
+/// (`PodSandboxConfig.linux.resources`: the sum of its containers' limits and the overhead).
 const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
 const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
 const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
