@@ -477,6 +477,21 @@ fn containers_take_updates_and_a_terminal(handler: &str) {
     let app = pod.start(container("app", IMAGE_B, "exec sleep 1000"));
     pod.wait_running(&app);
 
+    // containerd passes on the sandbox the pod's resources kubelet sent (256 MiB, one CPU);
+    // vmpod sizes the VM from them (that memory and the guest's 96 MiB), runc has the host's.
+    let annotations = &pod.info()["runtimeSpec"]["annotations"];
+    assert_eq!(
+        annotations["io.kubernetes.cri.sandbox-memory"], "268435456",
+        "{annotations}"
+    );
+    let mem_total = pod.sh(&app, "awk '/^MemTotal/ {print $2}' /proc/meminfo");
+    let mem_total_mib = mem_total.trim().parse::<u64>().unwrap() >> 10;
+    if handler == VMPOD {
+        assert!((256..=352).contains(&mem_total_mib), "{mem_total_mib} MiB");
+    } else {
+        assert!(mem_total_mib > 1024, "{mem_total_mib} MiB");
+    }
+
     // UpdateContainerResources reaches the container's own cgroup.
     let limit = 48 << 20;
     pod.cri
