@@ -60,6 +60,7 @@ pub fn launch(p: &Prepared, timing: &mut crate::timing::Timing) -> Result<Launch
             rootfs: p.rootfs.clone(),
             stdio: wiring,
             user: p.user.clone(),
+            pod_sandbox: false,
         }));
     if let Err(e) = created {
         return Err(create_failure(&p.command[0], e));
