@@ -18,12 +18,15 @@ read_file() {
 	name=$1 file=$2 summary=$3
 	if [ ! -e "$file" ]; then
 		probe "$name" absent
-	elif ! cat "$file" >/dev/null 2>&1; then
+	elif ! head -c 1 "$file" >/dev/null 2>&1; then
 		probe "$name" denied
-	elif [ -z "$(eval "$summary" <"$file" | head -c 1)" ]; then
-		probe "$name" empty
 	else
-		probe "$name" "ok:$(eval "$summary" <"$file" | join)"
+		value=$(eval "$summary" <"$file" | join)
+		if [ -z "$value" ]; then
+			probe "$name" empty
+		else
+			probe "$name" "ok:$value"
+		fi
 	fi
 }
 

@@ -46,6 +46,7 @@ DOCKER_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP
 
 PIDS_LIMIT = 64
 MEMORY_LIMIT_MIB = 64
+PROBE_TIMEOUT_S = 900
 HOG_SECONDS = 10            # how long the neighbour is timed while a hog runs
 FILL_CAP_MIB = 512
 VMPOD_OVERHEAD_MIB = 96     # what `vmpod run` adds to --memory for the guest (cli/src/prepare.rs)
@@ -101,16 +102,6 @@ def rss_mib(pids):
         except OSError:
             pass
     return total / 1024
-
-
-def process_names(pids):
-    names = []
-    for p in pids:
-        try:
-            names.append(open(f"/proc/{p}/comm").read().strip())
-        except OSError:
-            pass
-    return names
 
 
 def host_dmesg():
@@ -306,7 +297,7 @@ def finish(proc, timeout):
 def probe_view(runtime):
     """What the container sees: the probe script's readings, None if it did not run."""
     proc = runtime.start(PROBE.read_text())
-    status, out, err = finish(proc, 600)
+    status, out, err = finish(proc, PROBE_TIMEOUT_S)
     if status != 0:
         log(f"{runtime.name}: the probe script failed ({status}): {err.strip()[-300:]}")
         return None
@@ -415,7 +406,7 @@ def panic(runtime, neighbour, host_boot_id):
 
 # --- the table -----------------------------------------------------------------------------
 
-def view_cells(column, host, readings, exists):
+def view_cells(host, readings, exists):
     verdicts = iv.view_verdicts(host, readings, exists)
     cells = {}
     for name, _, _, _ in iv.PROBES:
@@ -429,7 +420,7 @@ def view_cells(column, host, readings, exists):
     return cells
 
 
-def containment_cells(name, r, kind):
+def containment_cells(r, kind):
     """Cells of the containment rows for one runtime column."""
     cells = {}
     if r is None:
@@ -515,9 +506,13 @@ def plot(out, rows, columns):
         return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
     n, m = len(rows), len(columns)
     lines = [f"set terminal pngcairo size {340 + 190 * m},{120 + 30 * n} font 'sans,10'",
-             f"set output '{out}'", "unset border", "unset tics", "unset key",
+             f"set output '{out}'", "set termoption noenhanced", "unset border",
+             "unset tics", "unset key",
+             "set title " + q("What a container sees of the host kernel and can do to the "
+                              "host (green: isolated; red: the host's; grey: not run or not "
+                              "measured)"),
              f"set xrange [-2.2:{m}]", f"set yrange [-{n}:1.2]", "set lmargin 1",
-             "set rmargin 1", "set tmargin 1", "set bmargin 1"]
+             "set rmargin 1", "set tmargin 3", "set bmargin 1"]
     for j, c in enumerate(columns):
         lines.append(f"set label {q(c)} at {j + 0.5},0.5 center font 'sans,11'")
     for i, (_, label, cells) in enumerate(rows):
@@ -555,6 +550,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"isolation: {tool} is not installed")
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also when started in the background
     started = time.monotonic()
     scratch = Scratch()
     try:
@@ -602,6 +598,11 @@ def run_suite(scratch, args):
                 continue
         view[runtime.name] = probe_view(runtime)
         log(f"{runtime.name}: probes took {time.monotonic() - t0:.1f} s")
+        if view[runtime.name] is None:
+            # A backend that cannot run the probe script runs no hog either.
+            notes[runtime.name] = (f"the probe script did not finish in {PROBE_TIMEOUT_S} s "
+                                   f"(or failed); its containment probes were not run")
+            continue
         try:
             neighbour = runtime.start_neighbour()
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
@@ -634,10 +635,10 @@ def run_suite(scratch, args):
                   for name, *_ in iv.PROBES}
     per_column = {"host": host_cells}
     for runtime in runtimes:
-        per_column[runtime.name] = view_cells(runtime.name, host, view.get(runtime.name), exists)
+        per_column[runtime.name] = view_cells(host, view.get(runtime.name), exists)
         kind = "runc" if isinstance(runtime, Runc) else "vmpod"
         per_column[runtime.name].update(containment_cells(
-            runtime.name, contain.get(runtime.name), kind))
+            contain.get(runtime.name), kind))
         per_column[runtime.name]["panic"] = (panic_cell(None) if kind == "runc" else
                                              panic_cell(panics.get(runtime.name))
                                              if runtime.name in panics else
@@ -702,8 +703,12 @@ def write(out, rows, columns, notes, contain, panics, seconds):
     md.append(json.dumps({"containment": contain, "panic": panics}, indent=1, default=str))
     md.append("```")
     (out / "isolation.md").write_text("\n".join(md) + "\n")
+    (out / "isolation.json").write_text(json.dumps(
+        {"seconds": round(seconds), "columns": columns, "notes": notes,
+         "rows": [{"group": g, "probe": label, "cells": cells} for g, label, cells in rows]},
+        indent=1) + "\n")
     plot(out / "isolation.png", rows, columns[1:])
-    print(f"isolation: {seconds:.0f} s; table: {out / 'isolation.md'}, picture: "
+    print(f"isolation: {seconds:.0f} s; table: {out / 'isolation.md'} (and .json), picture: "
           f"{out / 'isolation.png'}")
 
 
