@@ -528,7 +528,8 @@ def plot(out, rows, columns):
     def q(text):
         return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
     n, m = len(rows), len(columns)
-    lines = [f"set terminal pngcairo size {340 + 190 * m},{120 + 30 * n} font 'sans,10'",
+    width = max(340 + 190 * m, 900)  # the title's width
+    lines = [f"set terminal pngcairo size {width},{120 + 30 * n} font 'sans,10'",
              f"set output '{out}'", "set termoption noenhanced", "unset border",
              "unset tics", "unset key",
              "set title " + q("What a container sees of the host kernel and can do to the "
