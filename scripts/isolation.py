@@ -670,7 +670,8 @@ def run_suite(scratch, args):
         per_column[runtime.name]["syscalls"] = surface.get(runtime.name, ("", iv.NOT_MEASURED))
     for name, group, label, _ in iv.PROBES:
         rows.append((group, label, {c: per_column[c].get(name, ("", "")) for c in per_column}))
-    per_column["host"].update({key: ("—", "") for key, _ in CONTAINMENT_ROWS + [("syscalls", "")]})
+    for key, _ in CONTAINMENT_ROWS + [("syscalls", "")]:
+        per_column["host"][key] = ("—", "")
     for key, label in CONTAINMENT_ROWS:
         rows.append(("containment, measured on the host", label,
                      {c: per_column[c].get(key, ("", "")) for c in per_column}))
@@ -710,8 +711,9 @@ def vmm_filters(runtime):
 def write(out, rows, columns, notes, contain, panics, seconds):
     out.mkdir(parents=True, exist_ok=True)
     print(iv.render_text(rows, columns))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     md = ["# Isolation: runc and vmpod side by side", "",
-          f"Produced by `make isolation` (scripts/isolation.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"Produced by `make isolation` (scripts/isolation.py, {when}, "
           f"{seconds:.0f} s) on this host: kernel {os.uname().release}, {os.cpu_count()} CPUs. "
           "Each cell is what the container read or what the host measured, then the verdict: "
           "**own** / **hidden** / **bounded** (isolated), **host's** / **unbounded** (shared "
