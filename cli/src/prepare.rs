@@ -2,7 +2,10 @@
 //! container need, checked before any VM starts: bad input fails here, with nothing to undo.
 
 use crate::{rootfs, volumes, Failure};
-use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
+use oci_spec::runtime::{
+    Capability, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Spec,
+};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use vmpod_protocol::{Rootfs, Upper};
@@ -64,6 +67,13 @@ pub struct RunArgs {
     /// Make the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
+    /// Every capability and no masked or read-only /proc and /sys paths, as docker's
+    /// --privileged: root's full powers over the VM's kernel, never over the host's.
+    #[arg(long)]
+    pub privileged: bool,
+    /// The most processes the container may have at once (its pids cgroup; -1: no limit).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
     /// auto, vmm or qemu.
     #[arg(long, default_value = "auto")]
     pub hypervisor: String,
@@ -160,6 +170,31 @@ pub fn docker_capabilities() -> oci_spec::runtime::LinuxCapabilities {
     .into_iter()
     .collect();
     let mut caps = oci_spec::runtime::LinuxCapabilities::default();
+    caps.set_bounding(Some(set.clone()));
+    caps.set_effective(Some(set.clone()));
+    caps.set_permitted(Some(set));
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+    caps
+}
+
+/// Every capability the OCI spec names: what `--privileged` grants (docker's, likewise).
+pub fn all_capabilities() -> LinuxCapabilities {
+    const NAMES: &str =
+        "AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND BPF CHECKPOINT_RESTORE \
+        CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID IPC_LOCK IPC_OWNER KILL LEASE \
+        LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE MKNOD NET_ADMIN NET_BIND_SERVICE NET_BROADCAST \
+        NET_RAW PERFMON SETGID SETFCAP SETPCAP SETUID SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE \
+        SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG SYSLOG \
+        WAKE_ALARM";
+    let set: oci_spec::runtime::Capabilities = NAMES
+        .split_whitespace()
+        .map(|name| {
+            serde_json::from_value::<Capability>(format!("CAP_{name}").into())
+                .expect("a capability the OCI spec names")
+        })
+        .collect();
+    let mut caps = LinuxCapabilities::default();
     caps.set_bounding(Some(set.clone()));
     caps.set_effective(Some(set.clone()));
     caps.set_permitted(Some(set));
@@ -334,7 +369,11 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
     process.set_args(Some(command.clone()));
     process.set_terminal(Some(args.tty));
     process.set_env(Some(env));
-    process.set_capabilities(Some(docker_capabilities()));
+    process.set_capabilities(Some(if args.privileged {
+        all_capabilities()
+    } else {
+        docker_capabilities()
+    }));
     if let Some(dir) = args.workdir.clone().or(image_workdir) {
         process.set_cwd(dir.into());
     }
@@ -366,7 +405,24 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
                 .map_err(|e| runtime(e.to_string()))?,
         );
     }
+    if let Some(limit) = args.pids_limit {
+        if limit == 0 || limit < -1 {
+            return Err(runtime(format!(
+                "--pids-limit {limit} must be a positive number (or -1: no limit)"
+            )));
+        }
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(limit)
+                .build()
+                .map_err(|e| runtime(e.to_string()))?,
+        );
+    }
     let mut linux = spec.linux().clone().unwrap_or_default();
+    if args.privileged {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+    }
     linux.set_resources(Some(resources.build().map_err(|e| runtime(e.to_string()))?));
     spec.set_linux(Some(linux));
 
@@ -415,6 +471,15 @@ mod tests {
         for bad in ["", "m", "12x", "-1m"] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn privileged_grants_every_capability_the_spec_names() {
+        let caps = all_capabilities();
+        let bounding = caps.bounding().as_ref().unwrap();
+        assert_eq!(bounding.len(), 41);
+        assert!(bounding.contains(&Capability::SysAdmin));
+        assert!(bounding.is_superset(&docker_capabilities().bounding().clone().unwrap()));
     }
 
     #[test]
