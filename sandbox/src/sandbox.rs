@@ -70,8 +70,12 @@ fn spawn_janitor(state_dir: &Path) -> Result<std::process::Child, SandboxError> 
     cmd.arg("-c")
         .arg(r#"trap 'kill $! 2>/dev/null; [ -f "$0/cleanup.sh" ] && sh "$0/cleanup.sh"; rm -rf --one-file-system "$0"; exit 0' TERM; while :; do sleep 3600 & wait $!; done"#)
         .arg(state_dir)
+        // None of the owner's streams: a sleep the trap misses (a TERM while the shell forks
+        // the next one) would hold them open, and whoever reads the owner's output to its end
+        // would wait for it.
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     // SAFETY: prctl and setpgid are async-signal-safe and touch no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
