@@ -41,6 +41,7 @@ fn container<'a>(name: &'a str, image: &'a str, script: &str) -> ContainerSpec<'
         mounts: vec![],
         memory_limit: 0,
         pid: NamespaceMode::Container,
+        interactive: false,
     }
 }
 
@@ -516,19 +517,21 @@ fn containers_take_updates_and_a_terminal(handler: &str) {
     );
     assert_eq!(cpu.split_whitespace().next(), Some("50000"), "{cpu}");
 
-    // A streaming exec with a terminal, resized as kubectl does before it writes.
+    // A streaming exec with a terminal, resized as kubectl does before it writes. containerd
+    // copies stdin into the process as soon as its FIFOs exist but sends the size only once
+    // Start has returned, so a shell can read its first line before it has a size (under either
+    // runtime; a slower start makes it likely): the script waits for the size, which proves
+    // the resize reaches the process's terminal.
     let url = pod.cri.exec(&app, &["sh"], true).expect("Exec");
     let session = stream::run(
         &node.netns_path(),
         &url,
         40,
         100,
-        "stty size; tty; echo $((6*7)); exit 5\n",
+        "while [ \"$(stty size)\" = \"0 0\" ]; do sleep 0.1; done; \
+         stty size; tty; echo $((6*7)); exit 5\n",
     );
-    // The size kubectl sends before the shell starts can reach the shim before the exec has
-    // its pty and is then lost (a 0x0 terminal: `stty size` fails); to be fixed in the shim,
-    // so only the terminal itself and the exit code are checked here for now.
-    for expected in ["/dev/pts/", "42"] {
+    for expected in ["40 100", "/dev/pts/", "42"] {
         assert!(
             session.stdout.contains(expected),
             "{expected} not in {:?}",
@@ -541,6 +544,30 @@ fn containers_take_updates_and_a_terminal(handler: &str) {
             .contains(r#""reason":"ExitCode","message":"5""#),
         "{session:?}"
     );
+
+    // Attach to a container started with a terminal and stdin (`kubectl run -it`): what is
+    // typed reaches its shell, its output comes back, and its exit is the container's.
+    let mut shell = container("shell", IMAGE_B, "exec sh");
+    shell.command = vec!["sh".into()];
+    shell.interactive = true;
+    let shell = pod.start(shell);
+    pod.wait_running(&shell);
+    let url = pod.cri.attach(&shell).expect("Attach");
+    let session = stream::run(
+        &node.netns_path(),
+        &url,
+        30,
+        90,
+        "while [ \"$(stty size)\" = \"0 0\" ]; do sleep 0.1; done; \
+         echo attached $(stty size) $((6*7)); exit 3\n",
+    );
+    assert!(
+        session.stdout.contains("attached 30 90 42"),
+        "{:?}",
+        session.stdout
+    );
+    let status = pod.wait_exited(&shell, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 3, "{status:?}");
 
     // An exited container reports when it was created, started and finished.
     let quick = pod.start(container("quick", IMAGE_B, "sleep 1; exit 0"));

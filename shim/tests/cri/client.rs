@@ -188,6 +188,18 @@ impl Cri {
         .map(|r| r.url)
     }
 
+    /// Attach (streaming) to a container started with a terminal and stdin: the URL to attach to.
+    pub fn attach(&self, id: &str) -> CriResult<String> {
+        self.block(self.runtime.clone().attach(AttachRequest {
+            container_id: id.into(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        }))
+        .map(|r| r.url)
+    }
+
     pub fn update_container_resources(
         &self,
         id: &str,

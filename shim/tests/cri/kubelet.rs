@@ -300,6 +300,8 @@ pub struct ContainerSpec<'a> {
     pub mounts: Vec<Mount>,
     pub memory_limit: i64,
     pub pid: NamespaceMode,
+    /// `stdin: true, tty: true`, as `kubectl run -it` asks, so the container can be attached to.
+    pub interactive: bool,
 }
 
 /// The container config kubelet sends (`generateContainerConfig`).
@@ -330,6 +332,8 @@ pub fn container_config(pod: &PodDirs, spec: ContainerSpec) -> ContainerConfig {
             },
         ],
         mounts: spec.mounts,
+        stdin: spec.interactive,
+        tty: spec.interactive,
         log_path: format!("{}/0.log", spec.name),
         labels,
         annotations: HashMap::from([
