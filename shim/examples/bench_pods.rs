@@ -21,6 +21,9 @@ mod client;
 #[path = "../tests/cri/containerd.rs"]
 mod containerd;
 #[allow(dead_code)]
+#[path = "../tests/common/daemon.rs"]
+mod daemon;
+#[allow(dead_code)]
 #[path = "../tests/cri/images.rs"]
 mod images;
 #[allow(dead_code)]
@@ -48,6 +51,7 @@ fn app() -> ContainerSpec<'static> {
         mounts: vec![],
         memory_limit: 0,
         pid: NamespaceMode::Container,
+        interactive: false,
     }
 }
 

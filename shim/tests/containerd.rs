@@ -4,11 +4,13 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/daemon.rs"]
+mod daemon;
+
+use daemon::{bin_dir, guest_dir, text};
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::repo_root;
 
 const RUNTIME: &str = "io.containerd.vmpod.v2";
 const IMAGE: &str = "docker.io/library/busybox:latest";
@@ -18,23 +20,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-vmpod-v2"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn guest_dir() -> PathBuf {
-    std::env::var_os("VMPOD_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("build/guest"))
 }
 
 struct Containerd {
@@ -72,32 +57,7 @@ impl Containerd {
     }
 
     fn launch(&mut self) {
-        let path = format!(
-            "{}:{}",
-            bin_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(self.dir.path("containerd.log")).unwrap();
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(self.dir.path("config.toml"))
-            .env("PATH", path)
-            .env("VMPOD_GUEST_DIR", guest_dir())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd (apt-get install containerd)");
-        self.daemon = Some(daemon);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.dir.path("containerd.sock").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.daemon = Some(daemon::start(&self.dir.0, None));
     }
 
     fn kill_9(&mut self) {

@@ -10,6 +10,8 @@ mod support;
 mod client;
 #[path = "cri/containerd.rs"]
 mod containerd;
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "cri/images.rs"]
 mod images;
 #[path = "cri/kubelet.rs"]
@@ -448,6 +450,11 @@ fn comm(pid: &str) -> String {
         .to_string()
 }
 
+/// A line for an interactive shell that runs `script` once its terminal has a size.
+fn once_sized(script: &str) -> String {
+    format!("while [ \"$(stty size)\" = \"0 0\" ]; do sleep 0.1; done; {script}\n")
+}
+
 /// What kubelet does to running containers beyond exec: resource updates reach the
 /// container's cgroup, a streaming exec gets a terminal that resizes, an exited container
 /// reports its times, and the node's cgroup for the pod holds what the pod runs on the host.
@@ -528,8 +535,7 @@ fn containers_take_updates_and_a_terminal(handler: &str) {
         &url,
         40,
         100,
-        "while [ \"$(stty size)\" = \"0 0\" ]; do sleep 0.1; done; \
-         stty size; tty; echo $((6*7)); exit 5\n",
+        &once_sized("stty size; tty; echo $((6*7)); exit 5"),
     );
     for expected in ["40 100", "/dev/pts/", "42"] {
         assert!(
@@ -558,8 +564,7 @@ fn containers_take_updates_and_a_terminal(handler: &str) {
         &url,
         30,
         90,
-        "while [ \"$(stty size)\" = \"0 0\" ]; do sleep 0.1; done; \
-         echo attached $(stty size) $((6*7)); exit 3\n",
+        &once_sized("echo attached $(stty size) $((6*7)); exit 3"),
     );
     assert!(
         session.stdout.contains("attached 30 90 42"),

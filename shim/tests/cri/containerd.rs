@@ -3,8 +3,9 @@
 //! with its own root, state and socket under a scratch directory, the build's binaries first on
 //! its PATH, and the test images imported into `k8s.io`. Stopped at the process's exit.
 
+use super::daemon;
+pub use super::daemon::{guest_dir, text};
 use super::images;
-use super::support::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -18,30 +19,6 @@ pub const VMPOD: &str = "vmpod";
 /// The pods' CNI network (bridge + host-local); the bridge is the node's side, its gateway.
 pub const POD_SUBNET: &str = "10.88.77.0/24";
 pub const BRIDGE: &str = "vmpodcri0";
-
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Where the build put the shim (and vmpod-vmm, vmpod-vhost-user): cargo names it to tests;
-/// an example (shim/examples/bench_pods.rs) runs from `<profile>/examples/`.
-pub fn bin_dir() -> PathBuf {
-    match option_env!("CARGO_BIN_EXE_containerd-shim-vmpod-v2") {
-        Some(shim) => Path::new(shim).parent().unwrap().to_path_buf(),
-        None => std::env::current_exe()
-            .unwrap()
-            .ancestors()
-            .nth(2)
-            .unwrap()
-            .to_path_buf(),
-    }
-}
-
-pub fn guest_dir() -> PathBuf {
-    std::env::var_os("VMPOD_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("build/guest"))
-}
 
 pub struct CriContainerd {
     /// Scratch root: config.toml, root/, state/, the socket, cni/, images/, kubelet/.
@@ -328,37 +305,7 @@ impl CriContainerd {
     }
 
     fn launch(&mut self) {
-        let path = format!(
-            "{}:{}",
-            bin_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(self.dir.join("containerd.log")).unwrap();
-        // nsenter, not `ip netns exec`: that one remounts /sys, which hides the cgroup mounts
-        // runc needs. VMPOD_* (hypervisor, debug, ...) pass through to the shim.
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg("containerd")
-            .arg("--config")
-            .arg(self.dir.join("config.toml"))
-            .env("PATH", path)
-            .env("VMPOD_GUEST_DIR", guest_dir())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd (apt-get install containerd)");
-        self.daemon = Some(daemon);
-        let socket = self.dir.join("containerd.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
-            if socket.exists() && log.contains("containerd successfully booted") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "containerd did not start: {log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.daemon = Some(daemon::start(&self.dir, Some(&self.netns)));
     }
 
     fn shims(&self) -> Vec<i32> {
