@@ -124,6 +124,11 @@ pub fn boot() -> Result<(), InitError> {
         Some("mode=1777"),
     )?;
     std::fs::create_dir_all("/etc").map_err(io("create /etc"))?;
+    // Always overcommit: the container's cgroup limit decides what it may use, as on a host
+    // under runc, and not the kernel's guess from a VM sized just above that limit (which
+    // refuses one allocation larger than the VM with ENOMEM instead of an OOM kill, 137).
+    std::fs::write("/proc/sys/vm/overcommit_memory", "1")
+        .map_err(io("set vm.overcommit_memory"))?;
     enable_cgroup_controllers();
     crate::net::loopback_up().map_err(io("bring up lo"))?;
     Ok(())

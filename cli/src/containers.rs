@@ -17,7 +17,12 @@ pub const RECORDS: &str = "/run/vmpod/containers";
 pub enum Status {
     Starting,
     Running,
-    Exited { code: i32 },
+    Exited {
+        code: i32,
+        /// Killed by its cgroup's OOM killer (docker's `OOMKilled`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        oom_killed: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,7 +81,10 @@ impl Record {
         match self.status {
             Status::Exited { .. } => self.status.clone(),
             _ if monitor_alive(self.monitor_pid) => self.status.clone(),
-            _ => Status::Exited { code: 125 },
+            _ => Status::Exited {
+                code: 125,
+                oom_killed: false,
+            },
         }
     }
 }

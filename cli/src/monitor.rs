@@ -204,9 +204,9 @@ pub fn monitor(id: &str) -> i32 {
     if let Some(connection) = stop_connection {
         let _ = connection.shutdown(std::net::Shutdown::Both);
     }
-    let code = match &exit {
-        Ok(e) => e.status,
-        Err(_) => 125,
+    let (code, oom_killed) = match &exit {
+        Ok(e) => (e.status, e.oom_killed),
+        Err(_) => (125, false),
     };
     let _ = out.join();
     if let Some(err) = err {
@@ -221,7 +221,7 @@ pub fn monitor(id: &str) -> i32 {
             let _ = writeln!(f, "vmpod: lost the container: {}{why}", chain(e));
         }
     }
-    record.status = Status::Exited { code };
+    record.status = Status::Exited { code, oom_killed };
     record.vsock = None;
     let _ = write_json(&dir.join("record.json"), &record);
     drop(sandbox);

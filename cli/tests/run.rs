@@ -85,6 +85,24 @@ fn stdin_round_trip_and_oom() {
         &["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"],
     );
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    // One allocation larger than the VM: the container's limit decides (an OOM kill, as under
+    // runc), not the guest's overcommit guess (ENOMEM, exit 1); one under the limit succeeds.
+    let dd = |size: &str| {
+        run(
+            &["--memory", "64m"],
+            &[
+                "dd",
+                "if=/dev/zero",
+                "of=/dev/null",
+                &format!("bs={size}"),
+                "count=1",
+            ],
+        )
+    };
+    let out = dd("200M");
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    let out = dd("60M");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -559,6 +577,34 @@ fn background_containers_ps_exec_logs_kill_rm() {
     );
     ok(&["rm", id]);
     assert!(!ok(&["ps", "-a"]).contains(id));
+
+    // An OOM kill shows as docker's OOMKilled.
+    let id = ok(&[
+        "run",
+        "-d",
+        "--memory",
+        "64m",
+        "busybox",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=200M",
+        "count=1",
+    ]);
+    let id = id.trim();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ok(&["ps", "-a"])
+        .lines()
+        .any(|l| l.starts_with(id) && l.ends_with("Exited (137) OOMKilled"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            ok(&["ps", "-a"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ok(&["rm", id]);
 
     // rm -f of a running one, and -d --rm, leave nothing either.
     let id = ok(&["run", "-d", "busybox", "sleep", "1000"]);

@@ -16,7 +16,14 @@ pub fn ps(all: bool) -> Result<i32, Failure> {
         let status = match status {
             Status::Starting => "Starting".to_string(),
             Status::Running => format!("Up ({})", r.hypervisor),
-            Status::Exited { code } => format!("Exited ({code})"),
+            Status::Exited {
+                code,
+                oom_killed: false,
+            } => format!("Exited ({code})"),
+            Status::Exited {
+                code,
+                oom_killed: true,
+            } => format!("Exited ({code}) OOMKilled"),
         };
         let mut command = r.command.join(" ");
         if command.len() > 24 {
