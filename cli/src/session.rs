@@ -1,12 +1,20 @@
 //! A process attached to the local terminal: its streams copied both ways, Ctrl-C / SIGTERM
 //! forwarded, the window size kept in step, and its exit awaited. `vmpod run` and
 //! `vmpod exec` both end up here.
+//!
+//! As with `docker run`, a process that ignores Ctrl-C can still be stopped: a second SIGINT
+//! within `FORCE_WINDOW` of the first kills it (SIGKILL to every process of the container, or
+//! of the exec).
 
 use crate::signals;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 use vmpod_protocol::{Client, ClientError, ProcessExit, RequestBody};
 use vmpod_sandbox::Endpoint;
+
+/// How soon a second SIGINT must follow the first to kill rather than forward.
+const FORCE_WINDOW: Duration = Duration::from_secs(2);
 
 pub struct Streams {
     pub stdout: UnixStream,
@@ -51,6 +59,7 @@ pub fn attach(
             resize(&mut control, &container, exec.as_deref());
         }
         std::thread::spawn(move || {
+            let mut last_interrupt: Option<Instant> = None;
             while let Some(sig) = signals::next(&mut signals) {
                 if sig == libc::SIGWINCH {
                     if tty {
@@ -58,11 +67,16 @@ pub fn attach(
                     }
                     continue;
                 }
+                let forced = sig == libc::SIGINT
+                    && last_interrupt.is_some_and(|at| at.elapsed() < FORCE_WINDOW);
+                if sig == libc::SIGINT {
+                    last_interrupt = Some(Instant::now());
+                }
                 let _ = control.call(RequestBody::SignalProcess {
                     container_id: container.clone(),
                     exec_id: exec.clone(),
-                    signal: sig,
-                    all: false,
+                    signal: if forced { libc::SIGKILL } else { sig },
+                    all: forced,
                 });
             }
         });

@@ -349,53 +349,99 @@ fn smoke_on_vmpod_vmm() {
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group, as `timeout(1)` and other
-/// supervisors do: SIGINT, SIGTERM and SIGHUP to the CLI's group reach the container's process
-/// (whose trap decides the exit), and no helper of the VM hears them.
+/// supervisors do: SIGINT, SIGTERM and SIGHUP to the group of a CLI in its own session reach
+/// the container's process (whose trap decides the exit), no helper of the VM hears them, and
+/// the VM is gone afterwards. A second Ctrl-C soon after the first kills a container that
+/// ignores it, as with `docker run`.
 #[test]
 fn signals_to_the_clis_process_group_go_to_the_container() {
-    use std::os::unix::process::CommandExt;
     let _serial = serial();
-    let root = rootfs();
-    for (signal, name, code) in [
-        (libc::SIGINT, "INT", 7),
-        (libc::SIGTERM, "TERM", 8),
-        (libc::SIGHUP, "HUP", 9),
+    let before = leftovers();
+    for (signals, name, code, said) in [
+        (&[libc::SIGINT][..], "INT", 7, "got-INT\n"),
+        (&[libc::SIGTERM], "TERM", 8, "got-TERM\n"),
+        (&[libc::SIGHUP], "HUP", 9, "got-HUP\n"),
+        (&[libc::SIGINT, libc::SIGINT], "INT", 137, "got-INT\n"),
     ] {
+        // The last case's trap ignores the signal: only the second Ctrl-C ends it.
+        let exit = if code == 137 {
+            String::new()
+        } else {
+            format!("exit {code}")
+        };
         let script = format!(
-            "trap 'echo got-{name}; exit {code}' {name}; echo ready; while :; do sleep 0.1; done"
+            "trap 'echo got-{name}; {exit}' {name}; echo ready; while :; do sleep 0.1; done"
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod"))
-            .args([
-                "run",
-                "--rm",
-                "--rootfs",
-                root.to_str().unwrap(),
-                "sh",
-                "-c",
-            ])
-            .arg(&script)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vmpod");
-        let mut stdout = child.stdout.take().unwrap();
-        let mut first = [0u8; 6];
-        std::io::Read::read_exact(&mut stdout, &mut first).expect("the container says ready");
-        assert_eq!(&first, b"ready\n");
-        // SAFETY: kill(2) of our own child's process group.
-        unsafe { libc::kill(-(child.id() as i32), signal) };
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let (code_seen, rest, stderr) = signal_a_session(&script, signals);
         assert_eq!(
-            (out.status.code(), rest.as_str()),
-            (Some(code), format!("got-{name}\n").as_str()),
-            "SIG{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            (code_seen, rest.as_str()),
+            (Some(code), said),
+            "{signals:?}: {stderr}"
         );
     }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while leftovers() != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            state_dirs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Runs `script` under `vmpod run` in a session of its own, sends `signals` to its process
+/// group once the container says "ready" (each after the container has answered the one
+/// before), and returns the exit code, the rest of stdout and stderr.
+fn signal_a_session(script: &str, signals: &[libc::c_int]) -> (Option<i32>, String, String) {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::CommandExt;
+    let root = rootfs();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vmpod"));
+    command
+        .args([
+            "run",
+            "--rm",
+            "--rootfs",
+            root.to_str().unwrap(),
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut child = command.spawn().expect("spawn vmpod");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .expect("the container says ready");
+    assert_eq!(line, "ready\n");
+    let mut rest = String::new();
+    for (i, &signal) in signals.iter().enumerate() {
+        // SAFETY: kill(2) of our own child's process group (it leads its session).
+        unsafe { libc::kill(-(child.id() as i32), signal) };
+        if i + 1 < signals.len() {
+            stdout.read_line(&mut rest).expect("the container answers");
+        }
+    }
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        rest,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
