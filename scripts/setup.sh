@@ -6,8 +6,8 @@ set -euo pipefail
 packages=(
     # guest kernel build
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
-    # guests, the comparison hypervisor, the test initramfs, test disk images
-    qemu-system-x86 busybox-static erofs-utils e2fsprogs iproute2
+    # guests, the comparison hypervisor, the test initramfs (also zstd-compressed), test disks
+    qemu-system-x86 busybox-static erofs-utils e2fsprogs iproute2 zstd
     # the agent links libseccomp statically; runc and crun are what the benchmarks compare with
     libseccomp-dev runc crun
     # images without a registry: the busybox image, the tests' OCI and Debian images

@@ -274,6 +274,38 @@ fn initrd_larger_than_memory_is_refused() {
     );
 }
 
+/// An xz-compressed initrd (our kernel has no xz decompressor) and a file that is no
+/// initramfs at all are refused by name, before the guest runs.
+#[test]
+fn an_initrd_the_kernel_cannot_read_is_refused_by_name() {
+    require_kvm();
+    let scratch = Scratch::new("initrd-format");
+    let console = scratch.path("console.log");
+    for (name, bytes, why) in [
+        (
+            "initrd.xz",
+            &[0xfd, b'7', b'z', b'X', b'Z', 0, 0, 4][..],
+            "xz data; the guest kernel reads a newc cpio archive, plain or gzip or zstd",
+        ),
+        ("initrd.txt", b"not an image\n", "not an initramfs"),
+    ] {
+        let initrd = scratch.path(name);
+        std::fs::write(&initrd, bytes).unwrap();
+        assert_refused(
+            &scratch,
+            &[
+                "--kernel",
+                tiny_guest().to_str().unwrap(),
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--console",
+                console.to_str().unwrap(),
+            ],
+            &format!("initrd {}: {why}", initrd.display()),
+        );
+    }
+}
+
 #[test]
 fn zero_and_300_vcpus_are_refused() {
     let scratch = Scratch::new("cpus");

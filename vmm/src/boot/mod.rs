@@ -1,6 +1,7 @@
 //! Putting a guest kernel into memory: kernel image (PVH or 64-bit ELF vmlinux, bzImage),
 //! initrd, command line, MP table and the protocol's boot information.
 
+mod initrd_format;
 mod linux;
 pub mod mptable;
 mod pvh;
@@ -37,6 +38,8 @@ pub enum BootError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("initrd {path}: {why}")]
+    InitrdFormat { path: PathBuf, why: String },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory above the kernel (room for {room} bytes); give the VM more memory")]
     InitrdTooLarge { path: PathBuf, size: u64, room: u64 },
     #[error("initrd {path}: cannot copy into guest memory: {source}")]
@@ -171,6 +174,14 @@ fn load_initrd(
             path: path.to_path_buf(),
             size,
             room,
+        });
+    }
+    let mut head = [0u8; initrd_format::MAGIC_LEN];
+    let read = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).map_err(open_err)?;
+    if let Some(why) = initrd_format::InitrdFormat::of(&head[..read]).refusal() {
+        return Err(BootError::InitrdFormat {
+            path: path.to_path_buf(),
+            why,
         });
     }
     let addr = (top - size) & !0xfff;
