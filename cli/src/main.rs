@@ -10,6 +10,7 @@ mod containers;
 mod image;
 mod launch;
 mod monitor;
+mod notice;
 mod prepare;
 mod rootfs;
 mod run;
@@ -71,6 +72,8 @@ enum Command {
     /// Manage VM templates.
     #[command(subcommand)]
     Template(template::TemplateCommand),
+    /// What this host's vmpod uses and why: config, KVM, backend, guest files, stores.
+    Info,
     /// A background container's owner (started by `run -d`).
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
@@ -110,6 +113,7 @@ fn main() {
         Command::Image(command) => image::run(command),
         Command::Images => image::list(),
         Command::Template(command) => template::run(command),
+        Command::Info => commands::info::info(),
         Command::Monitor { id } => Ok(monitor::monitor(&id)),
     };
     let code = match result {

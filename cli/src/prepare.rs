@@ -1,7 +1,7 @@
 //! From `vmpod run`'s flags and an image (or `--rootfs DIR`) to everything a sandbox and its
 //! container need, checked before any VM starts: bad input fails here, with nothing to undo.
 
-use crate::{rootfs, volumes, Failure};
+use crate::{notice, rootfs, volumes, Failure};
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
     LinuxResourcesBuilder, Spec,
@@ -9,8 +9,9 @@ use oci_spec::runtime::{
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use vmpod_protocol::{Rootfs, Upper};
+use vmpod_sandbox::hypervisor::{self, DEFAULT_VM_MIB, VM_OVERHEAD_MIB};
 use vmpod_sandbox::image::Store;
-use vmpod_sandbox::{Backend, SharedVolume};
+use vmpod_sandbox::{host_config, Backend, SharedVolume};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -46,9 +47,9 @@ pub struct RunArgs {
     /// Overrides the image's entrypoint ("" clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,
-    /// vCPUs of the VM and the container's CPU quota.
-    #[arg(long, default_value = "1")]
-    pub cpus: String,
+    /// vCPUs of the VM and the container's CPU quota (default: `cpus` in vmpod.toml, else 1).
+    #[arg(long)]
+    pub cpus: Option<String>,
     /// The container's memory limit (e.g. 256m, 1g); the VM gets it plus the agent's share.
     #[arg(long, short = 'm')]
     pub memory: Option<String>,
@@ -74,9 +75,9 @@ pub struct RunArgs {
     /// The most processes the container may have at once (its pids cgroup; -1: no limit).
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
-    /// auto, vmm or qemu.
-    #[arg(long, default_value = "auto")]
-    pub hypervisor: String,
+    /// auto, vmm or qemu (default: `hypervisor` in vmpod.toml, else auto).
+    #[arg(long)]
+    pub hypervisor: Option<String>,
     /// Boot the VM's kernel instead of restoring the VM template of its shape.
     #[arg(long = "cold-boot")]
     pub cold_boot: bool,
@@ -141,9 +142,6 @@ pub fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(1 << shift)
 }
 
-/// The guest kernel, the agent and page cache need this much beside the container's limit.
-const VM_OVERHEAD_MIB: u64 = 96;
-const DEFAULT_VM_MIB: u64 = 256;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// docker's default capability set, so programs behave as under `docker run` (ping needs
@@ -223,17 +221,19 @@ fn merge_env(layers: impl IntoIterator<Item = String>) -> Result<Vec<String>, Fa
 }
 
 pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
-    let cpus: f64 = args
-        .cpus
-        .parse()
-        .ok()
-        .filter(|c: &f64| *c > 0.0 && *c <= 64.0)
-        .ok_or_else(|| {
-            runtime(format!(
-                "--cpus '{}' must be a number above 0 and at most 64",
-                args.cpus
-            ))
-        })?;
+    let host = host_config::get().map_err(|e| runtime(e.to_string()))?;
+    let cpus: f64 = match &args.cpus {
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|c: &f64| *c > 0.0 && *c <= 64.0)
+            .ok_or_else(|| {
+                runtime(format!(
+                    "--cpus '{text}' must be a number above 0 and at most 64"
+                ))
+            })?,
+        None => f64::from(host.config.cpus.unwrap_or(1)),
+    };
     let limit = match &args.memory {
         Some(m) => Some(parse_size(m).filter(|b| *b >= 4 << 20).ok_or_else(|| {
             runtime(format!(
@@ -279,7 +279,16 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
             )));
         }
     }
-    let backend = Backend::choose(&args.hypervisor).map_err(|e| runtime(e.to_string()))?;
+    let choice = hypervisor::choose_for_host(
+        args.hypervisor
+            .as_deref()
+            .map(|name| ("--hypervisor", name)),
+    )
+    .map_err(|e| runtime(e.to_string()))?;
+    if choice.auto {
+        notice::backend_fallback_once();
+    }
+    let backend = choice.backend;
 
     // The image's defaults, then what the flags say.
     let (image_name, layers, mut command, image_env, image_workdir, image_user) = match &args.rootfs
@@ -437,7 +446,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
     };
     let memory_mib = limit
         .map(|b| (b >> 20) + VM_OVERHEAD_MIB)
-        .unwrap_or(DEFAULT_VM_MIB);
+        .unwrap_or_else(|| host.config.memory_mib.map_or(DEFAULT_VM_MIB, u64::from));
     Ok(Prepared {
         spec,
         rootfs,
@@ -448,7 +457,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         memory_mib: memory_mib.min(u64::from(u32::MAX)) as u32,
         hypervisor: backend,
         cold_boot: args.cold_boot,
-        debug: args.debug,
+        debug: args.debug || host.debug(),
         kernel_args: args.kernel_args.clone(),
         netns: args.netns.clone(),
         interactive: args.interactive,

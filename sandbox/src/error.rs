@@ -24,6 +24,8 @@ pub enum SandboxError {
     Agent(#[from] vmpod_protocol::ClientError),
     #[error(transparent)]
     Slot(#[from] SlotError),
+    #[error(transparent)]
+    Config(#[from] crate::host_config::ConfigError),
 }
 
 /// A disk slot that could not be filled or emptied (slots.rs).

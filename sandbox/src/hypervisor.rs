@@ -17,6 +17,15 @@ pub const SPARE_SLOTS: usize = 8;
 const VMM_DEVICES: usize = 19;
 /// QEMU 7.2's microvm without ACPI (our guest kernel has none) has 8 virtio-mmio transports.
 const QEMU_MICROVM_DEVICES: usize = 8;
+/// The guest kernel, the agent and page cache need this much beside a container's (or a
+/// pod's) memory limit.
+pub const VM_OVERHEAD_MIB: u64 = 96;
+/// A container's VM when it sets no memory limit and vmpod.toml no `memory_mib`.
+pub const DEFAULT_VM_MIB: u64 = 256;
+/// A Kubernetes pod's VM when containerd does not pass the pod's resources (1.6 does not) and
+/// neither the shim's VMPOD_POD_MEMORY_MIB nor vmpod.toml's `memory_mib` says.
+pub const DEFAULT_POD_MIB: u64 = 512;
+
 /// Devices every VM has besides disks and a NIC: the agent's channel (vsock, or a
 /// virtio-serial port in a template) and the shared filesystem.
 const FIXED_DEVICES: usize = 2;
@@ -116,9 +125,38 @@ pub enum Backend {
     Qemu { kvm: bool },
 }
 
+/// The backend a run or a pod gets, and what decided it.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub backend: Backend,
+    /// `--hypervisor`, `VMPOD_HYPERVISOR`, `hypervisor in /etc/vmpod/vmpod.toml`, or `auto`.
+    pub source: String,
+    /// Nobody chose: `auto` looked at the host.
+    pub auto: bool,
+}
+
+/// The backend from `explicit` (the flag or variable that names one, and its value), else the
+/// host's vmpod.toml, else `auto`.
+pub fn choose_for_host(explicit: Option<(&str, &str)>) -> Result<Choice, SandboxError> {
+    let config = crate::host_config::get()?;
+    let (name, source) = match (explicit, &config.config.hypervisor) {
+        (Some((from, name)), _) => (name.to_string(), from.to_string()),
+        (None, Some(name)) => (
+            name.clone(),
+            format!("hypervisor in {}", config.path.display()),
+        ),
+        (None, None) => ("auto".to_string(), "auto".to_string()),
+    };
+    Ok(Choice {
+        backend: Backend::choose(&name)?,
+        auto: name == "auto",
+        source,
+    })
+}
+
 impl Backend {
-    /// `auto`, `vmm` or `qemu`, as `--hypervisor` takes it. `auto` says on stderr what it chose
-    /// when it is not vmpod-vmm.
+    /// `auto`, `vmm` or `qemu`, as `--hypervisor` takes it. [`auto_fallback`] says why `auto`
+    /// did not choose vmpod-vmm.
     pub fn choose(name: &str) -> Result<Backend, SandboxError> {
         match name {
             "vmm" => Ok(Backend::Vmm),
@@ -129,7 +167,6 @@ impl Backend {
                 if kvm_runs_guests_at_speed() {
                     Ok(Backend::Vmm)
                 } else {
-                    eprintln!("vmpod: {}; using QEMU with TCG", why_not_kvm());
                     Ok(Backend::Qemu { kvm: false })
                 }
             }
@@ -184,12 +221,28 @@ pub fn kvm_runs_guests_at_speed() -> bool {
     kvm_usable() && !is_kvm_pvm()
 }
 
-fn why_not_kvm() -> &'static str {
+/// What this host's KVM is, in a few words (`vmpod info`).
+pub fn kvm_kind() -> &'static str {
     if !kvm_usable() {
+        "none: /dev/kvm cannot be opened"
+    } else if is_kvm_pvm() {
+        "kvm-pvm: /dev/kvm emulates a guest kernel's code (no VT-x/AMD-V)"
+    } else {
+        "hardware"
+    }
+}
+
+/// Why `auto` falls back to QEMU with TCG on this host, or None where it picks vmpod-vmm.
+pub fn auto_fallback() -> Option<String> {
+    if kvm_runs_guests_at_speed() {
+        return None;
+    }
+    let why = if !kvm_usable() {
         "/dev/kvm cannot be opened"
     } else {
         "/dev/kvm is kvm-pvm, which emulates the guest kernel"
-    }
+    };
+    Some(format!("{why}; using QEMU with TCG"))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod endpoint;
 pub mod erofs;
 pub mod error;
 mod guest_memory;
+pub mod host_config;
 pub mod hypervisor;
 pub mod image;
 mod lock;

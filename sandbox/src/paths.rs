@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 pub const INSTALLED_SHARE: &str = "/usr/local/share/vmpod";
 pub const STATE_ROOT: &str = "/run/vmpod";
+/// The guest kernel and the initramfs with the agent, in the guest artefacts directory.
+pub const KERNEL: &str = "vmlinux";
+pub const INITRAMFS: &str = "initramfs.cpio";
 
 /// A sibling program of the one running (vmpod-vmm, vmpod-vhost-user), else one on PATH.
 pub fn program(name: &'static str) -> Result<PathBuf, SandboxError> {
@@ -42,7 +45,7 @@ pub fn guest_dir() -> PathBuf {
         // target/release/vmpod → build/guest at the top of the tree.
         for up in exe.ancestors().skip(1).take(4) {
             let candidate = up.join("build/guest");
-            if candidate.join("vmlinux").is_file() {
+            if candidate.join(KERNEL).is_file() {
                 return candidate;
             }
         }

@@ -109,8 +109,8 @@ impl Sandbox {
                 config.memory_mib
             )));
         }
-        let kernel = paths::guest_file("vmlinux")?;
-        let initrd = paths::guest_file("initramfs.cpio")?;
+        let kernel = paths::guest_file(paths::KERNEL)?;
+        let initrd = paths::guest_file(paths::INITRAMFS)?;
         let id = random_id()?;
         let state_dir = Path::new(paths::STATE_ROOT).join(&id);
         std::fs::create_dir_all(&state_dir)
@@ -414,8 +414,8 @@ pub fn ensure_template(
         nic,
         cmdline: cmdline.to_string(),
     };
-    let kernel = paths::guest_file("vmlinux")?;
-    let initrd = paths::guest_file("initramfs.cpio")?;
+    let kernel = paths::guest_file(paths::KERNEL)?;
+    let initrd = paths::guest_file(paths::INITRAMFS)?;
     let wanted = Wanted::new(backend, layout, &kernel, &initrd)?;
     let store = template::Store::open()?;
     store.ensure(&wanted, |state| {

@@ -157,8 +157,10 @@ fn invalid(what: String) -> SandboxError {
 }
 
 impl Store {
+    /// The host's store: `template_store` in vmpod.toml, else [`ROOT`].
     pub fn open() -> Result<Store, SandboxError> {
-        Store::at(ROOT)
+        let configured = crate::host_config::get()?.config.template_store.clone();
+        Store::at(configured.unwrap_or_else(|| ROOT.into()))
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Result<Store, SandboxError> {
@@ -443,8 +445,8 @@ mod tests {
                 cmdline: String::new(),
             },
             vmpod: "test".into(),
-            kernel: file("vmlinux"),
-            initrd: file("initramfs.cpio"),
+            kernel: file(crate::paths::KERNEL),
+            initrd: file(crate::paths::INITRAMFS),
             hypervisor: file("qemu"),
         }
     }

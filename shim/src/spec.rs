@@ -1,30 +1,26 @@
 //! A bundle's spec as the guest sees it, and the VM sized for it. The shim's environment knobs
 //! (VMPOD_HYPERVISOR, VMPOD_COLD_BOOT, VMPOD_DEBUG, VMPOD_POD_CPUS, VMPOD_POD_MEMORY_MIB) are
-//! read here and nowhere else.
+//! read here and nowhere else; they win over the host's vmpod.toml, whose `hypervisor`,
+//! `memory_mib`, `cpus` and `log_level` apply where they are unset.
 
 use crate::cri;
 use crate::error::TaskError;
 use oci_spec::runtime::Spec;
 use std::path::{Path, PathBuf};
-use vmpod_sandbox::hypervisor::Disk;
-use vmpod_sandbox::{Backend, Boot, SandboxConfig};
+use vmpod_sandbox::host_config::{self, HostConfig};
+use vmpod_sandbox::hypervisor::{self, Disk};
+use vmpod_sandbox::{Boot, SandboxConfig};
 
 /// Where the shim notes the VM's state directory in each bundle, for `delete` after a crash.
 pub const SANDBOX_NOTE: &str = "vmpod-sandbox";
-/// The guest kernel, agent and page cache need this beside the containers' memory limit.
-pub const VM_OVERHEAD_MIB: u64 = 96;
-/// A container's VM when it sets no memory limit.
-pub const DEFAULT_VM_MIB: u64 = 256;
-/// A Kubernetes pod's VM when containerd does not pass the pod's resources (1.6 does not):
-/// VMPOD_POD_MEMORY_MIB and VMPOD_POD_CPUS change it.
-pub const DEFAULT_POD_MIB: u64 = 512;
+pub use vmpod_sandbox::hypervisor::{DEFAULT_POD_MIB, DEFAULT_VM_MIB, VM_OVERHEAD_MIB};
 pub const DEFAULT_POD_CPUS: u8 = 1;
 
 /// How the shim's environment asks VMs to be made.
 #[derive(Debug, Clone)]
 pub struct Knobs {
-    /// `auto`, `vmm` or `qemu` (VMPOD_HYPERVISOR; `auto` when unset).
-    pub hypervisor: String,
+    /// `auto`, `vmm` or `qemu` (VMPOD_HYPERVISOR; vmpod.toml's or `auto` when unset).
+    pub hypervisor: Option<String>,
     /// Boot cold instead of restoring from a template (VMPOD_COLD_BOOT set).
     pub cold_boot: bool,
     /// The guest's console and the VMM's log kept verbose (VMPOD_DEBUG set).
@@ -57,7 +53,7 @@ fn knob<T: std::str::FromStr + PartialOrd>(
 impl Knobs {
     pub fn from_env() -> Knobs {
         Knobs {
-            hypervisor: std::env::var("VMPOD_HYPERVISOR").unwrap_or_else(|_| "auto".into()),
+            hypervisor: std::env::var("VMPOD_HYPERVISOR").ok(),
             cold_boot: std::env::var_os("VMPOD_COLD_BOOT").is_some(),
             debug: std::env::var_os("VMPOD_DEBUG").is_some(),
             pod_cpus: std::env::var("VMPOD_POD_CPUS").ok(),
@@ -67,8 +63,15 @@ impl Knobs {
 
     /// The sandbox that runs `plan`.
     pub fn sandbox_config(&self, plan: VmPlan) -> Result<SandboxConfig, TaskError> {
-        let backend = Backend::choose(&self.hypervisor).map_err(TaskError::Hypervisor)?;
-        let (cpus, memory_mib) = self.size(&plan)?;
+        let host = host_config::get().map_err(|e| TaskError::Hypervisor(e.into()))?;
+        let backend = hypervisor::choose_for_host(
+            self.hypervisor
+                .as_deref()
+                .map(|name| ("VMPOD_HYPERVISOR", name)),
+        )
+        .map_err(TaskError::Hypervisor)?
+        .backend;
+        let (cpus, memory_mib) = self.size(&plan, &host.config)?;
         // Restored from a template unless the environment asks for a cold boot.
         let boot = if self.cold_boot {
             Boot::Cold
@@ -91,33 +94,35 @@ impl Knobs {
                 })
                 .collect(),
             shared: Vec::new(),
-            debug: self.debug,
+            debug: self.debug || host.debug(),
             kernel_args: String::new(),
             netns: plan.netns,
         })
     }
 
-    /// What the plan asks for, or the defaults: a pod's from the knobs.
-    fn size(&self, plan: &VmPlan) -> Result<(u8, u32), TaskError> {
+    /// What the plan asks for, or the defaults: a pod's from the knobs, then the host's.
+    fn size(&self, plan: &VmPlan, host: &HostConfig) -> Result<(u8, u32), TaskError> {
+        let host_cpus = host.cpus.unwrap_or(1);
+        let host_mib = |default| host.memory_mib.map_or(default, u64::from);
         let (default_cpus, default_mib) = if plan.pod {
             (
                 knob(
                     "VMPOD_POD_CPUS",
                     &self.pod_cpus,
-                    DEFAULT_POD_CPUS,
+                    host.cpus.unwrap_or(DEFAULT_POD_CPUS),
                     (1, 64),
                     "a number of vCPUs from 1 to 64",
                 )?,
                 knob(
                     "VMPOD_POD_MEMORY_MIB",
                     &self.pod_memory_mib,
-                    DEFAULT_POD_MIB,
+                    host_mib(DEFAULT_POD_MIB),
                     (128, 1 << 20),
                     "MiB of guest memory, at least 128",
                 )?,
             )
         } else {
-            (1, DEFAULT_VM_MIB)
+            (host_cpus, host_mib(DEFAULT_VM_MIB))
         };
         let memory = plan
             .memory_mib
@@ -216,7 +221,7 @@ mod tests {
 
     fn knobs() -> Knobs {
         Knobs {
-            hypervisor: "qemu".into(),
+            hypervisor: Some("qemu".into()),
             cold_boot: true,
             debug: true,
             pod_cpus: None,
@@ -226,24 +231,29 @@ mod tests {
 
     #[test]
     fn a_containers_vm_is_sized_from_its_resources() {
+        let none = HostConfig::default();
         let plain = VmPlan::for_container(&Spec::default(), Vec::new(), None);
-        assert_eq!(knobs().size(&plain).unwrap(), (1, DEFAULT_VM_MIB as u32));
+        assert_eq!(
+            knobs().size(&plain, &none).unwrap(),
+            (1, DEFAULT_VM_MIB as u32)
+        );
         let s = spec(
             r#"{"ociVersion":"1.0.2","linux":{"resources":{"memory":{"limit":536870912},"cpu":{"quota":150000,"period":100000}}}}"#,
         );
         let plan = VmPlan::for_container(&s, Vec::new(), None);
         assert_eq!(
-            knobs().size(&plan).unwrap(),
+            knobs().size(&plan, &none).unwrap(),
             (2, 512 + VM_OVERHEAD_MIB as u32)
         );
     }
 
     #[test]
     fn a_pods_vm_takes_the_knobs_defaults_unless_the_sandbox_says_more() {
+        let none = HostConfig::default();
         let plan = VmPlan::for_pod(&Spec::default(), None);
         assert!(plan.pod && plan.layers.is_empty());
         assert_eq!(
-            knobs().size(&plan).unwrap(),
+            knobs().size(&plan, &none).unwrap(),
             (DEFAULT_POD_CPUS, DEFAULT_POD_MIB as u32)
         );
         let set = Knobs {
@@ -251,12 +261,15 @@ mod tests {
             pod_memory_mib: Some("1024".into()),
             ..knobs()
         };
-        assert_eq!(set.size(&plan).unwrap(), (2, 1024));
+        assert_eq!(set.size(&plan, &none).unwrap(), (2, 1024));
         let annotated = spec(
             r#"{"ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.sandbox-memory":"268435456"}}"#,
         );
         let plan = VmPlan::for_pod(&annotated, None);
-        assert_eq!(set.size(&plan).unwrap(), (2, 256 + VM_OVERHEAD_MIB as u32));
+        assert_eq!(
+            set.size(&plan, &none).unwrap(),
+            (2, 256 + VM_OVERHEAD_MIB as u32)
+        );
         for (cpus, memory, named) in [
             ("0", "512", "VMPOD_POD_CPUS=0"),
             ("1", "64", "VMPOD_POD_MEMORY_MIB=64"),
@@ -267,7 +280,7 @@ mod tests {
                 pod_memory_mib: Some(memory.into()),
                 ..knobs()
             };
-            let err = bad.size(&plan).unwrap_err().to_string();
+            let err = bad.size(&plan, &none).unwrap_err().to_string();
             assert!(err.starts_with(named), "{err}");
         }
     }
@@ -283,7 +296,10 @@ mod tests {
         };
         let config = knobs().sandbox_config(plan).unwrap();
         assert!(matches!(config.boot, Boot::Cold));
-        assert!(matches!(config.backend, Backend::Qemu { .. }));
+        assert!(matches!(
+            config.backend,
+            vmpod_sandbox::Backend::Qemu { .. }
+        ));
         assert!(config.debug);
         assert_eq!((config.cpus, config.memory_mib), (2, 352));
         let serials: Vec<_> = config.disks.iter().map(|d| d.serial.as_str()).collect();
@@ -291,7 +307,7 @@ mod tests {
         assert!(config.disks.iter().all(|d| d.read_only));
 
         let unknown = Knobs {
-            hypervisor: "xen".into(),
+            hypervisor: Some("xen".into()),
             ..knobs()
         };
         let plan = VmPlan::for_container(&Spec::default(), Vec::new(), None);

@@ -1,6 +1,7 @@
-//! The subcommands on background containers (`vmpod run -d`), one file each.
+//! The subcommands on background containers (`vmpod run -d`), and `vmpod info`, one file each.
 
 pub mod exec;
+pub mod info;
 pub mod kill;
 pub mod logs;
 pub mod ps;

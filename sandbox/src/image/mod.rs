@@ -36,6 +36,8 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] crate::host_config::ConfigError),
     #[error("build the erofs image of {what}")]
     Erofs {
         what: String,
@@ -128,8 +130,10 @@ fn lock(path: &Path, exclusive: bool) -> Result<Lock, ImageError> {
 }
 
 impl Store {
+    /// The host's store: `image_store` in vmpod.toml, else [`IMAGE_ROOT`].
     pub fn open() -> Result<Store, ImageError> {
-        Store::at(IMAGE_ROOT)
+        let configured = crate::host_config::get()?.config.image_store.clone();
+        Store::at(configured.unwrap_or_else(|| IMAGE_ROOT.into()))
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Result<Store, ImageError> {
