@@ -28,21 +28,19 @@ fn spec(args: &[&str]) -> oci_spec::runtime::Spec {
 
 fn create(client: &mut AgentClient, id: &str, args: &[&str], stdout: bool) {
     client
-        .call(RequestBody::CreateContainer(CreateContainer {
-            container_id: id.into(),
-            spec: Box::new(spec(args)),
-            rootfs: Rootfs {
+        .call(RequestBody::CreateContainer(CreateContainer::new(
+            id,
+            spec(args),
+            Rootfs {
                 layers: vec!["busybox".into()],
                 upper: Upper::Tmpfs,
             },
-            stdio: StdioWiring {
+            StdioWiring {
                 stdin: false,
                 stdout,
                 stderr: false,
             },
-            user: None,
-            pod_sandbox: false,
-        }))
+        )))
         .expect("create");
 }
 

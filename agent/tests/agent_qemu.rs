@@ -45,14 +45,12 @@ fn create(
     spec: Spec,
     stdio: StdioWiring,
 ) -> Result<ResponseBody, ClientError> {
-    client.call(RequestBody::CreateContainer(CreateContainer {
-        container_id: id.into(),
-        spec: Box::new(spec),
-        rootfs: busybox(),
+    client.call(RequestBody::CreateContainer(CreateContainer::new(
+        id,
+        spec,
+        busybox(),
         stdio,
-        user: None,
-        pod_sandbox: false,
-    }))
+    )))
 }
 
 /// Runs `sh -c script` to its end; returns (status, stdout, stderr).
@@ -658,18 +656,12 @@ fn run_spec(
     rootfs: Rootfs,
 ) -> (i32, String) {
     client
-        .call(RequestBody::CreateContainer(CreateContainer {
-            container_id: id.into(),
-            spec: Box::new(spec),
+        .call(RequestBody::CreateContainer(CreateContainer::new(
+            id,
+            spec,
             rootfs,
-            stdio: StdioWiring {
-                stdin: false,
-                stdout: true,
-                stderr: false,
-            },
-            user: None,
-            pod_sandbox: false,
-        }))
+            StdioWiring::STDOUT_ONLY,
+        )))
         .expect("create");
     let out = vm.stream(id, None, StdStream::Stdout);
     start(client, id);
@@ -749,18 +741,12 @@ fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
     ));
     s.set_linux(Some(linux));
     client
-        .call(RequestBody::CreateContainer(CreateContainer {
-            container_id: "filtered".into(),
-            spec: Box::new(s),
-            rootfs: busybox(),
-            stdio: StdioWiring {
-                stdin: false,
-                stdout: true,
-                stderr: false,
-            },
-            user: None,
-            pod_sandbox: false,
-        }))
+        .call(RequestBody::CreateContainer(CreateContainer::new(
+            "filtered",
+            s,
+            busybox(),
+            StdioWiring::STDOUT_ONLY,
+        )))
         .expect("create");
     let out = vm.stream("filtered", None, StdStream::Stdout);
     start(&mut client, "filtered");
@@ -866,18 +852,16 @@ fn spec_fields_seccomp_scratch_disk_clock_entropy_and_updates() {
 
     // CloseStdin ends a reader whose stream the host keeps open.
     client
-        .call(RequestBody::CreateContainer(CreateContainer {
-            container_id: "reader".into(),
-            spec: Box::new(spec(&["cat"])),
-            rootfs: busybox(),
-            stdio: StdioWiring {
+        .call(RequestBody::CreateContainer(CreateContainer::new(
+            "reader",
+            spec(&["cat"]),
+            busybox(),
+            StdioWiring {
                 stdin: true,
                 stdout: true,
                 stderr: true,
             },
-            user: None,
-            pod_sandbox: false,
-        }))
+        )))
         .expect("create");
     let mut stdin = vm.stream("reader", None, StdStream::Stdin);
     let out = vm.stream("reader", None, StdStream::Stdout);

@@ -187,21 +187,15 @@ fn run_container(
     process.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
     spec.set_process(Some(process));
     client
-        .call(RequestBody::CreateContainer(CreateContainer {
-            container_id: id.into(),
-            spec: Box::new(spec),
-            rootfs: Rootfs {
+        .call(RequestBody::CreateContainer(CreateContainer::new(
+            id,
+            spec,
+            Rootfs {
                 layers: vec!["busybox".into()],
                 upper: Upper::Tmpfs,
             },
-            stdio: StdioWiring {
-                stdin: false,
-                stdout: true,
-                stderr: false,
-            },
-            user: None,
-            pod_sandbox: false,
-        }))
+            StdioWiring::STDOUT_ONLY,
+        )))
         .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", text()));
     let mut stdout = connect(uds, STDIO_PORT);
     write_frame(

@@ -103,6 +103,25 @@ pub struct CreateContainer {
     pub pod_sandbox: bool,
 }
 
+impl CreateContainer {
+    /// A container of no pod, run as the spec's user: what tools and tests create.
+    pub fn new(
+        container_id: impl Into<String>,
+        spec: Spec,
+        rootfs: Rootfs,
+        stdio: StdioWiring,
+    ) -> CreateContainer {
+        CreateContainer {
+            container_id: container_id.into(),
+            spec: Box::new(spec),
+            rootfs,
+            stdio,
+            user: None,
+            pod_sandbox: false,
+        }
+    }
+}
+
 /// A container's root filesystem, assembled by the agent from the VM's disks.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Rootfs {
@@ -130,6 +149,15 @@ pub struct StdioWiring {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+}
+
+impl StdioWiring {
+    /// Only stdout reaches the host.
+    pub const STDOUT_ONLY: StdioWiring = StdioWiring {
+        stdin: false,
+        stdout: true,
+        stderr: false,
+    };
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -72,18 +72,12 @@ fn run(sandbox: &mut Sandbox, id: &str, layers: &[&str], script: &str) -> (i32, 
     let console_log = sandbox.state_dir.join("console.log");
     sandbox
         .agent()
-        .call(RequestBody::CreateContainer(CreateContainer {
-            container_id: id.into(),
-            spec: Box::new(spec),
+        .call(RequestBody::CreateContainer(CreateContainer::new(
+            id,
+            spec,
             rootfs,
-            stdio: StdioWiring {
-                stdin: false,
-                stdout: true,
-                stderr: false,
-            },
-            user: None,
-            pod_sandbox: false,
-        }))
+            StdioWiring::STDOUT_ONLY,
+        )))
         .unwrap_or_else(|e| {
             let console = std::fs::read_to_string(&console_log).unwrap_or_default();
             panic!("create {id}: {e}\nconsole:\n{console}")
