@@ -42,18 +42,7 @@ fn compressed_initrd(scratch: &Scratch, compressor: &str) -> PathBuf {
 }
 
 fn boot_on_vmm(cpus: u32, memory_mib: u32, cmdline: &str, console: &Path) -> Output {
-    let (_, initrd) = linux_guest();
-    boot_on_vmm_with(&initrd, cpus, memory_mib, cmdline, console)
-}
-
-fn boot_on_vmm_with(
-    initrd: &Path,
-    cpus: u32,
-    memory_mib: u32,
-    cmdline: &str,
-    console: &Path,
-) -> Output {
-    let (kernel, _) = linux_guest();
+    let (kernel, initrd) = linux_guest();
     let (cpus, memory) = (cpus.to_string(), memory_mib.to_string());
     run_vmm(&[
         "--kernel",
@@ -81,14 +70,13 @@ fn kvm_pvm_killed_init(console: &str) -> bool {
 }
 
 #[test]
-fn linux_guest_on_vmpod_vmm_reaches_user_space_from_a_gzip_initramfs_with_2_vcpus_and_256_mib() {
+fn linux_guest_on_vmpod_vmm_reaches_user_space_with_2_vcpus_and_256_mib() {
     require_kvm();
     let scratch = Scratch::new("linux-vmm");
     let console = scratch.path("console.log");
-    let initrd = compressed_initrd(&scratch, "gzip");
     let mut tries = 1;
     let (output, text) = loop {
-        let output = boot_on_vmm_with(&initrd, 2, 256, "console=ttyS0", &console);
+        let output = boot_on_vmm(2, 256, "console=ttyS0", &console);
         let text = std::fs::read_to_string(&console).unwrap_or_default();
         if tries < 3 && kvm_pvm_killed_init(&text) {
             eprintln!("kvm-pvm killed init at its first TLS access (try {tries}); booting again");
@@ -111,26 +99,32 @@ fn linux_guest_on_vmpod_vmm_reaches_user_space_from_a_gzip_initramfs_with_2_vcpu
     );
 }
 
+/// The guest kernel unpacks the compressed initramfs images distributions ship. Booted on QEMU:
+/// on kvm-pvm the guest kernel's own code is emulated, and inflating a few megabytes there
+/// takes many minutes; vmpod-vmm loads an initrd's bytes whatever their format, after checking
+/// it is one the kernel reads (tiny_guest.rs).
 #[test]
-fn linux_guest_under_qemu_tcg_reaches_user_space_from_a_zstd_initramfs_with_2_vcpus_and_256_mib() {
+fn linux_guest_under_qemu_tcg_reaches_user_space_from_gzip_and_zstd_initramfs_with_2_vcpus() {
     let scratch = Scratch::new("linux-qemu");
     let (kernel, _) = linux_guest();
-    let initrd = compressed_initrd(&scratch, "zstd");
-    let output = Command::new(repo_root().join("scripts/qemu-microvm.sh"))
-        .args(["--accel", "tcg", "--cpus", "2", "--memory", "256"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .output()
-        .expect("run scripts/qemu-microvm.sh");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "qemu failed: {}\n{text}",
-        stderr(&output)
-    );
-    assert_eq!(init_report(&text), (2, 256));
+    for compressor in ["gzip", "zstd"] {
+        let initrd = compressed_initrd(&scratch, compressor);
+        let output = Command::new(repo_root().join("scripts/qemu-microvm.sh"))
+            .args(["--accel", "tcg", "--cpus", "2", "--memory", "256"])
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .output()
+            .expect("run scripts/qemu-microvm.sh");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "qemu failed ({compressor}): {}\n{text}",
+            stderr(&output)
+        );
+        assert_eq!(init_report(&text), (2, 256), "{compressor}");
+    }
 }
 
 #[test]
