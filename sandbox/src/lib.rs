@@ -8,6 +8,8 @@ pub mod error;
 mod guest_memory;
 pub mod hypervisor;
 pub mod image;
+pub mod jail;
+pub mod jailer;
 mod lock;
 pub mod network;
 pub mod paths;

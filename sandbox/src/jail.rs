@@ -1,0 +1,184 @@
+//! A sandbox's jail: its own unprivileged uid and gid, and a directory that becomes the root of
+//! the VM's processes (vmpod-vmm, or QEMU and its vmpod-vhost-user backends), holding only
+//! their sockets. The jail is `<state dir>/jail`; the state directory (root's, mode 0700) keeps
+//! `cleanup.sh`, the VM's config and the console outside it. `vmpod-jailer` (jailer.rs) runs
+//! the steps; this file chooses what goes in.
+//!
+//! Uids come from a reserved range, one per live sandbox: a sandbox claims `UID_BASE + n` by
+//! creating the symlink `/run/vmpod/uids/<uid>` to its state directory (atomic; the first to
+//! create it wins). A claim whose state directory is gone (its owner was killed and the janitor
+//! removed the directory) is stale and taken over; a sandbox removes its own when it ends.
+
+use crate::error::{io, SandboxError};
+use crate::jailer::{Bind, JailSpec};
+use crate::paths;
+use crate::process::{die_with_parent, inherit_fd};
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The first uid (and gid) of the range sandboxes take theirs from.
+pub const UID_BASE: u32 = 50_000_000;
+/// How many sandboxes can live at once.
+pub const UID_COUNT: u32 = 65_536;
+
+const CLAIMS: &str = "uids";
+
+/// Descriptors a jailed process may hold: its devices, sockets, threads' eventfds.
+const NOFILE: u64 = 4096;
+/// Processes and threads of the sandbox's uid: vCPUs, QEMU's and the backends' threads.
+const NPROC: u64 = 1024;
+
+/// Whether sandboxes are jailed: as root, unless `VMPOD_JAIL=0` (a switch for diagnosis; only
+/// root can make the namespaces and change uid).
+pub fn enabled() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::env::var_os("VMPOD_JAIL").is_none_or(|v| v != "0")
+}
+
+#[derive(Debug)]
+pub struct Jail {
+    uid: u32,
+    root: PathBuf,
+    claim: PathBuf,
+}
+
+impl Jail {
+    /// Claims a uid for the sandbox of `state_dir` and makes its jail directory.
+    pub fn create(state_dir: &Path) -> Result<Jail, SandboxError> {
+        let claims = Path::new(paths::STATE_ROOT).join(CLAIMS);
+        std::fs::create_dir_all(&claims).map_err(io(format!("create {}", claims.display())))?;
+        let (uid, claim) = claim_uid(&claims, state_dir)?;
+        let root = state_dir.join("jail");
+        let made = io(format!("create the jail {}", root.display()));
+        std::fs::create_dir(&root).map_err(made)?;
+        let jail = Jail { uid, root, claim };
+        // Only the sandbox's own uid enters it (to make its sockets); no other sandbox can.
+        std::os::unix::fs::chown(&jail.root, Some(uid), Some(uid))
+            .and_then(|()| {
+                std::fs::set_permissions(&jail.root, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(io(format!("give {} to uid {uid}", jail.root.display())))?;
+        Ok(jail)
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The host's path of `inside` (an absolute path in the jail).
+    pub fn host_path(&self, inside: &Path) -> PathBuf {
+        self.root.join(inside.strip_prefix("/").unwrap_or(inside))
+    }
+
+    /// `program args…` run in the jail by `vmpod-jailer`: it sees `binds` and inherits
+    /// `keep_fds` (at the same numbers), nothing else of the host; it writes no file larger
+    /// than `fsize` bytes. It dies with the caller.
+    pub fn command(
+        &self,
+        program: &Path,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+        binds: Vec<Bind>,
+        keep_fds: &[RawFd],
+        fsize: u64,
+    ) -> Result<Command, SandboxError> {
+        let spec = JailSpec {
+            root: self.root.clone(),
+            uid: self.uid,
+            gid: self.uid,
+            binds,
+            keep_fds: keep_fds.to_vec(),
+            nofile: NOFILE,
+            fsize,
+            nproc: NPROC,
+            program: program.to_path_buf(),
+            args: args.into_iter().map(Into::into).collect(),
+        };
+        let mut cmd = Command::new(paths::program("vmpod-jailer")?);
+        cmd.args(spec.to_args());
+        for fd in keep_fds {
+            inherit_fd(&mut cmd, *fd);
+        }
+        die_with_parent(&mut cmd);
+        Ok(cmd)
+    }
+
+    /// The line `cleanup.sh` needs for the jail: its uid's claim goes with the sandbox.
+    pub fn cleanup_command(&self) -> String {
+        format!("rm -f '{}'", self.claim.display())
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.claim);
+    }
+}
+
+/// A read-only bind of a host file or directory at `target` in the jail.
+pub fn read_only(source: &Path, target: &str) -> Bind {
+    Bind {
+        source: source.to_path_buf(),
+        target: target.into(),
+        writable: false,
+    }
+}
+
+/// Claims the first free uid from a start that differs per sandbox (its id), so uids are
+/// seldom reused soon after a sandbox ends.
+fn claim_uid(claims: &Path, state_dir: &Path) -> Result<(u32, PathBuf), SandboxError> {
+    let name = state_dir.file_name().unwrap_or_default().to_string_lossy();
+    let start = u32::from_str_radix(name.get(..8).unwrap_or("0"), 16).unwrap_or(0) % UID_COUNT;
+    for step in 0..UID_COUNT {
+        let uid = UID_BASE + (start + step) % UID_COUNT;
+        let claim = claims.join(uid.to_string());
+        match std::os::unix::fs::symlink(state_dir, &claim) {
+            Ok(()) => return Ok((uid, claim)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let stale = std::fs::read_link(&claim).is_ok_and(|owner| !owner.exists());
+                if stale
+                    && std::fs::remove_file(&claim).is_ok()
+                    && std::os::unix::fs::symlink(state_dir, &claim).is_ok()
+                {
+                    return Ok((uid, claim));
+                }
+            }
+            Err(e) => return Err(io(format!("claim uid {uid} at {}", claim.display()))(e)),
+        }
+    }
+    Err(SandboxError::Invalid(format!(
+        "all {UID_COUNT} sandbox uids from {UID_BASE} are in use"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uid_is_claimed_once_while_its_sandbox_lives_and_again_once_it_is_gone() {
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let claims = scratch.path().join("uids");
+        std::fs::create_dir(&claims).expect("claims dir");
+        let first = scratch.path().join("00000001aaaa");
+        let second = scratch.path().join("00000001bbbb");
+        std::fs::create_dir(&first).expect("first state dir");
+        std::fs::create_dir(&second).expect("second state dir");
+        let (a, _) = claim_uid(&claims, &first).expect("first claim");
+        let (b, _) = claim_uid(&claims, &second).expect("second claim");
+        assert_eq!(a, UID_BASE + 1);
+        assert_eq!(b, UID_BASE + 2, "a live sandbox's uid is not given twice");
+        std::fs::remove_dir(&first).expect("first sandbox ends");
+        let third = scratch.path().join("00000001cccc");
+        std::fs::create_dir(&third).expect("third state dir");
+        let (c, _) = claim_uid(&claims, &third).expect("third claim");
+        assert_eq!(c, a, "a stale claim is taken over");
+    }
+}
