@@ -88,6 +88,7 @@ impl Jail {
         binds: Vec<Bind>,
         keep_fds: &[RawFd],
         fsize: u64,
+        file_caps: bool,
     ) -> Result<Command, SandboxError> {
         let spec = JailSpec {
             root: self.root.clone(),
@@ -98,6 +99,7 @@ impl Jail {
             nofile: NOFILE,
             fsize,
             nproc: NPROC,
+            file_caps,
             program: program.to_path_buf(),
             args: args.into_iter().map(Into::into).collect(),
         };
@@ -122,12 +124,88 @@ impl Drop for Jail {
     }
 }
 
-/// A read-only bind of a host file or directory at `target` in the jail.
-pub fn read_only(source: &Path, target: &str) -> Bind {
-    Bind {
-        source: source.to_path_buf(),
-        target: target.into(),
-        writable: false,
+/// One VM process's start, jailed when the sandbox has a jail: the files it opens by path
+/// are bound into the jail, the descriptors it inherits are kept.
+pub struct Launch<'a> {
+    jail: Option<&'a Jail>,
+    binds: Vec<Bind>,
+    fds: Vec<RawFd>,
+    file_caps: bool,
+    fsize: u64,
+}
+
+impl<'a> Launch<'a> {
+    pub fn new(jail: Option<&'a Jail>) -> Launch<'a> {
+        Launch {
+            jail,
+            binds: Vec::new(),
+            fds: Vec::new(),
+            file_caps: false,
+            fsize: libc::RLIM_INFINITY,
+        }
+    }
+
+    /// The path the process opens `host` by: `host` itself, or `inside` (absolute) where it
+    /// is bound in the jail, read-only unless `writable`.
+    pub fn file(&mut self, host: &Path, inside: &str, writable: bool) -> PathBuf {
+        if self.jail.is_none() {
+            return host.to_path_buf();
+        }
+        self.binds.push(Bind {
+            source: host.to_path_buf(),
+            target: inside.into(),
+            writable,
+        });
+        PathBuf::from(inside)
+    }
+
+    /// The process inherits `fd` at the same number.
+    pub fn fd(&mut self, fd: RawFd) -> &mut Self {
+        self.fds.push(fd);
+        self
+    }
+
+    /// The descriptor `fd` added last, for the command line that names it.
+    pub fn last_fd(&self) -> RawFd {
+        self.fds.last().copied().unwrap_or(-1)
+    }
+
+    /// It serves the sandbox's shared directory (see [`crate::jailer::FILE_CAPS`]).
+    pub fn serves_files(&mut self) -> &mut Self {
+        self.file_caps = true;
+        self
+    }
+
+    /// No file it writes grows past `bytes`.
+    pub fn file_size_limit(&mut self, bytes: u64) -> &mut Self {
+        self.fsize = bytes;
+        self
+    }
+
+    pub fn command(
+        self,
+        program: &Path,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<Command, SandboxError> {
+        match self.jail {
+            Some(jail) => jail.command(
+                program,
+                args,
+                self.binds,
+                &self.fds,
+                self.fsize,
+                self.file_caps,
+            ),
+            None => {
+                let mut cmd = Command::new(program);
+                cmd.args(args.into_iter().map(Into::into));
+                for fd in &self.fds {
+                    inherit_fd(&mut cmd, *fd);
+                }
+                die_with_parent(&mut cmd);
+                Ok(cmd)
+            }
+        }
     }
 }
 

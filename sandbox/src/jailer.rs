@@ -55,9 +55,22 @@ pub struct JailSpec {
     pub nofile: u64,
     pub fsize: u64,
     pub nproc: u64,
+    /// Keeps the capabilities a file server needs to give a guest's files their owners and
+    /// modes ([`FILE_CAPS`]), for a program serving the sandbox's shared directory.
+    pub file_caps: bool,
     pub program: PathBuf,
     pub args: Vec<OsString>,
 }
+
+/// What serving host volumes takes: chown to the guest's owners, reading and writing
+/// whatever the guest's owners may, setting modes and set-id bits on files of any owner.
+/// The program holds them only inside its jail, whose binds are read-only but the volumes.
+pub const FILE_CAPS: [u32; 4] = [
+    0, // CAP_CHOWN
+    1, // CAP_DAC_OVERRIDE
+    3, // CAP_FOWNER
+    4, // CAP_FSETID
+];
 
 /// System directories every dynamically linked program needs, read-only (symlinks such as
 /// /lib → usr/lib are copied as symlinks).
@@ -93,6 +106,9 @@ impl JailSpec {
             args.push(if bind.writable { "--bind" } else { "--bind-ro" }.into());
             args.push(pair);
         }
+        if self.file_caps {
+            args.push("--file-caps".into());
+        }
         for fd in &self.keep_fds {
             args.push("--keep-fd".into());
             args.push(fd.to_string().into());
@@ -115,6 +131,10 @@ impl JailSpec {
                     .into();
                 spec.args = args.collect();
                 break;
+            }
+            if flag == "--file-caps" {
+                spec.file_caps = true;
+                continue;
             }
             let value = args
                 .next()
@@ -272,10 +292,12 @@ fn bind(root: &Path, source: &Path, target: &Path, writable: bool) -> Result<(),
     mount(None, &inside, None, flags)
 }
 
-/// Mount namespace: nothing propagates back to the host; the root becomes `spec.root` with
+/// Mount namespace: nothing propagates back to the host, while what the host later binds
+/// into a shared mount (volumes added to the shared directory, images put in a disk slot)
+/// reaches the jail; the root becomes `spec.root` with
 /// the system directories, the binds and a /proc of the new pid namespace; the old root goes.
 fn enter_root(spec: &JailSpec) -> Result<(), JailerError> {
-    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE)?;
+    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_SLAVE)?;
     mount(
         Some(&spec.root),
         &spec.root,
@@ -319,8 +341,13 @@ fn enter_root(spec: &JailSpec) -> Result<(), JailerError> {
 }
 
 /// The sandbox's uid and gid, no supplementary groups, no capability in any set (bounding and
-/// ambient included), no new privileges.
+/// ambient included) but [`FILE_CAPS`] where asked, no new privileges.
 fn drop_privileges(spec: &JailSpec) -> Result<(), JailerError> {
+    let kept: u64 = if spec.file_caps {
+        FILE_CAPS.iter().fold(0, |mask, cap| mask | 1 << cap)
+    } else {
+        0
+    };
     // SAFETY: these calls take plain integers and change only this process's credentials.
     unsafe {
         check(libc::setgroups(0, std::ptr::null()), || {
@@ -337,15 +364,19 @@ fn drop_privileges(spec: &JailSpec) -> Result<(), JailerError> {
             0,
         );
         check(rc, || "clear ambient capabilities".into())?;
-        for cap in 0..=63 {
+        for cap in (0..=63).filter(|cap| kept & 1 << cap == 0) {
             // Capabilities past the kernel's last fail with EINVAL: there is nothing to drop.
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        if kept != 0 {
+            let rc = libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+            check(rc, || "keep capabilities across the uid change".into())?;
         }
         check(libc::setresuid(spec.uid, spec.uid, spec.uid), || {
             format!("set uid {}", spec.uid)
         })?;
     }
-    clear_capabilities()?;
+    set_capabilities(kept)?;
     // SAFETY: prctl with integer arguments changes only this process's attributes.
     check(
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
@@ -353,9 +384,10 @@ fn drop_privileges(spec: &JailSpec) -> Result<(), JailerError> {
     )
 }
 
-/// Empties the effective, permitted and inheritable sets (the uid change empties the first
-/// two; the inheritable set survives it).
-fn clear_capabilities() -> Result<(), JailerError> {
+/// Leaves `kept` (a mask) in the effective, permitted and inheritable sets and raises it as
+/// ambient, the one set a non-root uid keeps across exec; with none kept, every set is empty
+/// (the uid change emptied two; the inheritable set survives it).
+fn set_capabilities(kept: u64) -> Result<(), JailerError> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -373,10 +405,25 @@ fn clear_capabilities() -> Result<(), JailerError> {
         version: VERSION_3,
         pid: 0,
     };
-    let data = [Data::default(); 2];
+    let half = |shift: u32| {
+        let bits = (kept >> shift) as u32;
+        Data {
+            effective: bits,
+            permitted: bits,
+            inheritable: bits,
+        }
+    };
+    let data = [half(0), half(32)];
     // SAFETY: header and data have the layout capset(2) takes for version 3.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    check(rc as libc::c_int, || "clear capabilities".into())
+    check(rc as libc::c_int, || "set capabilities".into())?;
+    for cap in (0..64u64).filter(|cap| kept & 1 << cap != 0) {
+        // SAFETY: prctl with integer arguments changes only this process's capabilities.
+        let rc =
+            unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) };
+        check(rc, || format!("keep capability {cap} across exec"))?;
+    }
+    Ok(())
 }
 
 /// The kernel clears PDEATHSIG when the credentials change: it is set again, and the parent is
@@ -544,6 +591,8 @@ fn launch(spec: &JailSpec) -> Result<Never, JailerError> {
         }
         child => {
             drop(read_end);
+            // The program's descriptors are its own: the jailer keeps none of them open.
+            close_others(&[write_end.as_raw_fd()])?;
             // Held (never written) until the jailer ends: the child sees it close then.
             std::mem::forget(write_end);
             wait_as_parent(child)
@@ -570,6 +619,7 @@ mod tests {
             nofile: 1024,
             fsize: 1 << 30,
             nproc: 64,
+            file_caps: true,
             program: "/usr/bin/qemu-system-x86_64".into(),
             args: vec!["-M".into(), "microvm".into()],
         };

@@ -4,6 +4,7 @@
 use crate::endpoint::Endpoint;
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, TemplateRole, VmSpec};
+use crate::jail::{self, Jail};
 use crate::network::PodNetwork;
 use crate::paths;
 use crate::shared::{self, SharedDir, SharedVolume};
@@ -59,6 +60,8 @@ pub struct Sandbox {
     shared: Option<Arc<Mutex<SharedDir>>>,
     /// The VM's spare disk slots, likewise.
     slots: Option<DiskSlots>,
+    /// The uid and root the VM's processes run with (jail.rs); none when not jailed.
+    jail: Option<Arc<Jail>>,
 }
 
 /// Removes the state directory if the sandbox's owner dies without doing it (`kill -9`): the
@@ -124,8 +127,12 @@ impl Sandbox {
             network: None,
             shared: None,
             slots: None,
+            jail: None,
         };
         sandbox.janitor = Some(spawn_janitor(&state_dir)?);
+        if jail::enabled() {
+            sandbox.jail = Some(Arc::new(Jail::create(&state_dir)?));
+        }
         let disks = config.disks;
         let shared = SharedDir::create(&state_dir)?;
         let shared_root = shared.root().to_path_buf();
@@ -196,6 +203,7 @@ impl Sandbox {
             state_dir,
             template,
             spare_slots,
+            jail: sandbox.jail.clone(),
         };
         let restored_from = match &spec.template {
             Some(TemplateRole::Restore { state, .. }) => state.parent().map(Path::to_path_buf),
@@ -248,6 +256,9 @@ impl Sandbox {
         }
         if let Some(network) = &self.network {
             lines += &(network.detach_command() + "\n");
+        }
+        if let Some(jail) = &self.jail {
+            lines += &(jail.cleanup_command() + "\n");
         }
         let cleanup = self.state_dir.join("cleanup.sh");
         std::fs::write(&cleanup, lines).map_err(io(format!("write {}", cleanup.display())))

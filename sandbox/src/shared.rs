@@ -107,11 +107,15 @@ impl SharedDir {
         for dir in [&points, &root] {
             std::fs::create_dir(dir).map_err(io(format!("create {}", dir.display())))?;
         }
-        bind(&points, &root, true).map_err(io(format!(
-            "bind {} read-only at {}",
-            points.display(),
-            root.display()
-        )))?;
+        bind(&points, &root, true)
+            // A peer group of its own: the volumes bound in later reach a jailed VM's copy
+            // of the root (jailer.rs), and nothing else.
+            .and_then(|()| mount(None, &root, None, libc::MS_SHARED))
+            .map_err(io(format!(
+                "bind {} read-only at {}",
+                points.display(),
+                root.display()
+            )))?;
         Ok(SharedDir {
             points,
             root,
