@@ -10,6 +10,8 @@
 //! removed the directory) is stale and taken over; a sandbox removes its own when it ends.
 
 use crate::error::{io, SandboxError};
+use crate::hypervisor::SlotControl;
+use crate::jail_slots::{self, JailedSlots};
 use crate::jailer::{Bind, JailSpec};
 use crate::paths;
 use crate::process::{die_with_parent, inherit_fd};
@@ -18,6 +20,7 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 /// The first uid (and gid) of the range sandboxes take theirs from.
 pub const UID_BASE: u32 = 50_000_000;
@@ -44,6 +47,7 @@ pub struct Jail {
     uid: u32,
     root: PathBuf,
     claim: PathBuf,
+    state_dir: PathBuf,
 }
 
 impl Jail {
@@ -55,13 +59,19 @@ impl Jail {
         let root = state_dir.join("jail");
         let made = io(format!("create the jail {}", root.display()));
         std::fs::create_dir(&root).map_err(made)?;
-        let jail = Jail { uid, root, claim };
+        let jail = Jail {
+            uid,
+            root,
+            claim,
+            state_dir: state_dir.to_path_buf(),
+        };
         // Only the sandbox's own uid enters it (to make its sockets); no other sandbox can.
         std::os::unix::fs::chown(&jail.root, Some(uid), Some(uid))
             .and_then(|()| {
                 std::fs::set_permissions(&jail.root, std::fs::Permissions::from_mode(0o700))
             })
             .map_err(io(format!("give {} to uid {uid}", jail.root.display())))?;
+        jail_slots::create(state_dir)?;
         Ok(jail)
     }
 
@@ -112,14 +122,29 @@ impl Jail {
         Ok(cmd)
     }
 
-    /// The line `cleanup.sh` needs for the jail: its uid's claim goes with the sandbox.
+    /// The VM's slot commands as its jailed disk server can carry them out.
+    pub fn slot_control(&self, backend: Arc<dyn SlotControl>) -> Arc<dyn SlotControl> {
+        Arc::new(JailedSlots::new(&self.state_dir, backend))
+    }
+
+    /// What `cleanup.sh` undoes for the jail: the slot images' binds, the uid's claim.
     pub fn cleanup_command(&self) -> String {
-        format!("rm -f '{}'", self.claim.display())
+        format!(
+            "{}\nrm -f '{}'",
+            jail_slots::cleanup_command(&self.state_dir),
+            self.claim.display()
+        )
+    }
+
+    /// Detaches the slot images (before the state directory is removed).
+    pub fn teardown(&self) {
+        jail_slots::teardown(&self.state_dir);
     }
 }
 
 impl Drop for Jail {
     fn drop(&mut self) {
+        self.teardown();
         let _ = std::fs::remove_file(&self.claim);
     }
 }
@@ -162,6 +187,18 @@ impl<'a> Launch<'a> {
     /// The process inherits `fd` at the same number.
     pub fn fd(&mut self, fd: RawFd) -> &mut Self {
         self.fds.push(fd);
+        self
+    }
+
+    /// It serves the VM's disks: images inserted later reach it at [`jail_slots::INSIDE`].
+    pub fn serves_slots(&mut self) -> &mut Self {
+        if let Some(jail) = self.jail {
+            self.binds.push(Bind {
+                source: jail_slots::host_dir(&jail.state_dir),
+                target: jail_slots::INSIDE.into(),
+                writable: false,
+            });
+        }
         self
     }
 

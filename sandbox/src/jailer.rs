@@ -234,27 +234,14 @@ fn mount(
     fstype: Option<&str>,
     flags: libc::c_ulong,
 ) -> Result<(), JailerError> {
-    let what = || {
-        format!(
+    crate::shared::mount(source, target, fstype, flags).map_err(|e| JailerError::Os {
+        what: format!(
             "mount {} at {}",
             source.unwrap_or(Path::new("none")).display(),
             target.display()
-        )
-    };
-    let source_c = source.map(cstring).transpose()?;
-    let target_c = cstring(target)?;
-    let fstype_c = fstype.map(|t| CString::new(t).unwrap_or_default());
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null.
-    let rc = unsafe {
-        libc::mount(
-            source_c.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            target_c.as_ptr(),
-            fstype_c.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    check(rc, what)
+        ),
+        source: e,
+    })
 }
 
 /// Binds `source` at `target` under the new root, read-only unless `writable`, never a device

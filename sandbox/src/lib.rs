@@ -9,6 +9,7 @@ mod guest_memory;
 pub mod hypervisor;
 pub mod image;
 pub mod jail;
+mod jail_slots;
 pub mod jailer;
 mod lock;
 pub mod network;

@@ -117,6 +117,7 @@ impl Qemu {
         let mut sockets = Vec::with_capacity(count);
         let mut devices = Vec::with_capacity(4 * count);
         let mut launch = vm.launch();
+        launch.serves_slots();
         for i in 0..count {
             let (socket, inside) = vm.socket(&format!("vu-blk{i}.sock"));
             let image = vm

@@ -218,7 +218,10 @@ impl Sandbox {
             None => e,
         })?;
         drop(tap_fd);
-        if let Some(control) = sandbox.vm.slot_control() {
+        if let Some(mut control) = sandbox.vm.slot_control() {
+            if let Some(jail) = &sandbox.jail {
+                control = jail.slot_control(control);
+            }
             let slots = DiskSlots::new(&sandbox.id, control, first_spare, spare_slots);
             sandbox.slots = Some(slots);
         }
@@ -497,6 +500,9 @@ impl Drop for Sandbox {
         }
         if let Some(shared) = self.shared.take() {
             shared::lock(&shared).teardown();
+        }
+        if let Some(jail) = &self.jail {
+            jail.teardown();
         }
         // A bind that would not go must not be reached by the removal: it is a host volume.
         if shared::has_mounts_under(&self.state_dir) {
