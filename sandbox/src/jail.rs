@@ -15,6 +15,7 @@ use crate::jail_slots::{self, JailedSlots};
 use crate::jailer::{Bind, JailSpec};
 use crate::paths;
 use crate::process::{die_with_parent, inherit_fd};
+use crate::vm_cgroup::VmCgroup;
 use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -48,11 +49,13 @@ pub struct Jail {
     root: PathBuf,
     claim: PathBuf,
     state_dir: PathBuf,
+    cgroup: VmCgroup,
 }
 
 impl Jail {
-    /// Claims a uid for the sandbox of `state_dir` and makes its jail directory.
-    pub fn create(state_dir: &Path) -> Result<Jail, SandboxError> {
+    /// Claims a uid for the sandbox of `state_dir` and makes its jail directory and its host
+    /// cgroup, whose processes may use `memory_bytes` together.
+    pub fn create(state_dir: &Path, memory_bytes: u64) -> Result<Jail, SandboxError> {
         let claims = Path::new(paths::STATE_ROOT).join(CLAIMS);
         std::fs::create_dir_all(&claims).map_err(io(format!("create {}", claims.display())))?;
         let (uid, claim) = claim_uid(&claims, state_dir)?;
@@ -64,6 +67,11 @@ impl Jail {
             root,
             claim,
             state_dir: state_dir.to_path_buf(),
+            cgroup: VmCgroup::create(
+                &state_dir.file_name().unwrap_or_default().to_string_lossy(),
+                memory_bytes,
+                NPROC,
+            ),
         };
         // Only the sandbox's own uid enters it (to make its sockets); no other sandbox can.
         std::os::unix::fs::chown(&jail.root, Some(uid), Some(uid))
@@ -110,6 +118,7 @@ impl Jail {
             fsize,
             nproc: NPROC,
             file_caps,
+            cgroups: self.cgroup.procs_files(),
             program: program.to_path_buf(),
             args: args.into_iter().map(Into::into).collect(),
         };
@@ -130,8 +139,9 @@ impl Jail {
     /// What `cleanup.sh` undoes for the jail: the slot images' binds, the uid's claim.
     pub fn cleanup_command(&self) -> String {
         format!(
-            "{}\nrm -f '{}'",
+            "{}\n{}\nrm -f '{}'",
             jail_slots::cleanup_command(&self.state_dir),
+            self.cgroup.cleanup_command(),
             self.claim.display()
         )
     }

@@ -58,6 +58,8 @@ pub struct JailSpec {
     /// Keeps the capabilities a file server needs to give a guest's files their owners and
     /// modes ([`FILE_CAPS`]), for a program serving the sandbox's shared directory.
     pub file_caps: bool,
+    /// `cgroup.procs` files the jailer joins first (vm_cgroup.rs).
+    pub cgroups: Vec<PathBuf>,
     pub program: PathBuf,
     pub args: Vec<OsString>,
 }
@@ -109,6 +111,10 @@ impl JailSpec {
         if self.file_caps {
             args.push("--file-caps".into());
         }
+        for procs in &self.cgroups {
+            args.push("--cgroup".into());
+            args.push(procs.clone().into());
+        }
         for fd in &self.keep_fds {
             args.push("--keep-fd".into());
             args.push(fd.to_string().into());
@@ -146,6 +152,7 @@ impl JailSpec {
             };
             match flag.to_str().unwrap_or_default() {
                 "--root" => spec.root = value.into(),
+                "--cgroup" => spec.cgroups.push(value.into()),
                 "--uid" => spec.uid = number("--uid")? as u32,
                 "--gid" => spec.gid = number("--gid")? as u32,
                 "--nofile" => spec.nofile = number("--nofile")?,
@@ -543,6 +550,12 @@ pub fn run(spec: &JailSpec) -> JailerError {
 enum Never {}
 
 fn launch(spec: &JailSpec) -> Result<Never, JailerError> {
+    for procs in &spec.cgroups {
+        std::fs::write(procs, std::process::id().to_string()).map_err(|e| JailerError::Os {
+            what: format!("join the cgroup of {}", procs.display()),
+            source: e,
+        })?;
+    }
     close_others(&spec.keep_fds)?;
     for (key, _) in std::env::vars_os() {
         std::env::remove_var(key);
@@ -607,6 +620,7 @@ mod tests {
             fsize: 1 << 30,
             nproc: 64,
             file_caps: true,
+            cgroups: vec!["/sys/fs/cgroup/pids/vmpod-x/cgroup.procs".into()],
             program: "/usr/bin/qemu-system-x86_64".into(),
             args: vec!["-M".into(), "microvm".into()],
         };

@@ -23,6 +23,7 @@ pub mod shared;
 mod slot_control;
 pub mod slots;
 pub mod template;
+mod vm_cgroup;
 pub mod vmm;
 pub mod vsock;
 

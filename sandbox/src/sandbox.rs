@@ -131,7 +131,10 @@ impl Sandbox {
         };
         sandbox.janitor = Some(spawn_janitor(&state_dir)?);
         if jail::enabled() {
-            sandbox.jail = Some(Arc::new(Jail::create(&state_dir)?));
+            // The guest's memory and what its VM's processes need besides (QEMU's TCG
+            // translation cache the most).
+            let memory = (u64::from(config.memory_mib) << 20) + (1 << 30);
+            sandbox.jail = Some(Arc::new(Jail::create(&state_dir, memory)?));
         }
         let disks = config.disks;
         let shared = SharedDir::create(&state_dir)?;

@@ -140,6 +140,10 @@ fn every_process_of_a_jailed_sandbox_is_its_uid_without_privileges_in_its_own_ro
             "{limits}"
         );
         check_descriptors(pid, &name, &sandbox.state_dir);
+        // On this kind of host (cgroup v1 memory and pids, or v2) the VM has its own cgroup.
+        let cgroups = vm_cgroups(pid);
+        assert!(!cgroups.is_empty(), "{name} is in no cgroup of its sandbox");
+        assert!(cgroups.iter().all(|d| d.is_dir()), "{cgroups:?}");
     }
 }
 
@@ -231,6 +235,23 @@ fn jailed_sandbox_owner() {
     std::thread::sleep(Duration::from_secs(600));
 }
 
+/// The sandbox's own cgroups `pid` is in (vm_cgroup.rs), as host directories.
+fn vm_cgroups(pid: i32) -> Vec<PathBuf> {
+    let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            path.rsplit('/').next()?.starts_with("vmpod-").then(|| {
+                Path::new("/sys/fs/cgroup")
+                    .join(controllers.split(',').next().unwrap_or_default())
+                    .join(path.trim_start_matches('/'))
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn kill_9_of_the_owner_takes_the_jailed_vm_with_it() {
     let mut owner = Command::new(std::env::current_exe().expect("this test binary"));
@@ -254,7 +275,9 @@ fn kill_9_of_the_owner_takes_the_jailed_vm_with_it() {
         .find_map(|l| l.strip_prefix("state ").map(PathBuf::from))
         .expect("the owner's sandbox");
     let uid = uid_of(&state_dir);
-    assert_eq!(processes_of(uid).len(), 3);
+    let pids = processes_of(uid);
+    assert_eq!(pids.len(), 3);
+    let cgroups = vm_cgroups(pids[0]);
     owner.kill().expect("kill -9 the owner");
     owner.wait().expect("reap the owner");
     let killed = Instant::now();
@@ -277,15 +300,133 @@ fn kill_9_of_the_owner_takes_the_jailed_vm_with_it() {
             .filter(|l| l.contains(&state))
             .count()
     };
-    while state_dir.exists() || claim.exists() || mounts() > 0 {
+    let cgroups_left = || cgroups.iter().filter(|d| d.exists()).count();
+    while state_dir.exists() || claim.exists() || mounts() > 0 || cgroups_left() > 0 {
         assert!(
             killed.elapsed() < Duration::from_secs(10),
-            "left behind: state dir {}, uid claim {}, {} mounts",
+            "left behind: state dir {}, uid claim {}, {} mounts, {} cgroups",
             state_dir.exists(),
             claim.exists(),
-            mounts()
+            mounts(),
+            cgroups_left()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(support::processes_mentioning(&state), Vec::new());
+}
+
+/// vmpod-vmm's jail on real KVM, with the tiny test guest (a Linux guest takes minutes on
+/// kvm-pvm): the same steps vmm.rs takes, checked on the running VMM, then its run to the end.
+#[test]
+fn a_jailed_vmpod_vmm_runs_a_guest_from_passed_descriptors_without_privileges() {
+    use std::os::fd::AsRawFd;
+    let kernel_path = support::guest_dir().join("tiny-guest.elf");
+    assert!(
+        kernel_path.is_file(),
+        "{} is missing",
+        kernel_path.display()
+    );
+    let state_dir = Path::new(vmpod_sandbox::paths::STATE_ROOT)
+        .join(format!("{:012x}", std::process::id() as u64 * 7919));
+    std::fs::create_dir_all(&state_dir).expect("a state dir");
+    let jail = vmpod_sandbox::jail::Jail::create(&state_dir, 64 << 20).expect("a jail");
+    let kernel = std::fs::File::open(&kernel_path).expect("the kernel");
+    let console_path = state_dir.join("console.log");
+    let console = std::fs::File::create(&console_path).expect("the console");
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .expect("/dev/kvm");
+    let config = format!(
+        r#"{{"kernel": "/proc/self/fd/{}", "memory_mib": 16, "cmdline": "tiny=wait",
+            "console": "fd:{}", "kvm": "fd:{}"}}"#,
+        kernel.as_raw_fd(),
+        console.as_raw_fd(),
+        kvm.as_raw_fd()
+    );
+    std::fs::write(state_dir.join("vm.json"), config).expect("the config");
+    let config = std::fs::File::open(state_dir.join("vm.json")).expect("the config");
+    let mut launch = vmpod_sandbox::jail::Launch::new(Some(&jail));
+    for fd in [&kernel, &console, &kvm, &config] {
+        launch.fd(fd.as_raw_fd());
+    }
+    let pvm = Path::new("/sys/module/kvm_pvm");
+    if pvm.exists() {
+        launch.file(pvm, "/sys/module/kvm_pvm", false);
+    }
+    let vmm = vmpod_sandbox::paths::program("vmpod-vmm").expect("vmpod-vmm");
+    let mut child = launch
+        .command(
+            &vmm,
+            ["--config".to_string(), format!("fd:{}", config.as_raw_fd())],
+        )
+        .expect("the jailed command")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start vmpod-vmm");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&console_path)
+        .unwrap_or_default()
+        .contains("tiny: waiting")
+    {
+        assert!(Instant::now() < deadline, "the tiny guest never ran");
+        assert!(child.try_wait().expect("wait").is_none(), "vmpod-vmm ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids = processes_of(jail.uid());
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let pid = pids[0];
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+        let uids = status_field(&status, "Uid");
+        assert_eq!(
+            uids.split_whitespace().collect::<Vec<_>>(),
+            vec![jail.uid().to_string(); 4]
+        );
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(status_field(&status, set), "0".repeat(16), "{set}");
+        }
+    }
+    // Not dumpable: its /proc files are root's, not its uid's.
+    let status = std::fs::metadata(format!("/proc/{pid}/status")).expect("its status");
+    assert_eq!(status.uid(), 0, "vmpod-vmm is dumpable");
+    let root = std::fs::metadata(format!("/proc/{pid}/root/")).expect("its root");
+    let jail_dir = std::fs::metadata(jail.root()).expect("the jail");
+    assert_eq!((root.dev(), root.ino()), (jail_dir.dev(), jail_dir.ino()));
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .map(|fd| {
+            std::fs::read_link(fd.path())
+                .unwrap_or_default()
+                .display()
+                .to_string()
+        })
+        .collect();
+    for fd in &fds {
+        let allowed = [
+            "anon_inode:",
+            "socket:",
+            "pipe:",
+            "/dev/null",
+            "/dev/kvm",
+            "/proc/",
+        ]
+        .iter()
+        .any(|p| fd.starts_with(p))
+            || *fd == kernel_path.display().to_string()
+            || *fd == console_path.display().to_string();
+        assert!(allowed, "vmpod-vmm holds {fd}: {fds:?}");
+    }
+    // SAFETY: SIGTERM to the jailer, which hands it to vmpod-vmm.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("vmpod-vmm's end");
+    assert_eq!(status.code(), Some(143), "{status}");
+    drop(jail);
+    let _ = std::fs::remove_dir_all(&state_dir);
 }
