@@ -131,6 +131,37 @@ impl Jail {
         Ok(cmd)
     }
 
+    /// Makes the host's device node `device` (e.g. /dev/kvm) at the same path in the jail,
+    /// the sandbox uid's alone: for a program that opens it by path (QEMU's KVM).
+    pub fn device_node(&self, device: &Path) -> Result<(), SandboxError> {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::metadata(device).map_err(io(format!("stat {}", device.display())))?;
+        if !meta.file_type().is_char_device() {
+            return Err(SandboxError::Invalid(format!(
+                "{} is not a character device",
+                device.display()
+            )));
+        }
+        let node = self.host_path(device);
+        if let Some(dir) = node.parent() {
+            std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        }
+        let path = std::ffi::CString::new(node.as_os_str().as_encoded_bytes())
+            .map_err(|_| SandboxError::Invalid(format!("{} holds a NUL", node.display())))?;
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
+        // SAFETY: a NUL-terminated path and plain integers.
+        if unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, rdev) } < 0 {
+            return Err(io(format!("make {}", node.display()))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        std::os::unix::fs::chown(&node, Some(self.uid), Some(self.uid)).map_err(io(format!(
+            "give {} to uid {}",
+            node.display(),
+            self.uid
+        )))
+    }
+
     /// The VM's slot commands as its jailed disk server can carry them out.
     pub fn slot_control(&self, backend: Arc<dyn SlotControl>) -> Arc<dyn SlotControl> {
         Arc::new(JailedSlots::new(&self.state_dir, backend))

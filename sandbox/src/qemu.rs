@@ -274,7 +274,8 @@ impl Hypervisor for Qemu {
         } else {
             let (vsock_sock, inside) = vm.socket("vu-vsock.sock");
             let mut launch = vm.launch();
-            launch.file_size_limit(0);
+            // It writes no file but its log, on the owner's stderr (SIGXFSZ past the limit).
+            launch.file_size_limit(64 << 20);
             self.backend(
                 launch,
                 &[
@@ -301,6 +302,10 @@ impl Hypervisor for Qemu {
                 "-qmp".to_string(),
                 format!("unix:{},server=on,wait=off", qmp_inside.display()),
             ]);
+        }
+        if let (true, Some(jail)) = (self.kvm, &vm.jail) {
+            // QEMU opens /dev/kvm by path.
+            jail.device_node(Path::new("/dev/kvm"))?;
         }
         let mut launch = vm.launch();
         launch.serves_files();
