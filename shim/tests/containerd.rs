@@ -223,7 +223,8 @@ fn leftovers() -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "containers")
+                // Records and sandbox uid claims live beside the state directories.
+                .filter(|n| n != "containers" && n != "uids")
                 .map(|n| format!("/run/vmpod/{n}"))
                 .collect()
         })
