@@ -10,8 +10,7 @@
 //! removed the directory) is stale and taken over; a sandbox removes its own when it ends.
 
 use crate::error::{io, SandboxError};
-use crate::hypervisor::SlotControl;
-use crate::jail_slots::{self, JailedSlots};
+use crate::jail_slots;
 use crate::jailer::{Bind, JailSpec};
 use crate::paths;
 use crate::process::{die_with_parent, inherit_fd};
@@ -21,7 +20,6 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 /// The first uid (and gid) of the range sandboxes take theirs from.
 pub const UID_BASE: u32 = 50_000_000;
@@ -160,11 +158,6 @@ impl Jail {
             node.display(),
             self.uid
         )))
-    }
-
-    /// The VM's slot commands as its jailed disk server can carry them out.
-    pub fn slot_control(&self, backend: Arc<dyn SlotControl>) -> Arc<dyn SlotControl> {
-        Arc::new(JailedSlots::new(&self.state_dir, backend))
     }
 
     /// What `cleanup.sh` undoes for the jail: the slot images' binds, the uid's claim.

@@ -5,6 +5,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, TemplateRole, VmSpec};
 use crate::jail::{self, Jail};
+use crate::jail_slots::JailedSlots;
 use crate::network::PodNetwork;
 use crate::paths;
 use crate::shared::{self, SharedDir, SharedVolume};
@@ -222,8 +223,8 @@ impl Sandbox {
         })?;
         drop(tap_fd);
         if let Some(mut control) = sandbox.vm.slot_control() {
-            if let Some(jail) = &sandbox.jail {
-                control = jail.slot_control(control);
+            if sandbox.jail.is_some() {
+                control = Arc::new(JailedSlots::new(&sandbox.state_dir, control));
             }
             let slots = DiskSlots::new(&sandbox.id, control, first_spare, spare_slots);
             sandbox.slots = Some(slots);
