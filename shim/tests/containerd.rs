@@ -243,9 +243,11 @@ fn leftovers() -> Vec<String> {
     found
 }
 
-/// A VM a sandbox started (other QEMUs on the host are not ours).
+/// A VM a sandbox started (other QEMUs on the host are not ours): a jailed VM's own command
+/// line names only paths in its jail, so it is found as its jailer's, whose end ends it.
 fn is_sandbox_vm(cmdline: &str) -> bool {
-    (cmdline.starts_with("qemu-system") || cmdline.contains("vmpod-vmm"))
+    let jailed_qemu = cmdline.contains("vmpod-jailer") && cmdline.contains("qemu-system");
+    (cmdline.starts_with("qemu-system") || cmdline.contains("vmpod-vmm") || jailed_qemu)
         && cmdline.contains("/run/vmpod/")
 }
 
