@@ -247,8 +247,12 @@ fn leftovers() -> Vec<String> {
 /// line names only paths in its jail, so it is found as its jailer's, whose end ends it.
 fn is_sandbox_vm(cmdline: &str) -> bool {
     let jailed_qemu = cmdline.contains("vmpod-jailer") && cmdline.contains("qemu-system");
+    // Another build's vmpod-vmm or jailer on this host is not this test's.
+    let this_build = cmdline.starts_with("qemu-system")
+        || cmdline.starts_with(bin_dir().to_str().unwrap_or_default());
     (cmdline.starts_with("qemu-system") || cmdline.contains("vmpod-vmm") || jailed_qemu)
         && cmdline.contains("/run/vmpod/")
+        && this_build
 }
 
 fn nothing_left_within(seconds: u64) {
