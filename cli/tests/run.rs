@@ -265,13 +265,40 @@ fn kill_9_of_the_cli_takes_the_vm_and_its_state_with_it() {
     );
 }
 
+/// The processes whose parent is `parent`, with their command lines.
+fn children_of(parent: i32) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: i32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (ppid == parent).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
 #[test]
 fn a_vm_that_dies_under_a_run_ends_it_with_125_and_nothing_left() {
     let _serial = serial();
     let (cli, dir) = sleeping_run();
+    // A jailed VM names only paths in its jail: its jailer names the state directory.
     let vm: Vec<(i32, String)> = processes_mentioning(&dir)
         .into_iter()
-        .filter(|(_, c)| c.starts_with("qemu-system") || c.contains("vmpod-vmm"))
+        .filter(|(_, c)| c.contains("qemu-system") || c.contains("vmpod-vmm"))
+        .flat_map(|(pid, c)| match c.contains("vmpod-jailer") {
+            true => children_of(pid),
+            false => vec![(pid, c)],
+        })
         .collect();
     assert_eq!(vm.len(), 1, "{vm:?}");
     // SAFETY: kill(2) of the VM process found above.

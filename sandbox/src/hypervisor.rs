@@ -3,6 +3,7 @@
 //! on a hybrid vsock Unix socket, so everything above this seam is shared.
 
 use crate::error::{SandboxError, SlotError};
+use crate::jail::{Jail, Launch};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmpod_devices::slot_command::SlotCommand;
@@ -51,6 +52,24 @@ pub struct VmSpec {
     /// Empty read-only disks after `disks` (serials `slot<index>`), filled and emptied
     /// through [`Hypervisor::slot_control`] while the VM runs.
     pub spare_slots: usize,
+    /// Where the VM's processes run, when jailed (jail.rs).
+    pub jail: Option<Arc<Jail>>,
+}
+
+impl VmSpec {
+    /// A socket of the VM: the host's path, and the path its processes use (in the jail's
+    /// root when jailed, else in the state directory).
+    pub fn socket(&self, name: &str) -> (PathBuf, PathBuf) {
+        match &self.jail {
+            Some(jail) => (jail.root().join(name), Path::new("/").join(name)),
+            None => (self.state_dir.join(name), self.state_dir.join(name)),
+        }
+    }
+
+    /// How one of the VM's processes starts (jailed or not).
+    pub fn launch(&self) -> Launch<'_> {
+        Launch::new(self.jail.as_deref())
+    }
 }
 
 /// The serial of the disk at `index` (among all the VM's disks) when it is a slot.

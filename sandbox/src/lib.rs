@@ -9,6 +9,9 @@ mod guest_memory;
 pub mod host_config;
 pub mod hypervisor;
 pub mod image;
+pub mod jail;
+mod jail_slots;
+pub mod jailer;
 mod lock;
 pub mod network;
 pub mod paths;
@@ -21,6 +24,7 @@ pub mod shared;
 mod slot_control;
 pub mod slots;
 pub mod template;
+mod vm_cgroup;
 pub mod vmm;
 pub mod vsock;
 

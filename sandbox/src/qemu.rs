@@ -10,15 +10,16 @@
 
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{slot_serial, Hypervisor, SlotControl, TemplateRole, VmSpec};
+use crate::jail::Launch;
 use crate::paths;
-use crate::process::{die_with_parent, inherit_fd};
 use crate::qmp::Qmp;
 use crate::serial_agent::SerialAgent;
 use crate::slot_control::LineControl;
 use serde_json::json;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmpod_devices::slot_command::SlotCommand;
@@ -35,6 +36,11 @@ pub struct Qemu {
     qmp: Option<Qmp>,
     /// The disks' backend's commands (stdin and stdout of its vmpod-vhost-user).
     disks: Option<Arc<LineControl>>,
+    /// The images a restored VM's slots get once it runs, as its disks' backend opens them.
+    restored_images: Vec<PathBuf>,
+    /// A template's guest memory while it is built, given back to root once saved: a file
+    /// every clone maps must not stay writable by the sandbox that made it.
+    building_memory: Option<PathBuf>,
 }
 
 impl Qemu {
@@ -49,6 +55,8 @@ impl Qemu {
             serial: None,
             qmp: None,
             disks: None,
+            restored_images: Vec::new(),
+            building_memory: None,
         }
     }
 
@@ -56,6 +64,7 @@ impl Qemu {
     /// `commands` (the disks' slot commands). Returns once every socket exists.
     fn backend(
         &mut self,
+        launch: Launch,
         args: &[String],
         sockets: &[PathBuf],
         commands: bool,
@@ -67,12 +76,12 @@ impl Qemu {
                 Stdio::null()
             }
         };
-        let mut child =
-            die_with_parent(Command::new(paths::program("vmpod-vhost-user")?).args(args))
-                .stdin(piped())
-                .stdout(piped())
-                .spawn()
-                .map_err(io("start vmpod-vhost-user"))?;
+        let mut child = launch
+            .command(&paths::program("vmpod-vhost-user")?, args)?
+            .stdin(piped())
+            .stdout(piped())
+            .spawn()
+            .map_err(io("start vmpod-vhost-user"))?;
         let control = match (child.stdin.take(), child.stdout.take()) {
             (Some(to), Some(from)) => Some(LineControl::pipe(to, from)),
             _ => None,
@@ -107,31 +116,38 @@ impl Qemu {
         let mut args = Vec::with_capacity(2 * count);
         let mut sockets = Vec::with_capacity(count);
         let mut devices = Vec::with_capacity(4 * count);
+        let mut launch = vm.launch();
+        launch.serves_slots();
         for i in 0..count {
-            let socket = vm.state_dir.join(format!("vu-blk{i}.sock"));
-            let spec = match vm.disks.get(i) {
-                Some(disk) if disk.read_only && restoring => {
+            let (socket, inside) = vm.socket(&format!("vu-blk{i}.sock"));
+            let image = vm
+                .disks
+                .get(i)
+                .map(|disk| launch.file(&disk.path, &format!("/disks/{i}"), !disk.read_only));
+            let spec = match (vm.disks.get(i), &image) {
+                (Some(disk), Some(image)) if restoring => {
+                    self.restored_images.push(image.clone());
                     format!(",ro,serial={}", disk.serial)
                 }
-                Some(disk) if disk.read_only => {
-                    format!("{},ro,serial={}", disk.path.display(), disk.serial)
+                (Some(disk), Some(image)) if disk.read_only => {
+                    format!("{},ro,serial={}", image.display(), disk.serial)
                 }
-                Some(disk) => format!("{},serial={}", disk.path.display(), disk.serial),
-                None => format!(",ro,serial={}", slot_serial(i)),
+                (Some(disk), Some(image)) => format!("{},serial={}", image.display(), disk.serial),
+                _ => format!(",ro,serial={}", slot_serial(i)),
             };
             args.extend([
                 "--blk".to_string(),
-                format!("{spec},socket={}", socket.display()),
+                format!("{spec},socket={}", inside.display()),
             ]);
             devices.extend([
                 "-chardev".to_string(),
-                format!("socket,id=blk{i},path={}", socket.display()),
+                format!("socket,id=blk{i},path={}", inside.display()),
                 "-device".into(),
                 format!("vhost-user-blk,chardev=blk{i}"),
             ]);
             sockets.push(socket);
         }
-        self.disks = self.backend(&args, &sockets, true)?.map(Arc::new);
+        self.disks = self.backend(launch, &args, &sockets, true)?.map(Arc::new);
         Ok(devices)
     }
     fn log_text(&self) -> String {
@@ -147,11 +163,7 @@ impl Qemu {
     /// Loads the template's state into the QEMU started with `-incoming defer`, runs it, and
     /// hands the disks to their slots: each backend then announces a configuration change,
     /// and the guest's driver reads the disk's real size.
-    fn restore(
-        &mut self,
-        state: &Path,
-        disks: &[crate::hypervisor::Disk],
-    ) -> Result<(), SandboxError> {
+    fn restore(&mut self, state: &Path) -> Result<(), SandboxError> {
         let fail = |this: &mut Qemu, what: String| {
             let said = this.log_text();
             SandboxError::Invalid(format!("restore {}: {what}{said}", state.display()))
@@ -167,7 +179,14 @@ impl Qemu {
         let Some(qmp) = self.qmp.as_mut() else {
             return Err(SandboxError::Invalid("QEMU's QMP socket is gone".into()));
         };
-        let uri = format!("exec:cat {}", shell_quote(state));
+        let stream = std::fs::File::open(state).map_err(io(format!("open {}", state.display())))?;
+        if let Err(e) = qmp.pass_fd(STREAM_FD, stream.as_fd()) {
+            return Err(fail(self, e.to_string()));
+        }
+        let Some(qmp) = self.qmp.as_mut() else {
+            return Err(SandboxError::Invalid("QEMU's QMP socket is gone".into()));
+        };
+        let uri = format!("fd:{STREAM_FD}");
         if let Err(e) = qmp.execute("migrate-incoming", json!({ "uri": uri })) {
             return Err(fail(self, e.to_string()));
         }
@@ -190,10 +209,10 @@ impl Qemu {
             qmp.execute("cont", json!({}))?;
         }
         if let Some(control) = &self.disks {
-            for (slot, disk) in disks.iter().enumerate() {
+            for (slot, image) in self.restored_images.iter().enumerate() {
                 control.send(&SlotCommand::Insert {
                     slot,
-                    image: disk.path.clone(),
+                    image: image.clone(),
                 })?;
             }
         }
@@ -201,10 +220,18 @@ impl Qemu {
     }
 }
 
-/// `path` as one word for `/bin/sh` (QEMU runs `exec:` URIs through it).
-fn shell_quote(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
-}
+/// The name a migration stream's descriptor has in QEMU (QMP `getfd`); QEMU's sandbox forbids
+/// the `exec:` URIs that would need a shell.
+const STREAM_FD: &str = "stream";
+
+/// QEMU's own seccomp filter: no obsolete system calls, no change of uid, no new processes
+/// or programs, no change of scheduling or resource limits.
+const QEMU_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The descriptor set QEMU's console file is passed in (`-add-fd`): a jailed QEMU cannot open
+/// a file of the state directory by path.
+const CONSOLE_FDSET: u32 = 1;
 
 /// CPU features kvm-pvm cannot give a guest, as vmpod-vmm hides them (guest-kernel/README.md).
 const KVM_PVM_HIDDEN: &str =
@@ -220,17 +247,24 @@ impl Hypervisor for Qemu {
     }
 
     fn start(&mut self, vm: &VmSpec) -> Result<(), SandboxError> {
-        self.uds = vm.state_dir.join("vsock.sock");
+        let (uds, uds_inside) = vm.socket("vsock.sock");
+        self.uds = uds;
         self.console = vm.state_dir.join("console.log");
         let mut devices = Vec::new();
         if vm.template.is_some() {
-            let chardev = vm.state_dir.join("agent-serial.sock");
+            let (chardev, inside) = vm.socket("agent-serial.sock");
             self.serial = Some(SerialAgent::listen(&chardev, &self.uds)?);
+            if let Some(jail) = &vm.jail {
+                // QEMU, the sandbox's uid, connects to it.
+                std::os::unix::fs::chown(&chardev, Some(jail.uid()), Some(jail.uid())).map_err(
+                    io(format!("give {} to the sandbox's uid", chardev.display())),
+                )?;
+            }
             devices.extend([
                 "-device".to_string(),
                 "virtio-serial-device,max_ports=2".into(),
                 "-chardev".into(),
-                format!("socket,id=agent,path={}", chardev.display()),
+                format!("socket,id=agent,path={}", inside.display()),
                 "-device".into(),
                 format!(
                     "virtserialport,chardev=agent,name={}",
@@ -238,33 +272,46 @@ impl Hypervisor for Qemu {
                 ),
             ]);
         } else {
-            let vsock_sock = vm.state_dir.join("vu-vsock.sock");
+            let (vsock_sock, inside) = vm.socket("vu-vsock.sock");
+            let mut launch = vm.launch();
+            // It writes no file but its log, on the owner's stderr (SIGXFSZ past the limit).
+            launch.file_size_limit(64 << 20);
             self.backend(
+                launch,
                 &[
                     "--socket".into(),
-                    vsock_sock.display().to_string(),
+                    inside.display().to_string(),
                     "--vsock".into(),
-                    format!("3,{}", self.uds.display()),
+                    format!("3,{}", uds_inside.display()),
                 ],
                 std::slice::from_ref(&vsock_sock),
                 false,
             )?;
             devices.extend([
                 "-chardev".to_string(),
-                format!("socket,id=vs,path={}", vsock_sock.display()),
+                format!("socket,id=vs,path={}", inside.display()),
                 "-device".into(),
                 "vhost-user-vsock-device,chardev=vs".into(),
             ]);
         }
         let restoring = matches!(vm.template, Some(TemplateRole::Restore { .. }));
         devices.extend(self.disks(vm, restoring)?);
-        let qmp_sock = vm.state_dir.join("qmp.sock");
+        let (qmp_sock, qmp_inside) = vm.socket("qmp.sock");
         if vm.template.is_some() {
             devices.extend([
                 "-qmp".to_string(),
-                format!("unix:{},server=on,wait=off", qmp_sock.display()),
+                format!("unix:{},server=on,wait=off", qmp_inside.display()),
             ]);
         }
+        if let (true, Some(jail)) = (self.kvm, &vm.jail) {
+            // QEMU opens /dev/kvm by path.
+            jail.device_node(Path::new("/dev/kvm"))?;
+        }
+        let mut launch = vm.launch();
+        launch.serves_files();
+        // The largest files QEMU writes are a template's memory and its state stream.
+        launch.file_size_limit((u64::from(vm.memory_mib) << 20) + (1 << 30));
+        let shared_dir = launch.file(&vm.shared_dir, "/shared", true);
         if restoring {
             devices.extend(["-incoming".to_string(), "defer".into()]);
         }
@@ -276,7 +323,7 @@ impl Hypervisor for Qemu {
             "-fsdev".to_string(),
             format!(
                 "local,id=shared,path={},security_model=passthrough,multidevs=remap",
-                vm.shared_dir.display()
+                shared_dir.display()
             ),
             "-device".into(),
             format!(
@@ -287,7 +334,7 @@ impl Hypervisor for Qemu {
         if let Some(net) = &vm.net {
             devices.extend([
                 "-netdev".to_string(),
-                format!("tap,id=net0,fd={}", net.tap_fd),
+                format!("tap,id=net0,fd={}", launch.fd(net.tap_fd).last_fd()),
                 "-device".into(),
                 format!("virtio-net-device,netdev=net0,mac={}", net.mac),
             ]);
@@ -318,21 +365,25 @@ impl Hypervisor for Qemu {
         } else {
             Stdio::inherit()
         };
-        let mut qemu = Command::new("qemu-system-x86_64");
-        if let Some(net) = &vm.net {
-            inherit_fd(&mut qemu, net.tap_fd);
-        }
         // Held until QEMU has opened it (its own copy lives on in QEMU).
         let mut clone_memory = None;
         let memory_backend = match &vm.template {
             None => format!("memory-backend-memfd,id=mem,size={memory},share=on"),
-            Some(TemplateRole::Build { memory: file }) => format!(
-                "memory-backend-file,id=mem,size={memory},share=on,mem-path={}",
-                file.display()
-            ),
+            Some(TemplateRole::Build { memory: file }) => {
+                std::fs::File::create(file).map_err(io(format!("create {}", file.display())))?;
+                if let Some(jail) = &vm.jail {
+                    std::os::unix::fs::chown(file, Some(jail.uid()), Some(jail.uid()))
+                        .map_err(io(format!("give {} to the sandbox's uid", file.display())))?;
+                }
+                self.building_memory = Some(file.clone());
+                format!(
+                    "memory-backend-file,id=mem,size={memory},share=on,mem-path={}",
+                    launch.file(file, "/memory", true).display()
+                )
+            }
             Some(TemplateRole::Restore { memory: file, .. }) => {
                 let fd = crate::guest_memory::clone_into_memfd(file)?;
-                inherit_fd(&mut qemu, fd.as_raw_fd());
+                launch.fd(fd.as_raw_fd());
                 let backend = format!(
                     "memory-backend-file,id=mem,size={memory},share=on,mem-path=/proc/self/fd/{}",
                     fd.as_raw_fd()
@@ -341,8 +392,16 @@ impl Hypervisor for Qemu {
                 backend
             }
         };
-        let child = die_with_parent(
-            qemu.args([
+        let kernel = launch.file(&vm.kernel, "/guest/vmlinux", false);
+        let initrd = launch.file(&vm.initrd, "/guest/initrd", false);
+        let console = std::fs::File::create(&self.console)
+            .map_err(io(format!("create {}", self.console.display())))?;
+        launch.fd(console.as_raw_fd());
+        let mut qemu =
+            launch.command(&paths::program("qemu-system-x86_64")?, Vec::<String>::new())?;
+        let child = qemu
+            .args(["-sandbox", QEMU_SANDBOX])
+            .args([
                 "-M",
                 "microvm,acpi=off,x-option-roms=off,memory-backend=mem",
             ])
@@ -363,22 +422,24 @@ impl Hypervisor for Qemu {
                 "-nographic",
                 "-no-reboot",
             ])
+            .arg("-add-fd")
+            .arg(format!("fd={},set={CONSOLE_FDSET}", console.as_raw_fd()))
             .arg("-serial")
-            .arg(format!("file:{}", self.console.display()))
+            .arg(format!("file:/dev/fdset/{CONSOLE_FDSET}"))
             .arg("-kernel")
-            .arg(&vm.kernel)
+            .arg(&kernel)
             .arg("-initrd")
-            .arg(&vm.initrd)
+            .arg(&initrd)
             .args(["-append", &cmdline])
-            .args(&devices),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .map_err(io(
-            "start qemu-system-x86_64 (apt-get install qemu-system-x86)",
-        ))?;
+            .args(&devices)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(io(
+                "start qemu-system-x86_64 (apt-get install qemu-system-x86)",
+            ))?;
+        drop(console);
         self.qemu = Some(child);
         if vm.template.is_some() {
             // Guest memory is a file of its own (or a clone's copy of it): the stream
@@ -398,7 +459,7 @@ impl Hypervisor for Qemu {
             }
         }
         if let Some(TemplateRole::Restore { state, .. }) = &vm.template {
-            self.restore(state, &vm.disks)?;
+            self.restore(state)?;
         }
         Ok(())
     }
@@ -419,10 +480,20 @@ impl Hypervisor for Qemu {
             "migrate-set-parameters",
             json!({ "max-bandwidth": 1u64 << 40 }),
         )?;
-        let uri = format!("exec:cat > {}", shell_quote(state));
-        qmp.execute("migrate", json!({ "uri": uri }))?;
+        let stream =
+            std::fs::File::create(state).map_err(io(format!("create {}", state.display())))?;
+        qmp.pass_fd(STREAM_FD, stream.as_fd())?;
+        qmp.execute("migrate", json!({ "uri": format!("fd:{STREAM_FD}") }))?;
         qmp.wait_for_migration(Duration::from_secs(120))
-            .map_err(|e| SandboxError::Invalid(format!("save {}: {e}", state.display())))
+            .map_err(|e| SandboxError::Invalid(format!("save {}: {e}", state.display())))?;
+        if let Some(memory) = self.building_memory.take() {
+            std::os::unix::fs::chown(&memory, Some(0), Some(0))
+                .and_then(|()| {
+                    std::fs::set_permissions(&memory, std::fs::Permissions::from_mode(0o644))
+                })
+                .map_err(io(format!("give {} back to root", memory.display())))?;
+        }
+        Ok(())
     }
 
     fn vsock_uds(&self) -> &Path {

@@ -3,6 +3,7 @@
 use crate::error::{io, SandboxError};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -59,6 +60,11 @@ impl Qmp {
         self.writer
             .write_all(format!("{request}\n").as_bytes())
             .map_err(io("write to QEMU's QMP socket"))?;
+        self.answer(command)
+    }
+
+    /// The reply to `command`, asynchronous events skipped.
+    fn answer(&mut self, command: &str) -> Result<Value, SandboxError> {
         loop {
             let reply = self.read()?;
             if let Some(value) = reply.get("return") {
@@ -70,6 +76,42 @@ impl Qmp {
             }
             // An asynchronous event: not what we wait for.
         }
+    }
+
+    /// Hands QEMU `fd` under `name` (QMP `getfd`: the command travels with the descriptor as
+    /// SCM_RIGHTS), for a URI such as `fd:NAME`.
+    pub fn pass_fd(&mut self, name: &str, fd: BorrowedFd) -> Result<(), SandboxError> {
+        let request = json!({"execute": "getfd", "arguments": {"fdname": name}});
+        let line = format!("{request}\n");
+        let mut iov = libc::iovec {
+            iov_base: line.as_ptr() as *mut libc::c_void,
+            iov_len: line.len(),
+        };
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+        let mut control = vec![0u8; space];
+        // SAFETY: an all-zero msghdr is valid; the fields set point at live buffers.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer holds one header with room for one descriptor.
+        unsafe {
+            let header = libc::CMSG_FIRSTHDR(&msg);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd.as_raw_fd());
+        }
+        // SAFETY: msg describes the buffers above, which outlive the call.
+        let sent = unsafe { libc::sendmsg(self.writer.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if sent < 0 || sent as usize != line.len() {
+            return Err(io("send a descriptor on QEMU's QMP socket")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        self.answer("getfd").map(drop)
     }
 
     /// Waits until `query-migrate` says the migration ended: `Ok` when completed, QEMU's

@@ -4,6 +4,8 @@
 use crate::endpoint::Endpoint;
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, TemplateRole, VmSpec};
+use crate::jail::{self, Jail};
+use crate::jail_slots::JailedSlots;
 use crate::network::PodNetwork;
 use crate::paths;
 use crate::shared::{self, SharedDir, SharedVolume};
@@ -59,6 +61,8 @@ pub struct Sandbox {
     shared: Option<Arc<Mutex<SharedDir>>>,
     /// The VM's spare disk slots, likewise.
     slots: Option<DiskSlots>,
+    /// The uid and root the VM's processes run with (jail.rs); none when not jailed.
+    jail: Option<Arc<Jail>>,
 }
 
 /// Removes the state directory if the sandbox's owner dies without doing it (`kill -9`): the
@@ -124,8 +128,15 @@ impl Sandbox {
             network: None,
             shared: None,
             slots: None,
+            jail: None,
         };
         sandbox.janitor = Some(spawn_janitor(&state_dir)?);
+        if jail::enabled() {
+            // The guest's memory and what its VM's processes need besides (QEMU's TCG
+            // translation cache the most).
+            let memory = (u64::from(config.memory_mib) << 20) + (1 << 30);
+            sandbox.jail = Some(Arc::new(Jail::create(&state_dir, memory)?));
+        }
         let disks = config.disks;
         let shared = SharedDir::create(&state_dir)?;
         let shared_root = shared.root().to_path_buf();
@@ -196,6 +207,7 @@ impl Sandbox {
             state_dir,
             template,
             spare_slots,
+            jail: sandbox.jail.clone(),
         };
         let restored_from = match &spec.template {
             Some(TemplateRole::Restore { state, .. }) => state.parent().map(Path::to_path_buf),
@@ -210,7 +222,10 @@ impl Sandbox {
             None => e,
         })?;
         drop(tap_fd);
-        if let Some(control) = sandbox.vm.slot_control() {
+        if let Some(mut control) = sandbox.vm.slot_control() {
+            if sandbox.jail.is_some() {
+                control = Arc::new(JailedSlots::new(&sandbox.state_dir, control));
+            }
             let slots = DiskSlots::new(&sandbox.id, control, first_spare, spare_slots);
             sandbox.slots = Some(slots);
         }
@@ -248,6 +263,9 @@ impl Sandbox {
         }
         if let Some(network) = &self.network {
             lines += &(network.detach_command() + "\n");
+        }
+        if let Some(jail) = &self.jail {
+            lines += &(jail.cleanup_command() + "\n");
         }
         let cleanup = self.state_dir.join("cleanup.sh");
         std::fs::write(&cleanup, lines).map_err(io(format!("write {}", cleanup.display())))
@@ -486,6 +504,9 @@ impl Drop for Sandbox {
         }
         if let Some(shared) = self.shared.take() {
             shared::lock(&shared).teardown();
+        }
+        if let Some(jail) = &self.jail {
+            jail.teardown();
         }
         // A bind that would not go must not be reached by the removal: it is a host volume.
         if shared::has_mounts_under(&self.state_dir) {

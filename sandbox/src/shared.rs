@@ -33,7 +33,7 @@ fn cstring(path: &Path) -> std::io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
 }
 
-fn mount(
+pub(crate) fn mount(
     source: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
@@ -63,7 +63,7 @@ fn mount(
 
 /// Detaches the mount at `target` (and what is mounted under it); a path that is not a mount
 /// is fine.
-fn detach(target: &Path) {
+pub(crate) fn detach(target: &Path) {
     if let Ok(target) = cstring(target) {
         // SAFETY: a NUL-terminated path; MNT_DETACH never blocks.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
@@ -72,7 +72,7 @@ fn detach(target: &Path) {
 
 /// Binds `source` at `target` (made private), read-only, nosuid and nodev where asked. The
 /// flags only apply on a remount of the new bind, so that is a second call.
-fn bind(source: &Path, target: &Path, read_only: bool) -> std::io::Result<()> {
+pub(crate) fn bind(source: &Path, target: &Path, read_only: bool) -> std::io::Result<()> {
     mount(Some(source), target, None, libc::MS_BIND | libc::MS_REC)?;
     let result = mount(None, target, None, libc::MS_PRIVATE | libc::MS_REC).and_then(|()| {
         let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
@@ -107,11 +107,15 @@ impl SharedDir {
         for dir in [&points, &root] {
             std::fs::create_dir(dir).map_err(io(format!("create {}", dir.display())))?;
         }
-        bind(&points, &root, true).map_err(io(format!(
-            "bind {} read-only at {}",
-            points.display(),
-            root.display()
-        )))?;
+        bind(&points, &root, true)
+            // A peer group of its own: the volumes bound in later reach a jailed VM's copy
+            // of the root (jailer.rs), and nothing else.
+            .and_then(|()| mount(None, &root, None, libc::MS_SHARED))
+            .map_err(io(format!(
+                "bind {} read-only at {}",
+                points.display(),
+                root.display()
+            )))?;
         Ok(SharedDir {
             points,
             root,

@@ -2,11 +2,13 @@
 
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{slot_serial, Hypervisor, SlotControl, TemplateRole, VmSpec};
+use crate::jail::Launch;
 use crate::paths;
-use crate::process::{die_with_parent, inherit_fd};
 use crate::slot_control::LineControl;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,33 +33,63 @@ impl Hypervisor for VmpodVmm {
     }
 
     fn start(&mut self, vm: &VmSpec) -> Result<(), SandboxError> {
-        self.uds = vm.state_dir.join("vsock.sock");
+        // A template's build writes its snapshot by path as it ends, which its jail would not
+        // reach: it runs unjailed until vmpod-vmm opens those files as it starts.
+        let unjailed;
+        let vm = match (&vm.template, &vm.jail) {
+            (Some(TemplateRole::Build { .. }), Some(_)) => {
+                unjailed = VmSpec {
+                    jail: None,
+                    ..vm.clone()
+                };
+                &unjailed
+            }
+            _ => vm,
+        };
+        let mut launch = vm.launch();
+        launch.serves_files().serves_slots();
+        launch.file_size_limit((u64::from(vm.memory_mib) << 20) + (1 << 30));
+        let mut files = PassedFiles::new(vm.jail.is_some());
+        let (uds, uds_inside) = vm.socket("vsock.sock");
+        self.uds = uds;
         self.console = vm.state_dir.join("console.log");
-        let mut disks: Vec<serde_json::Value> = vm
-            .disks
-            .iter()
-            .map(|d| serde_json::json!({"path": d.path, "read_only": d.read_only, "serial": d.serial}))
-            .collect();
+        let mut disks = Vec::with_capacity(vm.disks.len() + vm.spare_slots);
+        for d in &vm.disks {
+            let path = files.open(&mut launch, &d.path, !d.read_only)?;
+            disks.push(
+                serde_json::json!({"path": path, "read_only": d.read_only, "serial": d.serial}),
+            );
+        }
         let count = disks.len() + vm.spare_slots;
         disks.extend(
             (vm.disks.len()..count)
                 .map(|i| serde_json::json!({"read_only": true, "serial": slot_serial(i)})),
         );
-        let control = vm.state_dir.join("disks.sock");
+        let (control, control_inside) = vm.socket("disks.sock");
+        let shared_dir = launch.file(&vm.shared_dir, "/shared", true);
         let mut config = serde_json::json!({
-            "kernel": vm.kernel,
-            "initrd": vm.initrd,
+            "kernel": files.open(&mut launch, &vm.kernel, false)?,
+            "initrd": files.open(&mut launch, &vm.initrd, false)?,
             "cpus": vm.cpus,
             "memory_mib": vm.memory_mib,
-            "console": self.console,
+            "console": files.create(&mut launch, &self.console)?,
             "cmdline": format!("console=ttyS0 quiet {}", vm.cmdline),
             "disks": disks,
-            "vsock": {"guest_cid": 3, "uds_path": self.uds},
-            "fs": {"tag": vmpod_protocol::SHARED_FS_TAG, "shared_dir": vm.shared_dir},
-            "disk_control": control,
+            "vsock": {"guest_cid": 3, "uds_path": uds_inside},
+            "fs": {"tag": vmpod_protocol::SHARED_FS_TAG, "shared_dir": shared_dir},
+            "disk_control": control_inside,
         });
         if let Some(net) = &vm.net {
+            launch.fd(net.tap_fd);
             config["net"] = serde_json::json!({"fd": net.tap_fd, "mac": net.mac});
+        }
+        if vm.jail.is_some() {
+            config["kvm"] = files.device(&mut launch, Path::new("/dev/kvm"))?.into();
+            // vmpod-vmm looks here to know kvm-pvm's needs.
+            let pvm = Path::new("/sys/module/kvm_pvm");
+            if pvm.exists() {
+                launch.file(pvm, "/sys/module/kvm_pvm", false);
+            }
         }
         match &vm.template {
             None => {}
@@ -67,20 +99,30 @@ impl Hypervisor for VmpodVmm {
                 self.saving_to = Some(state);
             }
             Some(TemplateRole::Restore { state, memory }) => {
+                // Every clone maps the template's memory privately: read-only is enough.
+                let state = files.open(&mut launch, state, false)?;
+                let memory = files.open(&mut launch, memory, false)?;
                 config["restore"] = serde_json::json!({"state": state, "memory": memory});
             }
         }
         let path = vm.state_dir.join("vm.json");
         std::fs::write(&path, config.to_string())
             .map_err(io(format!("write {}", path.display())))?;
-        let mut vmm = Command::new(paths::program("vmpod-vmm")?);
-        if let Some(net) = &vm.net {
-            inherit_fd(&mut vmm, net.tap_fd);
-        }
-        let child = die_with_parent(vmm.arg("--config").arg(&path))
+        let config_file =
+            std::fs::File::open(&path).map_err(io(format!("open {}", path.display())))?;
+        launch.fd(config_file.as_raw_fd());
+        let child = launch
+            .command(
+                &paths::program("vmpod-vmm")?,
+                [
+                    "--config".to_string(),
+                    format!("fd:{}", config_file.as_raw_fd()),
+                ],
+            )?
             .stdin(Stdio::null())
             .spawn()
             .map_err(io("start vmpod-vmm"))?;
+        drop(files);
         self.child = Some(child);
         self.disks = Some(Arc::new(LineControl::socket(control)));
         Ok(())
@@ -156,5 +198,69 @@ impl Hypervisor for VmpodVmm {
 impl Drop for VmpodVmm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The files a jailed vmpod-vmm gets as descriptors, held until it has started; it opens them
+/// again through its own /proc (read-only ones) or takes them as `fd:N` (the config's
+/// fields its `open_file` reads). Unjailed, it opens the paths itself.
+struct PassedFiles {
+    jailed: bool,
+    held: Vec<File>,
+}
+
+impl PassedFiles {
+    fn new(jailed: bool) -> PassedFiles {
+        PassedFiles {
+            jailed,
+            held: Vec::new(),
+        }
+    }
+
+    fn keep(&mut self, launch: &mut Launch, file: File) -> i32 {
+        let fd = file.as_raw_fd();
+        launch.fd(fd);
+        self.held.push(file);
+        fd
+    }
+
+    /// A file vmpod-vmm reads (or writes, when `writable`) by the path returned.
+    fn open(
+        &mut self,
+        launch: &mut Launch,
+        path: &Path,
+        writable: bool,
+    ) -> Result<PathBuf, SandboxError> {
+        if !self.jailed {
+            return Ok(path.to_path_buf());
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(io(format!("open {}", path.display())))?;
+        Ok(PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            self.keep(launch, file)
+        )))
+    }
+
+    /// A file vmpod-vmm writes, created here.
+    fn create(&mut self, launch: &mut Launch, path: &Path) -> Result<PathBuf, SandboxError> {
+        if !self.jailed {
+            return Ok(path.to_path_buf());
+        }
+        let file = File::create(path).map_err(io(format!("create {}", path.display())))?;
+        Ok(PathBuf::from(format!("fd:{}", self.keep(launch, file))))
+    }
+
+    /// A device vmpod-vmm uses, as `fd:N`.
+    fn device(&mut self, launch: &mut Launch, path: &Path) -> Result<String, SandboxError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(format!("open {}", path.display())))?;
+        Ok(format!("fd:{}", self.keep(launch, file)))
     }
 }

@@ -169,6 +169,9 @@ impl Drop for PodCgroup {
                 log::warn!("move the shim back to {}: {e}", back.display());
             }
             // Empty once the VM and its helpers are gone; kubelet owns the parents.
+            for sandbox in sandbox_cgroups(&dir) {
+                let _ = std::fs::remove_dir(sandbox);
+            }
             if let Err(e) = std::fs::remove_dir(&dir) {
                 log::warn!("remove the pod's cgroup {}: {e}", dir.display());
             }
@@ -193,7 +196,11 @@ pub fn remove(cgroups_path: &str) {
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            // The VM's processes are in the sandbox's own cgroup under the pod's.
+            let procs: String = std::iter::once(dir.clone())
+                .chain(sandbox_cgroups(&dir))
+                .map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default())
+                .collect();
             let pids: Vec<&str> = procs.lines().collect();
             if pids.is_empty() {
                 break;
@@ -207,10 +214,28 @@ pub fn remove(cgroups_path: &str) {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        for sandbox in sandbox_cgroups(&dir) {
+            // Its janitor may have removed it already.
+            let _ = std::fs::remove_dir(sandbox);
+        }
         if let Err(e) = std::fs::remove_dir(&dir) {
             log::warn!("remove the pod's cgroup {}: {e}", dir.display());
         }
     }
+}
+
+/// The sandbox cgroups (vmpod-sandbox's `vmpod-<id>`) in a pod's cgroup.
+fn sandbox_cgroups(pod: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(pod)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("vmpod-"))
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The shim's binary, as its command line names it.

@@ -183,7 +183,8 @@ fn leftovers() -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "containers")
+                // Records and sandbox uid claims live beside the state directories.
+                .filter(|n| n != "containers" && n != "uids")
                 .map(|n| format!("/run/vmpod/{n}"))
                 .collect()
         })
@@ -202,10 +203,16 @@ fn leftovers() -> Vec<String> {
     found
 }
 
-/// A VM a sandbox started (other QEMUs on the host are not ours).
+/// A VM a sandbox started (other QEMUs on the host are not ours): a jailed VM's own command
+/// line names only paths in its jail, so it is found as its jailer's, whose end ends it.
 fn is_sandbox_vm(cmdline: &str) -> bool {
-    (cmdline.starts_with("qemu-system") || cmdline.contains("vmpod-vmm"))
+    let jailed_qemu = cmdline.contains("vmpod-jailer") && cmdline.contains("qemu-system");
+    // Another build's vmpod-vmm or jailer on this host is not this test's.
+    let this_build = cmdline.starts_with("qemu-system")
+        || cmdline.starts_with(bin_dir().to_str().unwrap_or_default());
+    (cmdline.starts_with("qemu-system") || cmdline.contains("vmpod-vmm") || jailed_qemu)
         && cmdline.contains("/run/vmpod/")
+        && this_build
 }
 
 fn nothing_left_within(seconds: u64) {

@@ -464,8 +464,14 @@ fn containers_take_updates_and_a_terminal(handler: &str) {
 
     // The pod's host cgroup holds the pause process under runc, the VM under vmpod.
     let cgroup = host_cgroup(&pod);
-    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
+    let mut procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
         .unwrap_or_else(|e| panic!("{}: {e}", cgroup.display()));
+    // A jailed VM is in its sandbox's own cgroup, `vmpod-<id>` in the pod's.
+    for sandbox in std::fs::read_dir(&cgroup).unwrap().flatten() {
+        if sandbox.file_name().to_string_lossy().starts_with("vmpod-") {
+            procs += &std::fs::read_to_string(sandbox.path().join("cgroup.procs")).unwrap();
+        }
+    }
     let comms: Vec<String> = procs.lines().map(comm).collect();
     if handler == VMPOD {
         assert!(

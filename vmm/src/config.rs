@@ -1,10 +1,10 @@
 //! The VM's configuration: one JSON document (file or fd), overridable from the command line,
 //! validated once before anything is created.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::FromRawFd;
-use std::path::PathBuf;
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +150,10 @@ pub struct VmConfig {
     /// (vmpod_devices::slot_command).
     #[serde(default)]
     pub disk_control: Option<PathBuf>,
+    /// The KVM device: `fd:N` for one the parent opened (a jailed VMM has no /dev); default
+    /// /dev/kvm.
+    #[serde(default)]
+    pub kvm: Option<PathBuf>,
 }
 
 /// A snapshot: the VM's state (versioned JSON) and its memory (a raw image, mapped
@@ -265,7 +269,31 @@ impl Default for VmConfig {
             snapshot: None,
             restore: None,
             disk_control: None,
+            kvm: None,
         }
+    }
+}
+
+/// Opens a file the config names: `fd:N` is a descriptor the parent passed (a jailed VMM
+/// reaches no path outside its jail), duplicated so the field can be opened again; anything
+/// else is a path, opened with `options`.
+pub fn open_file(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
+    match path.to_str().and_then(|p| p.strip_prefix("fd:")) {
+        Some(number) => {
+            let fd = number
+                .parse::<RawFd>()
+                .ok()
+                .filter(|fd| *fd > 2)
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+            // SAFETY: F_GETFD only checks that the number is an open descriptor.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: the descriptor is open (checked above) and only borrowed to be duplicated.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            borrowed.try_clone_to_owned().map(File::from)
+        }
+        None => options.open(path),
     }
 }
 

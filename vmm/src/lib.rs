@@ -80,7 +80,22 @@ pub enum VmmError {
 /// `started` is the VMM's own start, which the boot timer measures from.
 pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> {
     config.validate()?;
-    let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+    let kvm: Kvm = match &config.kvm {
+        None => Kvm::new().map_err(VmmError::Kvm)?,
+        Some(path) => {
+            let device =
+                config::open_file(path, std::fs::OpenOptions::new().read(true).write(true))
+                    .map_err(|e| {
+                        VmmError::Kvm(vmm_sys_util::errno::Error::new(
+                            e.raw_os_error().unwrap_or(libc::EBADF),
+                        ))
+                    })?;
+            // SAFETY: the descriptor is a freshly duplicated, owned handle on the KVM device.
+            unsafe {
+                std::os::fd::FromRawFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(device))
+            }
+        }
+    };
     let pvm = host::is_kvm_pvm();
     let cpus = config.cpus as u8;
 

@@ -103,7 +103,8 @@ pub fn leftovers() -> (usize, usize) {
 pub fn state_dirs() -> Vec<String> {
     entries("/run/vmpod")
         .into_iter()
-        .filter(|n| n != "containers")
+        // Records and sandbox uid claims live beside the state directories.
+        .filter(|n| n != "containers" && n != "uids")
         .collect()
 }
 

@@ -15,7 +15,8 @@ impl ConsoleOutput {
     }
 
     pub fn file(path: &Path) -> io::Result<ConsoleOutput> {
-        let file: File = OpenOptions::new().create(true).append(true).open(path)?;
+        let file: File =
+            crate::config::open_file(path, OpenOptions::new().create(true).append(true))?;
         Ok(ConsoleOutput(Some(LineWriter::new(Box::new(file)))))
     }
 

@@ -1,0 +1,432 @@
+//! The jail, end to end on QEMU (TCG): every process of a running sandbox is its own
+//! unprivileged uid in its own namespaces and root, holds only the descriptors it needs, cannot
+//! write what sandboxes share, and goes with its owner's kill -9, leaving nothing behind.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use vmpod_sandbox::hypervisor::Disk;
+use vmpod_sandbox::jailer::FILE_CAPS;
+use vmpod_sandbox::{Backend, Boot, Sandbox, SandboxConfig};
+
+fn sandbox() -> Sandbox {
+    let layer = support::guest_dir().join("busybox.erofs");
+    assert!(
+        layer.is_file(),
+        "{} is missing: run `make guest`",
+        layer.display()
+    );
+    Sandbox::start(SandboxConfig {
+        backend: Backend::Qemu { kvm: false },
+        boot: Boot::Cold,
+        cpus: 1,
+        memory_mib: 128,
+        disks: vec![Disk {
+            path: layer,
+            serial: "layer0".into(),
+            read_only: true,
+        }],
+        shared: Vec::new(),
+        debug: false,
+        kernel_args: String::new(),
+        netns: None,
+    })
+    .expect("start a sandbox")
+}
+
+/// The sandbox's uid: its jail's owner.
+fn uid_of(state_dir: &Path) -> u32 {
+    let uid = std::fs::metadata(state_dir.join("jail"))
+        .expect("the jail")
+        .uid();
+    assert!(
+        uid >= vmpod_sandbox::jail::UID_BASE,
+        "uid {uid} is outside the range"
+    );
+    uid
+}
+
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Processes running as `uid`, by pid (a zombie waiting for its reaper runs no more).
+fn processes_of(uid: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("list /proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let zombie = status_field(&status, "State").starts_with('Z');
+        if !zombie
+            && status_field(&status, "Uid").split_whitespace().next() == Some(&uid.to_string())
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn program(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_process_of_a_jailed_sandbox_is_its_uid_without_privileges_in_its_own_root() {
+    let sandbox = sandbox();
+    let uid = uid_of(&sandbox.state_dir);
+    let jail = std::fs::metadata(sandbox.state_dir.join("jail")).expect("the jail");
+    let pids = processes_of(uid);
+    let programs: Vec<String> = pids.iter().map(|p| program(*p)).collect();
+    assert_eq!(pids.len(), 3, "QEMU and two vmpod-vhost-user: {programs:?}");
+    for pid in pids {
+        let name = program(pid);
+        let qemu = name.contains("qemu");
+        let caps = if qemu {
+            format!("{:016x}", FILE_CAPS.iter().fold(0u64, |m, c| m | 1 << c))
+        } else {
+            "0".repeat(16)
+        };
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("tasks")
+            .flatten()
+        {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let me = format!("{name} task {:?}", task.file_name());
+            assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{me}");
+            for id in ["Uid", "Gid"] {
+                let ids: Vec<String> = status_field(&status, id)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect();
+                assert_eq!(ids, vec![uid.to_string(); 4], "{me}: {id}");
+            }
+            assert_eq!(status_field(&status, "Groups"), "", "{me}");
+            // QEMU serves the shared directory's files with their guest owners: it keeps
+            // only what that takes; the backends keep nothing.
+            for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+                assert_eq!(status_field(&status, set), caps, "{me}: {set}");
+            }
+        }
+        let root = std::fs::metadata(format!("/proc/{pid}/root/")).expect("its root");
+        assert_eq!(
+            (root.dev(), root.ino()),
+            (jail.dev(), jail.ino()),
+            "{name}'s root"
+        );
+        for ns in ["mnt", "pid", "ipc", "uts"] {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("its ns");
+            let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("our ns");
+            assert_ne!(theirs, ours, "{name} shares the host's {ns} namespace");
+        }
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+        let core = limits.lines().find(|l| l.starts_with("Max core file size"));
+        assert!(
+            core.is_some_and(|l| l.split_whitespace().nth(4) == Some("0")),
+            "{limits}"
+        );
+        check_descriptors(pid, &name, &sandbox.state_dir);
+        // On this kind of host (cgroup v1 memory and pids, or v2) the VM has its own cgroup.
+        let cgroups = vm_cgroups(pid);
+        assert!(!cgroups.is_empty(), "{name} is in no cgroup of its sandbox");
+        assert!(cgroups.iter().all(|d| d.is_dir()), "{cgroups:?}");
+    }
+}
+
+/// Each descriptor is a socket, pipe, eventfd-like inode, guest memory, /dev/null, or a file
+/// of the sandbox; regular files are read-only but the console and QEMU's log.
+fn check_descriptors(pid: i32, name: &str, state_dir: &Path) {
+    let guest = support::guest_dir();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        let text = target.display().to_string();
+        let kind_ok = ["socket:", "pipe:", "anon_inode:", "/memfd:", "/dev/null"]
+            .iter()
+            .any(|p| text.starts_with(p));
+        if kind_ok {
+            continue;
+        }
+        // Paths in the jail's own mounts read as the jail sees them.
+        let in_jail = [
+            "/disks/", "/slots/", "/guest/", "/shared", "/memory", "/proc/",
+        ]
+        .iter()
+        .any(|p| text.starts_with(p));
+        let ours = in_jail || target.starts_with(state_dir) || target.starts_with(&guest);
+        assert!(ours, "{name} holds {text}");
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let flags = u32::from_str_radix(&status_field(&info, "flags"), 8).unwrap_or(u32::MAX);
+        let writes = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
+        let may_write = text.ends_with("console.log") || text.ends_with("qemu.log");
+        assert!(!writes || may_write, "{name} holds {text} writable");
+    }
+}
+
+/// Whether `uid` may open `path` for writing (or create a file in it, for a directory).
+fn can_write_as(uid: u32, path: &Path) -> bool {
+    let script = if path.is_dir() {
+        format!("touch '{}/x'", path.display())
+    } else {
+        format!("exec 3>>'{}'", path.display())
+    };
+    Command::new("/bin/sh")
+        .args(["-c", &script])
+        .uid(uid)
+        .gid(uid)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_sandbox_uid_cannot_write_a_layer_a_template_or_another_sandbox_jail() {
+    let first = sandbox();
+    let second = sandbox();
+    let (a, b) = (uid_of(&first.state_dir), uid_of(&second.state_dir));
+    assert_ne!(a, b, "two live sandboxes share a uid");
+    assert!(!can_write_as(a, &second.state_dir.join("jail")));
+    assert!(!can_write_as(a, &second.state_dir));
+    assert!(!can_write_as(
+        a,
+        &support::guest_dir().join("busybox.erofs")
+    ));
+    assert!(!can_write_as(a, &support::guest_dir().join("vmlinux")));
+    let templates = Path::new(vmpod_sandbox::template::ROOT);
+    let memories: Vec<PathBuf> = std::fs::read_dir(templates)
+        .map(|d| d.flatten().map(|e| e.path().join("memory")).collect())
+        .unwrap_or_default();
+    for memory in memories.iter().filter(|m| m.is_file()) {
+        assert!(!can_write_as(a, memory), "{} is writable", memory.display());
+    }
+    // The uid can write its own jail: that is where its sockets are.
+    assert!(can_write_as(a, &first.state_dir.join("jail")));
+}
+
+/// Run by the next test as the sandbox's owner, which it kills.
+#[test]
+#[ignore = "the owner process of kill_9_of_the_owner_takes_the_jailed_vm_with_it"]
+fn jailed_sandbox_owner() {
+    if std::env::var_os("VMPOD_TEST_JAIL_OWNER").is_none() {
+        return;
+    }
+    let sandbox = sandbox();
+    println!("state {}", sandbox.state_dir.display());
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// The sandbox's own cgroups `pid` is in (vm_cgroup.rs), as host directories.
+fn vm_cgroups(pid: i32) -> Vec<PathBuf> {
+    let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            path.rsplit('/').next()?.starts_with("vmpod-").then(|| {
+                Path::new("/sys/fs/cgroup")
+                    .join(controllers.split(',').next().unwrap_or_default())
+                    .join(path.trim_start_matches('/'))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_of_the_owner_takes_the_jailed_vm_with_it() {
+    let mut owner = Command::new(std::env::current_exe().expect("this test binary"));
+    owner
+        .args([
+            "--ignored",
+            "--exact",
+            "jailed_sandbox_owner",
+            "--nocapture",
+        ])
+        .env("VMPOD_TEST_JAIL_OWNER", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut owner = support::die_with_parent(&mut owner)
+        .spawn()
+        .expect("start the owner");
+    let stdout = owner.stdout.take().expect("its stdout");
+    let state_dir = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("state ").map(PathBuf::from))
+        .expect("the owner's sandbox");
+    let uid = uid_of(&state_dir);
+    let pids = processes_of(uid);
+    assert_eq!(pids.len(), 3);
+    let cgroups = vm_cgroups(pids[0]);
+    owner.kill().expect("kill -9 the owner");
+    owner.wait().expect("reap the owner");
+    let killed = Instant::now();
+    while !processes_of(uid).is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still running a second after its owner: {:?}",
+            processes_of(uid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let claim = Path::new(vmpod_sandbox::paths::STATE_ROOT)
+        .join("uids")
+        .join(uid.to_string());
+    let state = state_dir.display().to_string();
+    let mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&state))
+            .count()
+    };
+    let cgroups_left = || cgroups.iter().filter(|d| d.exists()).count();
+    while state_dir.exists() || claim.exists() || mounts() > 0 || cgroups_left() > 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "left behind: state dir {}, uid claim {}, {} mounts, {} cgroups",
+            state_dir.exists(),
+            claim.exists(),
+            mounts(),
+            cgroups_left()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(support::processes_mentioning(&state), Vec::new());
+}
+
+/// vmpod-vmm's jail on real KVM, with the tiny test guest (a Linux guest takes minutes on
+/// kvm-pvm): the same steps vmm.rs takes, checked on the running VMM, then its run to the end.
+#[test]
+fn a_jailed_vmpod_vmm_runs_a_guest_from_passed_descriptors_without_privileges() {
+    use std::os::fd::AsRawFd;
+    let kernel_path = support::guest_dir().join("tiny-guest.elf");
+    assert!(
+        kernel_path.is_file(),
+        "{} is missing",
+        kernel_path.display()
+    );
+    let state_dir = Path::new(vmpod_sandbox::paths::STATE_ROOT)
+        .join(format!("{:012x}", std::process::id() as u64 * 7919));
+    std::fs::create_dir_all(&state_dir).expect("a state dir");
+    let jail = vmpod_sandbox::jail::Jail::create(&state_dir, 64 << 20).expect("a jail");
+    let kernel = std::fs::File::open(&kernel_path).expect("the kernel");
+    let console_path = state_dir.join("console.log");
+    let console = std::fs::File::create(&console_path).expect("the console");
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .expect("/dev/kvm");
+    let config = format!(
+        r#"{{"kernel": "/proc/self/fd/{}", "memory_mib": 16, "cmdline": "tiny=wait",
+            "console": "fd:{}", "kvm": "fd:{}"}}"#,
+        kernel.as_raw_fd(),
+        console.as_raw_fd(),
+        kvm.as_raw_fd()
+    );
+    std::fs::write(state_dir.join("vm.json"), config).expect("the config");
+    let config = std::fs::File::open(state_dir.join("vm.json")).expect("the config");
+    let mut launch = vmpod_sandbox::jail::Launch::new(Some(&jail));
+    for fd in [&kernel, &console, &kvm, &config] {
+        launch.fd(fd.as_raw_fd());
+    }
+    let pvm = Path::new("/sys/module/kvm_pvm");
+    if pvm.exists() {
+        launch.file(pvm, "/sys/module/kvm_pvm", false);
+    }
+    let vmm = vmpod_sandbox::paths::program("vmpod-vmm").expect("vmpod-vmm");
+    let mut child = launch
+        .command(
+            &vmm,
+            ["--config".to_string(), format!("fd:{}", config.as_raw_fd())],
+        )
+        .expect("the jailed command")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start vmpod-vmm");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&console_path)
+        .unwrap_or_default()
+        .contains("tiny: waiting")
+    {
+        assert!(Instant::now() < deadline, "the tiny guest never ran");
+        assert!(child.try_wait().expect("wait").is_none(), "vmpod-vmm ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids = processes_of(jail.uid());
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let pid = pids[0];
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+        let uids = status_field(&status, "Uid");
+        assert_eq!(
+            uids.split_whitespace().collect::<Vec<_>>(),
+            vec![jail.uid().to_string(); 4]
+        );
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(status_field(&status, set), "0".repeat(16), "{set}");
+        }
+    }
+    // Not dumpable: its /proc files are root's, not its uid's.
+    let status = std::fs::metadata(format!("/proc/{pid}/status")).expect("its status");
+    assert_eq!(status.uid(), 0, "vmpod-vmm is dumpable");
+    let root = std::fs::metadata(format!("/proc/{pid}/root/")).expect("its root");
+    let jail_dir = std::fs::metadata(jail.root()).expect("the jail");
+    assert_eq!((root.dev(), root.ino()), (jail_dir.dev(), jail_dir.ino()));
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .map(|fd| {
+            std::fs::read_link(fd.path())
+                .unwrap_or_default()
+                .display()
+                .to_string()
+        })
+        .collect();
+    for fd in &fds {
+        let allowed = [
+            "anon_inode:",
+            "socket:",
+            "pipe:",
+            "/dev/null",
+            "/dev/kvm",
+            "/proc/",
+        ]
+        .iter()
+        .any(|p| fd.starts_with(p))
+            || *fd == kernel_path.display().to_string()
+            || *fd == console_path.display().to_string();
+        assert!(allowed, "vmpod-vmm holds {fd}: {fds:?}");
+    }
+    // SAFETY: SIGTERM to the jailer, which hands it to vmpod-vmm.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("vmpod-vmm's end");
+    assert_eq!(status.code(), Some(143), "{status}");
+    drop(jail);
+    let _ = std::fs::remove_dir_all(&state_dir);
+}
