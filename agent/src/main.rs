@@ -1,8 +1,8 @@
 //! vmpod-agent: PID 1 of a vmpod guest. Sets the guest up, then serves the vmpod protocol on
 //! vsock (or a virtio-serial port, see serial.rs) until the host asks it to power off.
 //!
-//! Not PID 1 (a test on the host), it serves on two Unix sockets instead:
-//!   vmpod-agent --listen-unix CONTROL_PATH STDIO_PATH
+//! Not PID 1 (a test on the host), it serves on Unix sockets instead:
+//!   vmpod-agent --listen-unix CONTROL_PATH STDIO_PATH [FORWARD_PATH]
 
 mod cgroup;
 mod container;
@@ -18,7 +18,7 @@ mod sys;
 mod user;
 
 use std::os::fd::OwnedFd;
-use vmpod_protocol::{AGENT_PORT, STDIO_PORT};
+use vmpod_protocol::{AGENT_PORT, FORWARD_PORT, STDIO_PORT};
 
 /// Set by `vmpod.debug` on the kernel command line: the agent narrates on the console.
 pub(crate) static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -51,9 +51,12 @@ fn unix_listener(path: &str) -> std::io::Result<OwnedFd> {
     Ok(listener.into())
 }
 
-fn serve(control: OwnedFd, stdio: OwnedFd) -> Result<(), String> {
-    let mut server =
-        server::Server::new(control, stdio).map_err(|e| format!("start the server: {e}"))?;
+/// The server's listeners: control, stdio and (optional in host tests) published ports.
+type Listeners = (OwnedFd, OwnedFd, Option<OwnedFd>);
+
+fn serve((control, stdio, forward): Listeners) -> Result<(), String> {
+    let mut server = server::Server::new(control, stdio, forward)
+        .map_err(|e| format!("start the server: {e}"))?;
     server.run().map_err(|e| format!("event loop: {e}"))
 }
 
@@ -69,7 +72,7 @@ fn run_as_init() -> Result<(), String> {
             .without_time()
             .try_init();
     }
-    let (control, stdio) = if let Some(port) = serial::find_port() {
+    let listeners = if let Some(port) = serial::find_port() {
         debug!("serving on {}", port.display());
         let listeners =
             serial::listen(&port).map_err(|e| format!("serve on {}: {e}", port.display()))?;
@@ -83,11 +86,13 @@ fn run_as_init() -> Result<(), String> {
             .map_err(|e| format!("listen on vsock port {AGENT_PORT}: {e}"))?;
         let stdio = sys::vsock_listen(STDIO_PORT)
             .map_err(|e| format!("listen on vsock port {STDIO_PORT}: {e}"))?;
+        let forward = sys::vsock_listen(FORWARD_PORT)
+            .map_err(|e| format!("listen on vsock port {FORWARD_PORT}: {e}"))?;
         init::signal_ready();
         eprintln!("vmpod-agent: ready on vsock port {AGENT_PORT}");
-        (control, stdio)
+        (control, stdio, Some(forward))
     };
-    serve(control, stdio)
+    serve(listeners)
 }
 
 fn main() {
@@ -106,14 +111,22 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().collect();
     let result = match args.as_slice() {
-        [_, flag, control, stdio] if flag == "--listen-unix" => unix_listener(control)
-            .and_then(|c| Ok((c, unix_listener(stdio)?)))
-            .map_err(|e| format!("listen: {e}"))
-            .and_then(|(c, s)| serve(c, s)),
-        _ => Err(
-            "runs as PID 1 of a vmpod guest; for tests: --listen-unix CONTROL_PATH STDIO_PATH"
-                .into(),
-        ),
+        [_, flag, control, stdio, forward @ ..]
+            if flag == "--listen-unix" && forward.len() <= 1 =>
+        {
+            (|| {
+                Ok((
+                    unix_listener(control)?,
+                    unix_listener(stdio)?,
+                    forward.first().map(|f| unix_listener(f)).transpose()?,
+                ))
+            })()
+            .map_err(|e: std::io::Error| format!("listen: {e}"))
+            .and_then(serve)
+        }
+        _ => Err("runs as PID 1 of a vmpod guest; for tests: \
+                  --listen-unix CONTROL_PATH STDIO_PATH [FORWARD_PATH]"
+            .into()),
     };
     if let Err(why) = result {
         eprintln!("vmpod-agent: {why}");

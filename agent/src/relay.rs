@@ -3,7 +3,10 @@
 //!
 //! The relay never closes an fd itself: [`Relay::release`] hands over the ones it is done
 //! with, so the event loop can take them out of epoll first (a pty master is dup'ed for both
-//! directions, and epoll forgets an fd only when every dup of it is closed).
+//! directions, and epoll forgets an fd only when every dup of it is closed). For the same
+//! reason a socket destination is shut down for writing when its source ends: a published
+//! port's connection is dup'ed for its two relays, and closing one dup would never tell the
+//! peer that this direction is over.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -49,6 +52,14 @@ fn write_fd(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// Tells a socket's peer that no more bytes come, whatever other dups of it stay open. Pipes
+/// and ptys answer ENOTSOCK: closing them is their end of file. A peer already gone has
+/// nothing to be told either.
+fn end_of_stream(fd: BorrowedFd<'_>) {
+    // SAFETY: shutdown(2) on an fd we own; it touches no memory of ours.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
 }
 
 fn retry(e: &io::Error) -> bool {
@@ -154,6 +165,11 @@ impl Relay {
     fn finish_if_drained(&mut self) {
         if self.src_done && self.buf.is_empty() {
             self.src_closed = true;
+            if !self.dst_closed && !self.dst_dead {
+                if let Some(dst) = &self.dst {
+                    end_of_stream(dst.as_fd());
+                }
+            }
             self.dst_closed = true;
         }
     }
@@ -309,6 +325,34 @@ mod tests {
             total_out += n;
         }
         assert_eq!(total_in, total_out);
+    }
+
+    #[test]
+    fn a_socket_destination_sees_eof_while_another_dup_of_it_stays_open() {
+        let (src_r, src_w) = pipe();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let other_direction = ours.try_clone().unwrap();
+        let mut relay = Relay::new(Some(src_r), Some(OwnedFd::from(ours)));
+        let mut w = std::fs::File::from(src_w);
+        w.write_all(b"request").unwrap();
+        drop(w);
+        drive(&mut relay);
+        assert!(relay.is_done());
+        drop(relay.release());
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut out = String::new();
+        peer.read_to_string(&mut out)
+            .expect("end of file, not a timeout, though a dup is open");
+        assert_eq!(out, "request");
+        // The other direction still carries bytes back to the peer.
+        let mut back = other_direction;
+        back.set_nonblocking(false).unwrap();
+        peer.write_all(b"reply").unwrap();
+        let mut buf = [0u8; 5];
+        back.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"reply");
     }
 
     #[test]

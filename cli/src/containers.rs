@@ -41,6 +41,9 @@ pub struct Record {
     /// What an exec inherits: the container's environment and working directory.
     pub env: Vec<String>,
     pub cwd: String,
+    /// Published ports as `ps` shows them (`0.0.0.0:8080->80/tcp`).
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 pub fn dir_of(id: &str) -> PathBuf {

@@ -12,6 +12,7 @@ mod launch;
 mod monitor;
 mod notice;
 mod prepare;
+mod publish;
 mod rootfs;
 mod run;
 mod session;

@@ -10,7 +10,7 @@ use crate::containers::{
 use crate::launch::{launch, CONTAINER};
 use crate::prepare::{Prepared, RunArgs};
 use crate::timing::Timing;
-use crate::{chain, signals, Failure};
+use crate::{chain, publish, signals, Failure};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -48,6 +48,7 @@ pub fn start(args: &RunArgs, prepared: Prepared) -> Result<i32, Failure> {
             .as_ref()
             .and_then(|p| p.env().clone())
             .unwrap_or_default(),
+        ports: Vec::new(),
         cwd: prepared
             .spec
             .process()
@@ -136,6 +137,12 @@ pub fn monitor(id: &str) -> i32 {
         Err(f) => return fail(&mut ready, f),
     };
     record.monitor_pid = std::process::id() as i32;
+    // Bound before the VM starts: a busy port fails `run -d` with nothing to undo.
+    let published = match publish::bind(&prepared.publish) {
+        Ok(p) => p,
+        Err(e) => return fail(&mut ready, Failure::runtime(e.to_string())),
+    };
+    record.ports = published.iter().map(|p| p.spec.to_string()).collect();
     if let Err(f) = write_json(&dir.join("record.json"), &record) {
         return fail(&mut ready, f);
     }
@@ -148,6 +155,7 @@ pub fn monitor(id: &str) -> i32 {
     };
     let mut sandbox = launched.sandbox;
     let endpoint = sandbox.endpoint();
+    publish::serve(published, &endpoint);
     let log = |name: &str| {
         std::fs::OpenOptions::new()
             .create(true)

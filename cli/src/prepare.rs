@@ -1,7 +1,8 @@
 //! From `vmpod run`'s flags and an image (or `--rootfs DIR`) to everything a sandbox and its
 //! container need, checked before any VM starts: bad input fails here, with nothing to undo.
 
-use crate::{notice, rootfs, volumes, Failure};
+use crate::publish::PortSpec;
+use crate::{notice, publish, rootfs, volumes, Failure};
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
     LinuxResourcesBuilder, Spec,
@@ -65,6 +66,13 @@ pub struct RunArgs {
     /// A network namespace (as a CNI plugin made it) whose interface and IP the VM takes over.
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// Publish a container's TCP port on the host (over vsock: no tap, no NAT).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:CTRPORT[/tcp]"
+    )]
+    pub publish: Vec<String>,
     /// Make the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -113,6 +121,8 @@ pub struct Prepared {
     pub debug: bool,
     pub kernel_args: String,
     pub netns: Option<PathBuf>,
+    /// Host ports to publish, bound by whoever owns the sandbox before it starts.
+    pub publish: Vec<PortSpec>,
     pub interactive: bool,
     pub tty: bool,
     /// What `vmpod ps` shows.
@@ -222,6 +232,12 @@ fn merge_env(layers: impl IntoIterator<Item = String>) -> Result<Vec<String>, Fa
 
 pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
     let host = host_config::get().map_err(|e| runtime(e.to_string()))?;
+    let publish = args
+        .publish
+        .iter()
+        .map(|spec| publish::parse(spec))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| runtime(e.to_string()))?;
     let cpus: f64 = match &args.cpus {
         Some(text) => text
             .parse()
@@ -460,6 +476,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         debug: args.debug || host.debug(),
         kernel_args: args.kernel_args.clone(),
         netns: args.netns.clone(),
+        publish,
         interactive: args.interactive,
         tty: args.tty,
         image: image_name,

@@ -5,7 +5,7 @@ use crate::launch::{launch, CONTAINER};
 use crate::prepare::{prepare, RunArgs};
 use crate::session::{attach, Streams};
 use crate::timing::Timing;
-use crate::{chain, monitor, Failure};
+use crate::{chain, monitor, publish, Failure};
 use vmpod_protocol::RequestBody;
 
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
@@ -20,9 +20,13 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             "--name is for background containers (-d); a foreground run is removed when it exits",
         ));
     }
+    // Bound before the VM starts: a busy port fails the run with nothing to undo.
+    let published =
+        publish::bind(&prepared.publish).map_err(|e| Failure::runtime(e.to_string()))?;
     let launched = launch(&prepared, &mut timing)?;
     let mut sandbox = launched.sandbox;
     let endpoint = sandbox.endpoint();
+    publish::serve(published, &endpoint);
     let streams = Streams {
         stdout: launched.stdout,
         stderr: launched.stderr,

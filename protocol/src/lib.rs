@@ -4,6 +4,8 @@
 //! frames ([`frame`]): requests from the host, responses and pushed events from the agent
 //! ([`message`]). Process stdio never goes through it: each stream is its own vsock connection
 //! to [`STDIO_PORT`], opened with one [`message::StdioHello`] frame and raw bytes after it.
+//! A published port works the same way: each connection to [`FORWARD_PORT`] opens with one
+//! [`message::ForwardHello`] frame, and the agent joins the rest to a TCP connection inside the VM.
 
 pub mod client;
 pub mod frame;
@@ -20,6 +22,9 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub const AGENT_PORT: u32 = 1024;
 /// The agent's port for stdio streams.
 pub const STDIO_PORT: u32 = 1025;
+/// The agent's port for published ports' connections (an agent without it refuses the
+/// connection, so no frame is ever misread and [`PROTOCOL_VERSION`] stays).
+pub const FORWARD_PORT: u32 = 1026;
 /// Where the agent mounts the VM's shared filesystem (the sandbox's shared directory: one
 /// virtio-fs or 9p filesystem tagged [`SHARED_FS_TAG`]). A bind mount in a container's spec whose
 /// source lies under it reads the host's files live; the agent mounts the filesystem on the

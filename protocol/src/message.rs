@@ -207,6 +207,13 @@ pub struct StdioHello {
     pub stream: StdStream,
 }
 
+/// Which TCP port inside the VM a connection to [`crate::FORWARD_PORT`] goes to; the first
+/// (and only) frame on it, raw bytes both ways after it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForwardHello {
+    pub port: u16,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum StdStream {

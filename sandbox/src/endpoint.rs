@@ -6,7 +6,9 @@ use crate::vsock::connect;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use vmpod_protocol::frame::write_frame;
-use vmpod_protocol::{Client, StdStream, StdioHello, AGENT_PORT, STDIO_PORT};
+use vmpod_protocol::{
+    Client, ForwardHello, StdStream, StdioHello, AGENT_PORT, FORWARD_PORT, STDIO_PORT,
+};
 
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -57,6 +59,19 @@ impl Endpoint {
             },
         )
         .map_err(vmpod_protocol::ClientError::from)?;
+        Ok(s)
+    }
+
+    /// A connection to TCP `port` inside the VM, for a published port: raw bytes both ways.
+    /// The agent closes it if nothing listens on that port.
+    pub fn forward(&self, port: u16) -> Result<UnixStream, SandboxError> {
+        let mut s = connect(&self.uds, FORWARD_PORT).ok_or_else(|| {
+            SandboxError::Invalid(format!(
+                "the agent behind {} refused a connection for port {port}",
+                self.uds.display()
+            ))
+        })?;
+        write_frame(&mut s, &ForwardHello { port }).map_err(vmpod_protocol::ClientError::from)?;
         Ok(s)
     }
 }

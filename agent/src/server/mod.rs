@@ -1,6 +1,6 @@
 //! The agent's event loop: one thread (libcontainer forks from it, so no other thread may hold
 //! a lock at that moment), level-triggered epoll over the listeners, the control connections,
-//! the stdio streams and the SIGCHLD wake-up.
+//! the stdio streams, published ports' connections and the SIGCHLD wake-up.
 
 use crate::container::{self, Container, ProcessIo, CONTAINERS_DIR};
 use crate::pod::{self, PodMounts};
@@ -17,13 +17,14 @@ use std::path::PathBuf;
 use vmpod_protocol::frame::{decode, encode};
 use vmpod_protocol::{
     AgentMessage, ContainerStats, CreateContainer, ErrorKind, ErrorReply, Event, ExecProcess,
-    FrameDecoder, ProcessExit, Request, RequestBody, Response, ResponseBody, StdStream, StdioHello,
-    StdioWiring, PROTOCOL_VERSION,
+    ForwardHello, FrameDecoder, ProcessExit, Request, RequestBody, Response, ResponseBody,
+    StdStream, StdioHello, StdioWiring, PROTOCOL_VERSION,
 };
 
 const CONTROL_LISTENER: u64 = 0;
 const STDIO_LISTENER: u64 = 1;
 const SIGCHLD: u64 = 2;
+const FORWARD_LISTENER: u64 = 3;
 /// A host that stops reading its control connection loses it rather than the agent's memory.
 const MAX_PENDING_OUTPUT: usize = 16 << 20;
 
@@ -44,9 +45,19 @@ struct Control {
     hello: bool,
 }
 
+/// Which listener accepted a connection: it decides what the connection's hello is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Control,
+    Stdio,
+    Forward,
+}
+
+/// A connection whose one hello frame has not fully arrived yet.
 struct Pending {
     fd: OwnedFd,
     decoder: FrameDecoder,
+    listener: Listener,
 }
 
 struct RelayEntry {
@@ -55,7 +66,8 @@ struct RelayEntry {
     dst_token: u64,
     src_reg: bool,
     dst_reg: bool,
-    owner: ProcKey,
+    /// The process whose stdio this is; none for a published port's connection.
+    owner: Option<ProcKey>,
 }
 
 struct Proc {
@@ -80,6 +92,7 @@ pub struct Server {
     epoll: Epoll,
     control_listener: OwnedFd,
     stdio_listener: OwnedFd,
+    forward_listener: Option<OwnedFd>,
     sigchld: OwnedFd,
     next: u64,
     tokens: HashMap<u64, Token>,
@@ -122,6 +135,7 @@ fn proc_name(key: &ProcKey) -> String {
     }
 }
 
+mod forward;
 mod processes;
 mod requests;
 mod streams;
@@ -129,7 +143,11 @@ mod streams;
 use streams::Kept;
 
 impl Server {
-    pub fn new(control_listener: OwnedFd, stdio_listener: OwnedFd) -> io::Result<Server> {
+    pub fn new(
+        control_listener: OwnedFd,
+        stdio_listener: OwnedFd,
+        forward_listener: Option<OwnedFd>,
+    ) -> io::Result<Server> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let sigchld = sys::sigchld_eventfd()?;
         epoll.add(
@@ -140,11 +158,18 @@ impl Server {
             &stdio_listener,
             EpollEvent::new(EpollFlags::EPOLLIN, STDIO_LISTENER),
         )?;
+        if let Some(forward) = &forward_listener {
+            epoll.add(
+                forward,
+                EpollEvent::new(EpollFlags::EPOLLIN, FORWARD_LISTENER),
+            )?;
+        }
         epoll.add(&sigchld, EpollEvent::new(EpollFlags::EPOLLIN, SIGCHLD))?;
         Ok(Server {
             epoll,
             control_listener,
             stdio_listener,
+            forward_listener,
             sigchld,
             next: 16,
             tokens: HashMap::new(),
@@ -226,8 +251,9 @@ impl Server {
 
     fn dispatch(&mut self, token: u64, events: EpollFlags) {
         match token {
-            CONTROL_LISTENER => self.accept(true),
-            STDIO_LISTENER => self.accept(false),
+            CONTROL_LISTENER => self.accept(Listener::Control),
+            STDIO_LISTENER => self.accept(Listener::Stdio),
+            FORWARD_LISTENER => self.accept(Listener::Forward),
             SIGCHLD => {
                 sys::drain_eventfd(&self.sigchld);
                 self.reap();
@@ -267,12 +293,15 @@ impl Server {
         }
     }
 
-    fn accept(&mut self, control: bool) {
+    fn accept(&mut self, which: Listener) {
         loop {
-            let listener = if control {
-                &self.control_listener
-            } else {
-                &self.stdio_listener
+            let listener = match which {
+                Listener::Control => &self.control_listener,
+                Listener::Stdio => &self.stdio_listener,
+                Listener::Forward => match &self.forward_listener {
+                    Some(l) => l,
+                    None => return,
+                },
             };
             let fd = match sys::accept(listener) {
                 Ok(Some(fd)) => fd,
@@ -282,9 +311,9 @@ impl Server {
                     return;
                 }
             };
-            let token = if control {
-                self.next += 1;
-                let id = self.next;
+            self.next += 1;
+            let id = self.next;
+            if which == Listener::Control {
                 self.controls.insert(
                     id,
                     Control {
@@ -296,33 +325,26 @@ impl Server {
                     },
                 );
                 self.tokens.insert(id, Token::Control(id));
-                id
             } else {
-                self.next += 1;
-                let id = self.next;
                 self.pending.insert(
                     id,
                     Pending {
                         fd,
                         decoder: FrameDecoder::new(),
+                        listener: which,
                     },
                 );
                 self.tokens.insert(id, Token::Pending(id));
-                id
+            }
+            let fd = match which {
+                Listener::Control => self.controls[&id].fd.as_fd(),
+                _ => self.pending[&id].fd.as_fd(),
             };
-            let fd = if control {
-                self.controls[&token].fd.as_fd()
-            } else {
-                self.pending[&token].fd.as_fd()
-            };
-            if let Err(e) = self
-                .epoll
-                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
-            {
+            if let Err(e) = self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id)) {
                 eprintln!("vmpod-agent: watch a new connection: {e}");
-                self.controls.remove(&token);
-                self.pending.remove(&token);
-                self.tokens.remove(&token);
+                self.controls.remove(&id);
+                self.pending.remove(&id);
+                self.tokens.remove(&id);
             }
         }
     }

@@ -35,7 +35,7 @@ impl Server {
                 proc.stderr = Some(self.new_relay(key, Some(r), None)?);
             }
             for r in plan.discard.drain(..) {
-                let id = self.add_relay(key, Relay::discard(r))?;
+                let id = self.add_relay(Some(key), Relay::discard(r))?;
                 self.sync_relay(id);
                 if proc.stdout.is_none() {
                     proc.stdout = Some(id);

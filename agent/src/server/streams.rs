@@ -133,6 +133,14 @@ impl Server {
     }
 
     pub(super) fn read_pending(&mut self, id: u64) {
+        let Some(listener) = self.pending.get(&id).map(|p| p.listener) else {
+            return;
+        };
+        let what = if listener == Listener::Forward {
+            "published port connection"
+        } else {
+            "stdio stream"
+        };
         let frame = loop {
             let Some(p) = self.pending.get_mut(&id) else {
                 return;
@@ -156,7 +164,7 @@ impl Server {
                 Ok(Some(frame)) => break frame,
                 Ok(None) => {}
                 Err(e) => {
-                    eprintln!("vmpod-agent: stdio stream refused: {}", crate::chain(&e));
+                    eprintln!("vmpod-agent: {what} refused: {}", crate::chain(&e));
                     self.close_pending(id);
                     return;
                 }
@@ -165,6 +173,12 @@ impl Server {
         let Some(fd) = self.close_pending(id) else {
             return;
         };
+        if listener == Listener::Forward {
+            return match decode::<ForwardHello>(&frame) {
+                Ok(hello) => self.open_forward(hello, fd),
+                Err(e) => eprintln!("vmpod-agent: {what} refused: {}", crate::chain(&e)),
+            };
+        }
         let hello: StdioHello = match decode(&frame) {
             Ok(h) => h,
             Err(e) => {
@@ -208,10 +222,10 @@ impl Server {
         src: Option<OwnedFd>,
         dst: Option<OwnedFd>,
     ) -> io::Result<u64> {
-        self.add_relay(owner, Relay::new(src, dst))
+        self.add_relay(Some(owner), Relay::new(src, dst))
     }
 
-    pub(super) fn add_relay(&mut self, owner: &ProcKey, relay: Relay) -> io::Result<u64> {
+    pub(super) fn add_relay(&mut self, owner: Option<&ProcKey>, relay: Relay) -> io::Result<u64> {
         for fd in relay.src().iter().chain(relay.dst().iter()) {
             sys::set_nonblocking(fd.as_raw_fd())?;
         }
@@ -227,7 +241,7 @@ impl Server {
                 dst_token,
                 src_reg: false,
                 dst_reg: false,
-                owner: owner.clone(),
+                owner: owner.cloned(),
             },
         );
         Ok(id)
@@ -284,7 +298,9 @@ impl Server {
             if let Some(e) = e {
                 self.tokens.remove(&e.src_token);
                 self.tokens.remove(&e.dst_token);
-                self.maybe_report(&e.owner);
+                if let Some(owner) = &e.owner {
+                    self.maybe_report(owner);
+                }
             }
         }
     }

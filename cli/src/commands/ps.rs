@@ -5,14 +5,19 @@ use crate::Failure;
 
 pub fn ps(all: bool) -> Result<i32, Failure> {
     println!(
-        "{:<12}  {:<16}  {:<20}  {:<24}  {:<10}  STATUS",
-        "CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED"
+        "{:<12}  {:<16}  {:<20}  {:<24}  {:<10}  {:<24}  PORTS",
+        "CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS"
     );
     for r in all_records() {
         let status = r.effective_status();
         if !all && !matches!(status, Status::Running | Status::Starting) {
             continue;
         }
+        // As docker: a stopped container's ports are no longer published.
+        let ports = match status {
+            Status::Exited { .. } => String::new(),
+            _ => r.ports.join(", "),
+        };
         let status = match status {
             Status::Starting => "Starting".to_string(),
             Status::Running => format!("Up ({})", r.hypervisor),
@@ -36,10 +41,11 @@ pub fn ps(all: bool) -> Result<i32, Failure> {
             60..=3599 => format!("{}m ago", age / 60),
             _ => format!("{}h ago", age / 3600),
         };
-        println!(
-            "{:<12}  {:<16}  {:<20}  {:<24}  {:<10}  {status}",
+        let line = format!(
+            "{:<12}  {:<16}  {:<20}  {:<24}  {:<10}  {status:<24}  {ports}",
             r.id, r.name, r.image, command, created
         );
+        println!("{}", line.trim_end());
     }
     Ok(0)
 }
