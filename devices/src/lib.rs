@@ -7,6 +7,8 @@ pub mod block;
 pub mod fs;
 pub mod net;
 pub mod rng;
+#[cfg(feature = "seccomp")]
+pub mod seccomp;
 pub mod slot_command;
 #[cfg(feature = "vhost-user")]
 pub mod vhost_user;
