@@ -17,8 +17,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use vmpod_devices::seccomp::{
-    arg_eq, not_at_cwd, one_of, openat_read_only, rule, AllowlistBuilder, Filter, SeccompCmpOp,
-    SeccompError, SeccompRule,
+    arg_eq, not_at_cwd, one_of, rule, AllowlistBuilder, Filter, SeccompCmpOp, SeccompError,
+    SeccompRule,
 };
 
 pub const EVENT_LOOP_LIMIT: usize = 40;
@@ -202,9 +202,9 @@ pub fn event_loop() -> Result<Filter, SeccompError> {
         .any(libc::SYS_close)
         // virtio-rng's entropy; std's HashMap keys.
         .any(libc::SYS_getrandom)
-        // `insert SLOT PATH` on the disk-control socket opens the image read-only, measures
-        // it (statx, or the end of a block device), and keeps it.
-        .rules(libc::SYS_openat, openat_read_only())
+        // `insert SLOT PATH` on the disk-control socket: the image comes open with the line
+        // (recvmsg, SCM_RIGHTS) and is measured (statx, or the end of a block device).
+        .any(libc::SYS_recvmsg)
         .any(libc::SYS_statx)
         .any(libc::SYS_lseek)
         // At the VM's end, its own sockets (vsock, disk control) are removed.
@@ -360,7 +360,12 @@ mod tests {
                 assert!(!filter.allows(syscall), "{}: {syscall}", filter.name());
             }
         }
-        for syscall in [libc::SYS_openat2, libc::SYS_mkdirat, libc::SYS_renameat2] {
+        for syscall in [
+            libc::SYS_openat,
+            libc::SYS_openat2,
+            libc::SYS_mkdirat,
+            libc::SYS_renameat2,
+        ] {
             assert!(!filters.event_loop.allows(syscall), "event loop: {syscall}");
         }
     }
