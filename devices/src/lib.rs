@@ -16,5 +16,7 @@ pub mod vhost_user;
 mod vhost_user_config;
 #[cfg(feature = "vhost-user")]
 mod vhost_user_device;
+#[cfg(feature = "vhost-user")]
+pub mod vhost_user_seccomp;
 pub mod virtio;
 pub mod vsock;

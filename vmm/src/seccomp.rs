@@ -171,6 +171,7 @@ fn runtime(list: AllowlistBuilder) -> AllowlistBuilder {
         .any(libc::SYS_sigaltstack)
         .any(libc::SYS_rt_sigprocmask)
         .any(libc::SYS_getpid)
+        .any(libc::SYS_gettid)
         .any(libc::SYS_tgkill)
 }
 
@@ -189,8 +190,11 @@ pub fn event_loop() -> Result<Filter, SeccompError> {
         .any(libc::SYS_pwrite64)
         // A block flush request.
         .any(libc::SYS_fdatasync)
-        // Host clients of the vsock and disk-control sockets.
+        // Host clients of the vsock and disk-control sockets; std reads and writes a Unix
+        // stream with recv and send (MSG_NOSIGNAL), to connected sockets only (no address).
         .any(libc::SYS_accept4)
+        .any(libc::SYS_recvfrom)
+        .rules(libc::SYS_sendto, vec![arg_eq(4, 0)])
         // A guest-initiated vsock stream connects to `<uds>_<port>`: Unix sockets only.
         .rules(libc::SYS_socket, vec![arg_eq(0, libc::AF_UNIX as u64)])
         .any(libc::SYS_connect)
