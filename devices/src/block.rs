@@ -63,15 +63,23 @@ struct Image {
 
 impl Image {
     fn open(path: &Path, read_only: bool) -> Result<Image, BlockError> {
-        let open_err = |source| BlockError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(open_err)?;
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Image::measure(file, path)
+    }
+
+    /// An image opened by someone else; `path` names it in errors.
+    fn measure(file: File, path: &Path) -> Result<Image, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let meta = file.metadata().map_err(open_err)?;
         use std::os::unix::fs::FileTypeExt;
         let size = if meta.is_file() {
@@ -111,9 +119,21 @@ impl DiskSlot {
     /// it was.
     pub fn insert(&self, path: &Path) -> Result<u64, BlockError> {
         let image = Image::open(path, self.read_only)?;
+        Ok(self.put(image))
+    }
+
+    /// As [`DiskSlot::insert`], with the image opened by the caller (a process that cannot
+    /// open files itself receives it over a socket); `path` names it in errors. A slot is
+    /// read-only, so the file needs to be open for reading only.
+    pub fn insert_file(&self, file: File, path: &Path) -> Result<u64, BlockError> {
+        let image = Image::measure(file, path)?;
+        Ok(self.put(image))
+    }
+
+    fn put(&self, image: Image) -> u64 {
         let sectors = image.sectors;
         *lock(&self.medium) = Some(image);
-        Ok(sectors)
+        sectors
     }
 
     /// Empties the slot: the disk reads as capacity 0 and every request fails until the next

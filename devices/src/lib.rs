@@ -7,6 +7,8 @@ pub mod block;
 pub mod fs;
 pub mod net;
 pub mod rng;
+#[cfg(feature = "seccomp")]
+pub mod seccomp;
 pub mod slot_command;
 #[cfg(feature = "vhost-user")]
 pub mod vhost_user;
@@ -14,5 +16,7 @@ pub mod vhost_user;
 mod vhost_user_config;
 #[cfg(feature = "vhost-user")]
 mod vhost_user_device;
+#[cfg(feature = "vhost-user")]
+pub mod vhost_user_seccomp;
 pub mod virtio;
 pub mod vsock;

@@ -34,6 +34,8 @@ pub enum SlotCommandError {
     UnknownSlot { slot: usize, count: usize },
     #[error("disk {0} is writable, not a slot")]
     NotASlot(usize),
+    #[error("insert {0} came without the image's open file (send it with SCM_RIGHTS)")]
+    NoImageFile(usize),
     #[error("slot {slot}")]
     Image {
         slot: usize,
@@ -93,18 +95,45 @@ impl SlotCommand {
         }
     }
 
-    /// Carries the command out on `slots` (one entry per disk, `None` for a writable one).
-    /// The caller then announces the configuration change of disk [`SlotCommand::slot`].
-    pub fn apply(&self, slots: &[Option<DiskSlot>]) -> Result<(), SlotCommandError> {
+    /// As [`SlotCommand::apply`], for a backend that opens no files: an insert's image is
+    /// the file that came with the command (SCM_RIGHTS), its PATH only names it.
+    pub fn apply_received(
+        &self,
+        slots: &[Option<DiskSlot>],
+        image_file: Option<std::fs::File>,
+    ) -> Result<(), SlotCommandError> {
+        match self {
+            SlotCommand::Insert { slot: index, image } => {
+                let file = image_file.ok_or(SlotCommandError::NoImageFile(*index))?;
+                self.slot_of(slots)?
+                    .insert_file(file, image)
+                    .map(|_| ())
+                    .map_err(|source| SlotCommandError::Image {
+                        slot: *index,
+                        source,
+                    })
+            }
+            SlotCommand::Eject { .. } => self.apply(slots),
+        }
+    }
+
+    fn slot_of<'s>(&self, slots: &'s [Option<DiskSlot>]) -> Result<&'s DiskSlot, SlotCommandError> {
         let index = self.slot();
-        let slot = slots
+        slots
             .get(index)
             .ok_or(SlotCommandError::UnknownSlot {
                 slot: index,
                 count: slots.len(),
             })?
             .as_ref()
-            .ok_or(SlotCommandError::NotASlot(index))?;
+            .ok_or(SlotCommandError::NotASlot(index))
+    }
+
+    /// Carries the command out on `slots` (one entry per disk, `None` for a writable one).
+    /// The caller then announces the configuration change of disk [`SlotCommand::slot`].
+    pub fn apply(&self, slots: &[Option<DiskSlot>]) -> Result<(), SlotCommandError> {
+        let index = self.slot();
+        let slot = self.slot_of(slots)?;
         match self {
             SlotCommand::Insert { image, .. } => {
                 slot.insert(image)

@@ -17,20 +17,26 @@ use std::sync::Mutex;
 const CONFIG_CHANGE_MSG: u32 = 2;
 const VERSION_1: u32 = 0x1;
 
-/// The process's open descriptors.
-pub fn open_fds() -> BTreeSet<RawFd> {
-    let listed: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    // The listing's own descriptor is closed by now; its number must not count as taken.
-    listed
-        .into_iter()
-        // SAFETY: F_GETFD only reads the descriptor's flags.
+/// Descriptor numbers above this are not looked at: the kernel hands out the lowest free
+/// number, so a backend with thousands of descriptors open is not ours.
+const FD_SCAN_LIMIT: RawFd = 1 << 16;
+
+/// The highest descriptor number the process may have, bounded by [`FD_SCAN_LIMIT`].
+fn fd_limit() -> RawFd {
+    // SAFETY: an all-zero rlimit is a valid value to be filled in.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return FD_SCAN_LIMIT;
+    }
+    RawFd::try_from(limit.rlim_cur).map_or(FD_SCAN_LIMIT, |n| n.min(FD_SCAN_LIMIT))
+}
+
+/// The process's open descriptors below `limit`, by asking each number for its flags (not by
+/// listing /proc/self/fd, which a confined or jailed backend cannot read).
+pub fn open_fds(limit: RawFd) -> BTreeSet<RawFd> {
+    (0..limit)
+        // SAFETY: F_GETFD only reads a descriptor's flags; a closed number fails with EBADF.
         .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
         .collect()
 }
@@ -50,21 +56,25 @@ fn is_unnamed_unix_socket(fd: RawFd) -> bool {
 /// channels already claimed with their duplicates.
 pub struct Channels {
     known: Mutex<BTreeSet<RawFd>>,
+    /// Read once, before the process confines itself.
+    fd_limit: RawFd,
 }
 
 impl Channels {
     /// Call before any front end connects.
     pub fn new() -> Channels {
+        let fd_limit = fd_limit();
         Channels {
-            known: Mutex::new(open_fds()),
+            known: Mutex::new(open_fds(fd_limit)),
+            fd_limit,
         }
     }
 
     /// Claims the one new channel (see the module's comment), duplicated.
     pub fn claim(&self) -> Option<UnixStream> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = find_channel(&known)?;
-        if let Some(original) = open_fds()
+        let channel = find_channel(&known, self.fd_limit)?;
+        if let Some(original) = open_fds(self.fd_limit)
             .difference(&known)
             .copied()
             .find(|fd| *fd != channel.as_raw_fd() && is_unnamed_unix_socket(*fd))
@@ -83,8 +93,8 @@ impl Default for Channels {
 }
 
 /// The backend request channel among the descriptors opened since `baseline`, duplicated.
-fn find_channel(baseline: &BTreeSet<RawFd>) -> Option<UnixStream> {
-    let fresh: Vec<RawFd> = open_fds()
+fn find_channel(baseline: &BTreeSet<RawFd>, limit: RawFd) -> Option<UnixStream> {
+    let fresh: Vec<RawFd> = open_fds(limit)
         .difference(baseline)
         .copied()
         .filter(|fd| is_unnamed_unix_socket(*fd))
@@ -124,14 +134,14 @@ mod tests {
 
     /// One try; other tests of this process may open sockets at the same moment.
     fn try_once() -> bool {
-        let mut baseline = open_fds();
+        let mut baseline = open_fds(fd_limit());
         let (front_end, channel_end) = UnixStream::pair().unwrap();
         // Both ends are new and unnamed: no single channel can be told apart.
-        if find_channel(&baseline).is_some() {
+        if find_channel(&baseline, fd_limit()).is_some() {
             return false;
         }
         baseline.insert(front_end.as_raw_fd());
-        let Some(mut channel) = find_channel(&baseline) else {
+        let Some(mut channel) = find_channel(&baseline, fd_limit()) else {
             return false;
         };
         drop(channel_end);

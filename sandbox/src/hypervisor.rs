@@ -80,6 +80,11 @@ pub fn slot_serial(index: usize) -> String {
 /// Changes the image of a running VM's disks by their index (a backend's slot commands).
 pub trait SlotControl: Send + Sync {
     fn send(&self, command: &SlotCommand) -> Result<(), SlotError>;
+    /// An insert's image travels open with its command (vmpod-vmm's socket), so a jailed disk
+    /// server needs no path to it; otherwise it opens the path itself (vmpod-vhost-user).
+    fn takes_open_files(&self) -> bool {
+        false
+    }
 }
 
 /// A template's part in a VM's start (template.rs).

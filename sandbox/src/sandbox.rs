@@ -223,7 +223,7 @@ impl Sandbox {
         })?;
         drop(tap_fd);
         if let Some(mut control) = sandbox.vm.slot_control() {
-            if sandbox.jail.is_some() {
+            if sandbox.jail.is_some() && !control.takes_open_files() {
                 control = Arc::new(JailedSlots::new(&sandbox.state_dir, control));
             }
             let slots = DiskSlots::new(&sandbox.id, control, first_spare, spare_slots);

@@ -10,9 +10,11 @@ pub mod cpuid;
 pub mod devices;
 mod disk_control;
 mod event_loop;
+mod fs_worker;
 pub mod host;
 pub mod lifecycle;
 pub mod memory;
+pub mod seccomp;
 mod signals;
 pub mod snapshot;
 pub mod virtio;
@@ -74,12 +76,22 @@ pub enum VmmError {
     Restore(String),
     #[error(transparent)]
     DiskControl(#[from] disk_control::DiskControlError),
+    #[error(transparent)]
+    Seccomp(#[from] vmpod_devices::seccomp::SeccompError),
+    #[error("cannot start the virtio-fs thread: {0}")]
+    FsThread(std::io::Error),
 }
 
 /// Builds the VM and runs it until the guest stops, a vCPU fails or a stop signal arrives.
-/// `started` is the VMM's own start, which the boot timer measures from.
-pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> {
+/// `started` is the VMM's own start, which the boot timer measures from. With `seccomp` on,
+/// every thread confines itself before the guest runs (see [`seccomp`]).
+pub fn run(
+    config: &VmConfig,
+    started: Instant,
+    seccomp: seccomp::Seccomp,
+) -> Result<ExitReason, VmmError> {
     config.validate()?;
+    let filters = seccomp::Filters::new()?;
     let kvm: Kvm = match &config.kvm {
         None => Kvm::new().map_err(VmmError::Kvm)?,
         Some(path) => {
@@ -210,13 +222,23 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         None => None,
     };
     step(started, "VM created");
+    // The console and snapshot files come last, so that a VM that cannot be built leaves no
+    // file behind.
+    let console = match &config.console {
+        Console::Stdout => ConsoleOutput::stdout(),
+        Console::Off => ConsoleOutput::off(),
+        Console::File(path) => ConsoleOutput::file(path).map_err(|source| VmmError::Console {
+            path: path.display().to_string(),
+            source,
+        })?,
+    };
     if let Some(files) = &config.snapshot {
         let msrs = vstate::snapshot::readable_msrs(&kvm, vcpus[0].fd()).map_err(VmmError::State)?;
         let pause = Arc::new(vstate::pause::Pause::new(
             vstate::vcpu::SnapshotRequest {
                 vm: vm.clone(),
                 mem: mem.clone(),
-                files: files.clone(),
+                output: snapshot::SnapshotOutput::create(files)?,
                 msrs,
                 memory_mib: config.memory_mib,
             },
@@ -231,15 +253,6 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     }
     step(started, "vCPUs configured");
 
-    // The console file comes last, so that a VM that cannot be built leaves no file behind.
-    let console = match &config.console {
-        Console::Stdout => ConsoleOutput::stdout(),
-        Console::Off => ConsoleOutput::off(),
-        Console::File(path) => ConsoleOutput::file(path).map_err(|source| VmmError::Console {
-            path: path.display().to_string(),
-            source,
-        })?,
-    };
     let eventfd =
         || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmmError::EventFd);
     let serial_irq = eventfd()?;
@@ -267,6 +280,12 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         signals,
         mem: mem.clone(),
     })));
+    let mut attached = attached;
+    // The shared directory is the last device (virtio::open_devices): its own thread.
+    let fs_handler = match &config.fs {
+        Some(_) => attached.pop().map(|device| device.handler),
+        None => None,
+    };
     for device in attached {
         events.add_subscriber(Arc::new(Mutex::new(device.handler)));
     }
@@ -275,14 +294,39 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
     }
 
     tracing::debug!(cpus, memory_mib = config.memory_mib, %cmdline, "starting vCPUs");
+    let gate = Arc::new(seccomp::StartGate::default());
+    let thread_start = |filter: &vmpod_devices::seccomp::Filter| seccomp::ThreadStart {
+        mode: seccomp,
+        filter: filter.clone(),
+        gate: gate.clone(),
+    };
+    if let Some(handler) = fs_handler {
+        fs_worker::start(handler, lifecycle.clone(), thread_start(&filters.fs_worker))
+            .map_err(VmmError::FsThread)?;
+    }
     for vcpu in vcpus {
         // On kvm-pvm our guest kernel asks the VMM to start its APs (real-mode SIPI cannot work
         // there); elsewhere they wait in KVM for the usual INIT/SIPI.
         // A restored VM's APs are running already.
         let start_request = (ap_start_port && vcpu.index() != 0 && restored.is_none())
             .then(|| bus.ap_start.register(vcpu.index()));
-        vcpu.start(bus.clone(), lifecycle.clone(), start_request)?;
+        vcpu.start(
+            bus.clone(),
+            lifecycle.clone(),
+            start_request,
+            thread_start(&filters.vcpu),
+        )?;
     }
+    // The event loop is the last thread to confine itself; threads it started before keep
+    // only their own filter.
+    match seccomp::confine(seccomp, &filters.event_loop) {
+        Ok(()) => gate.open(true),
+        Err(e) => {
+            gate.open(false);
+            return Err(e.into());
+        }
+    }
+    step(started, "threads confined");
 
     let reason = loop {
         if let Some(reason) = lifecycle.reason() {

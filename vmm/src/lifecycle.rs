@@ -19,6 +19,9 @@ pub enum ExitReason {
     Snapshotted,
     /// Saving the VM failed.
     SnapshotFailed(String),
+    /// A thread of the VMM could not start its work: it could not confine itself, or its
+    /// event loop failed.
+    ThreadFailed(String),
 }
 
 impl ExitReason {
@@ -29,7 +32,7 @@ impl ExitReason {
             ExitReason::GuestCrash(_) => 3,
             ExitReason::Signal(signo) => 128 + signo,
             ExitReason::Snapshotted => 0,
-            ExitReason::SnapshotFailed(_) => 1,
+            ExitReason::SnapshotFailed(_) | ExitReason::ThreadFailed(_) => 1,
         }
     }
 }
@@ -45,6 +48,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Signal(signo) => write!(f, "stopped by signal {signo}"),
             ExitReason::Snapshotted => write!(f, "VM saved at the guest's ready byte"),
             ExitReason::SnapshotFailed(why) => write!(f, "cannot save the VM: {why}"),
+            ExitReason::ThreadFailed(why) => write!(f, "a VMM thread failed: {why}"),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use vmpod_vmm::config::{Console, DiskConfig, VmConfig};
+use vmpod_vmm::seccomp::Seccomp;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +48,9 @@ struct Args {
     /// JSON config (a file, or fd:N); flags override its fields, disks add to its list.
     #[arg(long)]
     config: Option<String>,
+    /// Debugging only: leave the threads' seccomp filters off.
+    #[arg(long, hide = true)]
+    no_seccomp: bool,
 }
 
 fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
@@ -122,10 +126,14 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::from(e.use_stderr()));
         }
     };
+    let seccomp = match args.no_seccomp {
+        true => Seccomp::Off,
+        false => Seccomp::On,
+    };
     let result = args
         .into_config()
         .map_err(vmpod_vmm::VmmError::from)
-        .and_then(|config| vmpod_vmm::run(&config, started));
+        .and_then(|config| vmpod_vmm::run(&config, started, seccomp));
     match result {
         Ok(reason) => {
             let code = reason.exit_code();

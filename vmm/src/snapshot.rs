@@ -69,30 +69,52 @@ pub struct DevicesState {
     pub virtio: Vec<crate::devices::virtio_mmio::TransportSnapshot>,
 }
 
-/// Writes the state and the memory, each aside and renamed, so a reader never sees half.
+/// A snapshot's two files, created (empty) at start-up, before the VMM's threads confine
+/// themselves: saving only writes into them. They hold a snapshot only once the VMM has
+/// exited 0; the caller moves them into place then (a template is built in a directory of
+/// its own and renamed as a whole), so no reader sees half of one.
+pub struct SnapshotOutput {
+    state: File,
+    state_path: PathBuf,
+    memory: File,
+    memory_path: PathBuf,
+}
+
+impl SnapshotOutput {
+    pub fn create(files: &crate::config::SnapshotFiles) -> Result<SnapshotOutput, SnapshotError> {
+        let create = |path: &Path| File::create(path).map_err(io("create", path));
+        Ok(SnapshotOutput {
+            state: create(&files.state)?,
+            state_path: files.state.clone(),
+            memory: create(&files.memory)?,
+            memory_path: files.memory.clone(),
+        })
+    }
+}
+
+/// Writes the memory, then the state, each synced to the disk.
 pub fn save(
     state: &Snapshot,
-    state_path: &Path,
     mem: &GuestMemoryMmap,
-    memory_path: &Path,
+    output: &SnapshotOutput,
 ) -> Result<(), SnapshotError> {
-    let tmp = memory_path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
+    let memory_path = &output.memory_path;
+    let mut file = &output.memory;
     for region in mem.iter() {
         // SAFETY: the region is a live mapping of `len` bytes; the vCPUs are stopped, so the
         // guest does not write it while it is copied.
         let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), region.len() as usize) };
-        file.write_all(bytes).map_err(io("write", &tmp))?;
+        file.write_all(bytes).map_err(io("write", memory_path))?;
     }
-    file.sync_all().map_err(io("sync", &tmp))?;
-    std::fs::rename(&tmp, memory_path).map_err(io("store", memory_path))?;
-    let tmp = state_path.with_extension("tmp");
+    file.sync_all().map_err(io("sync", memory_path))?;
     let json = serde_json::to_vec(state).map_err(|e| SnapshotError::Format {
-        path: state_path.to_path_buf(),
+        path: output.state_path.clone(),
         why: e.to_string(),
     })?;
-    std::fs::write(&tmp, json).map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, state_path).map_err(io("store", state_path))
+    let mut file = &output.state;
+    file.write_all(&json)
+        .and_then(|()| file.sync_all())
+        .map_err(io("write", &output.state_path))
 }
 
 /// Reads and checks a state file: its format and version must be ours.

@@ -11,6 +11,10 @@
 //! stdin change a read-only disk's image while the guest runs, each answered on stdout with
 //! `ok` or `error: ...` once the front end has been told (devices/src/slot_command.rs). A
 //! disk given without a PATH starts empty.
+//!
+//! Once its devices are open and its sockets listen, the process confines itself with one
+//! seccomp filter for all its threads (devices/src/vhost_user_seccomp.rs); the hidden
+//! `--no-seccomp` leaves it off, for debugging only.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -51,6 +55,19 @@ struct Args {
     /// virtio-net on a tap: TAP[,netns=PATH] (the front end keeps the MAC).
     #[arg(long)]
     net: Option<String>,
+    /// Debugging only: leave the seccomp filter off.
+    #[arg(long, hide = true)]
+    no_seccomp: bool,
+}
+
+/// Confines every thread of the process, unless `--no-seccomp` says not to.
+fn confine(args: &Args) -> Result<(), String> {
+    if args.no_seccomp {
+        return Ok(());
+    }
+    vmpod_devices::vhost_user_seccomp::filter()
+        .and_then(|filter| filter.apply_to_process())
+        .map_err(|e| e.to_string())
 }
 
 impl Args {
@@ -170,6 +187,7 @@ fn serve(args: &Args) -> Result<(), String> {
     if args.blk.is_empty() {
         let (server, _) =
             vmpod_devices::vhost_user::bind(vec![device(args)?]).map_err(|e| e.to_string())?;
+        confine(args)?;
         return server.run().map_err(|e| e.to_string());
     }
     let mut served = Vec::with_capacity(args.blk.len());
@@ -180,8 +198,16 @@ fn serve(args: &Args) -> Result<(), String> {
         slots.push(Some(slot));
     }
     let (server, notifiers) = vmpod_devices::vhost_user::bind(served).map_err(|e| e.to_string())?;
-    // Detached: it ends with the process, once every front end has gone.
-    std::thread::spawn(move || serve_commands(slots, notifiers));
+    // Detached: it ends with the process, once every front end has gone. Started, and past
+    // its start-up (rseq, robust list, signal stack), before the filter goes on: clone and
+    // those are not in it. TSYNC confines it with the rest.
+    let (started, running) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = started.send(());
+        serve_commands(slots, notifiers)
+    });
+    let _ = running.recv();
+    confine(args)?;
     server.run().map_err(|e| e.to_string())
 }
 

@@ -14,6 +14,7 @@ use crate::boot::regs::{initial_regs, initial_sregs, ApStart, EntryPoint};
 use crate::devices::boot_timer::BOOT_DONE;
 use crate::devices::{Bus, BOOT_TIMER_PORT};
 use crate::lifecycle::{ExitReason, Lifecycle};
+use crate::seccomp::ThreadStart;
 use crate::vstate::pause::Pause;
 use crate::vstate::snapshot as snapshot_state;
 
@@ -66,7 +67,8 @@ pub struct Vcpu {
 pub struct SnapshotRequest {
     pub vm: Arc<crate::vstate::vm::Vm>,
     pub mem: vm_memory::GuestMemoryMmap,
-    pub files: crate::config::SnapshotFiles,
+    /// Opened at start-up: the vCPU thread may not open files.
+    pub output: crate::snapshot::SnapshotOutput,
     /// The MSRs this vCPU lets us read.
     pub msrs: Vec<u32>,
     pub memory_mib: u64,
@@ -150,6 +152,7 @@ impl Vcpu {
     }
 
     /// Runs the vCPU on its own thread until the guest stops it; the reason goes to `lifecycle`.
+    /// The thread confines itself and waits for the others first (`thread_start`).
     /// With `start_request`, the thread first waits for the guest to ask (through the AP start
     /// port) for this vCPU to start, and enters 64-bit mode at the address it names.
     pub fn start(
@@ -157,11 +160,20 @@ impl Vcpu {
         bus: Arc<Bus>,
         lifecycle: Arc<Lifecycle>,
         start_request: Option<Receiver<ApStart>>,
+        thread_start: ThreadStart,
     ) -> Result<(), VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                match thread_start.enter() {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        return lifecycle
+                            .stop(ExitReason::ThreadFailed(format!("vCPU {index}: {e}")))
+                    }
+                }
                 if let Some(request) = start_request {
                     // No request before the VM ends: the sender is gone and so is the thread.
                     let Ok(start) = request.recv() else { return };
@@ -299,13 +311,7 @@ impl Vcpu {
                     virtio: bus.virtio_states(),
                 },
             };
-            crate::snapshot::save(
-                &state,
-                &request.files.state,
-                &request.mem,
-                &request.files.memory,
-            )
-            .map_err(|e| e.to_string())
+            crate::snapshot::save(&state, &request.mem, &request.output).map_err(|e| e.to_string())
         })();
         match saved {
             Ok(()) => ExitReason::Snapshotted,
