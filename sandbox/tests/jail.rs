@@ -147,10 +147,22 @@ fn every_process_of_a_jailed_sandbox_is_its_uid_without_privileges_in_its_own_ro
     }
 }
 
-/// Each descriptor is a socket, pipe, eventfd-like inode, guest memory, /dev/null, or a file
-/// of the sandbox; regular files are read-only but the console and QEMU's log.
+/// What this test's own stdout and stderr are: a VM process's standard streams are its
+/// owner's (a terminal, a pipe, or the file a harness writes its log to).
+fn owners_streams() -> Vec<String> {
+    [1, 2]
+        .iter()
+        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+        .map(|t| t.display().to_string())
+        .collect()
+}
+
+/// Each descriptor is a socket, pipe, eventfd-like inode, guest memory, /dev/null, the owner's
+/// own streams, or a file of the sandbox; regular files are read-only but the console and
+/// QEMU's log.
 fn check_descriptors(pid: i32, name: &str, state_dir: &Path) {
     let guest = support::guest_dir();
+    let owners = owners_streams();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fds")
         .flatten()
@@ -160,7 +172,11 @@ fn check_descriptors(pid: i32, name: &str, state_dir: &Path) {
         let kind_ok = ["socket:", "pipe:", "anon_inode:", "/memfd:", "/dev/null"]
             .iter()
             .any(|p| text.starts_with(p));
-        if kind_ok {
+        let standard = fd
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n == "1" || n == "2");
+        if kind_ok || (standard && owners.contains(&text)) {
             continue;
         }
         // Paths in the jail's own mounts read as the jail sees them.
@@ -408,6 +424,7 @@ fn a_jailed_vmpod_vmm_runs_a_guest_from_passed_descriptors_without_privileges() 
                 .to_string()
         })
         .collect();
+    let owners = owners_streams();
     for fd in &fds {
         let allowed = [
             "anon_inode:",
@@ -420,7 +437,8 @@ fn a_jailed_vmpod_vmm_runs_a_guest_from_passed_descriptors_without_privileges() 
         .iter()
         .any(|p| fd.starts_with(p))
             || *fd == kernel_path.display().to_string()
-            || *fd == console_path.display().to_string();
+            || *fd == console_path.display().to_string()
+            || owners.contains(fd);
         assert!(allowed, "vmpod-vmm holds {fd}: {fds:?}");
     }
     // SAFETY: SIGTERM to the jailer, which hands it to vmpod-vmm.
