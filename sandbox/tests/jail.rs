@@ -345,6 +345,8 @@ fn a_jailed_vmpod_vmm_runs_a_guest_from_passed_descriptors_without_privileges() 
     let state_dir = Path::new(vmpod_sandbox::paths::STATE_ROOT)
         .join(format!("{:012x}", std::process::id() as u64 * 7919));
     std::fs::create_dir_all(&state_dir).expect("a state dir");
+    // Declared before the jail, so dropped after it, on a failed check too.
+    let _state = RemovedOnDrop(state_dir.clone());
     let jail = vmpod_sandbox::jail::Jail::create(&state_dir, 64 << 20).expect("a jail");
     let kernel = std::fs::File::open(&kernel_path).expect("the kernel");
     let console_path = state_dir.join("console.log");
@@ -446,5 +448,13 @@ fn a_jailed_vmpod_vmm_runs_a_guest_from_passed_descriptors_without_privileges() 
     let status = child.wait().expect("vmpod-vmm's end");
     assert_eq!(status.code(), Some(143), "{status}");
     drop(jail);
-    let _ = std::fs::remove_dir_all(&state_dir);
+}
+
+/// A directory the test made, removed however the test ends.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
