@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use vmpod_sandbox::Endpoint;
 
@@ -149,26 +148,12 @@ fn forward(client: TcpStream, endpoint: &Endpoint, port: u16) {
         return;
     };
     let inbound = std::thread::spawn(move || {
-        copy(client_in, &guest_out);
+        crate::session::copy(client_in, &guest_out);
         let _ = guest_out.shutdown(Shutdown::Write);
     });
-    copy(&guest, &client);
+    crate::session::copy(&guest, &client);
     let _ = client.shutdown(Shutdown::Write);
     let _ = inbound.join();
-}
-
-fn copy(mut from: impl Read, mut to: impl Write) {
-    let mut buf = [0u8; 64 << 10];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -131,7 +131,8 @@ impl Drop for RawTerminal {
     }
 }
 
-pub fn copy(mut from: UnixStream, mut to: impl Write) {
+/// Copies until `from` ends or `to` refuses more, flushing each piece (a terminal, a log).
+pub fn copy(mut from: impl Read, mut to: impl Write) {
     let mut buf = [0u8; 64 << 10];
     loop {
         match from.read(&mut buf) {
