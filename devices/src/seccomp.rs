@@ -184,6 +184,15 @@ pub fn openat_read_only() -> Vec<SeccompRule> {
     vec![rule(&[(2, SeccompCmpOp::MaskedEq(writing), 0)])]
 }
 
+/// mprotect that never makes memory executable (glibc changes a heap arena's protection).
+pub fn mprotect_no_exec() -> Vec<SeccompRule> {
+    vec![rule(&[(
+        2,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )])]
+}
+
 /// For tests: runs `probe` in a forked child that first installs `filter` on itself, and
 /// returns how the child ended. The child never returns into the test harness.
 pub fn run_confined(filter: &Filter, probe: impl FnOnce() -> i32) -> std::process::ExitStatus {

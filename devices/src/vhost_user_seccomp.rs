@@ -7,19 +7,11 @@
 //! comes later arrives as descriptors: QEMU's connection, guest memory and the rings' eventfds
 //! (in vhost-user messages), and a slot command's image, which it opens read-only by path.
 
-use crate::seccomp::{arg_eq, openat_read_only, rule, AllowlistBuilder, Filter, SeccompCmpOp};
-use crate::seccomp::{SeccompError, SeccompRule};
+use crate::seccomp::{
+    arg_eq, mprotect_no_exec, openat_read_only, AllowlistBuilder, Filter, SeccompError,
+};
 
 pub const LIMIT: usize = 45;
-
-/// mprotect that never makes memory executable.
-fn mprotect_no_exec() -> Vec<SeccompRule> {
-    vec![rule(&[(
-        2,
-        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-        0,
-    )])]
-}
 
 pub fn filter() -> Result<Filter, SeccompError> {
     AllowlistBuilder::new("vhost-user")

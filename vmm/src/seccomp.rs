@@ -17,8 +17,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use vmpod_devices::seccomp::{
-    arg_eq, not_at_cwd, one_of, rule, AllowlistBuilder, Filter, SeccompCmpOp, SeccompError,
-    SeccompRule,
+    arg_eq, mprotect_no_exec, not_at_cwd, one_of, AllowlistBuilder, Filter, SeccompError,
 };
 
 pub const EVENT_LOOP_LIMIT: usize = 40;
@@ -138,15 +137,6 @@ const KVM_GET_XCRS: u64 = ior::<kb::kvm_xcrs>(0xa6);
 const KVM_GET_IRQCHIP: u64 = iowr::<kb::kvm_irqchip>(0x62);
 const KVM_GET_PIT2: u64 = ior::<kb::kvm_pit_state2>(0x9f);
 const KVM_GET_CLOCK: u64 = ior::<kb::kvm_clock_data>(0x7c);
-
-/// mprotect that never makes memory executable.
-fn mprotect_no_exec() -> Vec<SeccompRule> {
-    vec![rule(&[(
-        2,
-        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-        0,
-    )])]
-}
 
 /// The syscalls of Rust's and glibc's own machinery, the same on every thread.
 fn runtime(list: AllowlistBuilder) -> AllowlistBuilder {
