@@ -99,6 +99,46 @@ fn stdin_round_trip_and_oom() {
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
     let out = dd("60M");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The same two under runc, on the same busybox tree: what the checks above hold vmpod to.
+    assert_eq!(dd_under_runc("200M"), Some(137));
+    assert_eq!(dd_under_runc("60M"), Some(0));
+}
+
+/// `dd bs=SIZE count=1` from /dev/zero in a runc container limited to 64 MiB; its exit code.
+fn dd_under_runc(size: &str) -> Option<i32> {
+    let bundle = common::support::Scratch::new(&format!("runc-dd-{size}"));
+    let out = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&bundle.0)
+        .output()
+        .expect("runc spec (apt-get install runc)");
+    assert!(out.status.success(), "runc spec: {}", text(&out.stderr));
+    let config = bundle.path("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({"path": rootfs(), "readonly": true});
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!([
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        format!("bs={size}"),
+        "count=1"
+    ]);
+    spec["linux"]["resources"]["memory"] = serde_json::json!({"limit": 64 << 20, "swap": 64 << 20});
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let id = format!("vmpod-test-dd-{}-{size}", std::process::id());
+    let out = Command::new("runc")
+        .args(["run", "--bundle"])
+        .arg(&bundle.0)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runc run");
+    let _ = Command::new("runc")
+        .args(["delete", "--force", &id])
+        .output();
+    out.status.code()
 }
 
 #[test]
