@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import isolation_verdicts as iv
+import seccomp_bpf as bpf
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
@@ -600,6 +601,7 @@ def run_suite(scratch, args):
     columns = ["host"] + [r.name for r in runtimes]
     notes = {}
     view, contain, panics, surface = {}, {}, {}, {}
+    runc_filter = None
     for runtime in runtimes:
         kind = "runc" if isinstance(runtime, Runc) else "vmpod"
         log(f"{runtime.name}: what the container sees")
@@ -637,18 +639,16 @@ def run_suite(scratch, args):
             contain[runtime.name] = containment(runtime, neighbour, baseline)
             if kind == "vmpod":
                 panics[runtime.name] = panic(runtime, neighbour, host_boot_id)
-                surface[runtime.name] = vmm_filters(runtime)
+                surface[runtime.name] = iv.filter_cell(*read_filters(
+                    runtime, ("qemu", "vmpod-vmm", "vmpod-vhost")))
+            else:
+                runc_filter = read_filters(runtime, ("sleep",))
         finally:
             runtime.stop_neighbour(neighbour)
-    if profile:
-        allowed = iv.allowed_syscalls(profile, DOCKER_CAPS)
-        runc_seccomp = (view.get("runc") or {}).get("seccomp")
-        applied = runc_seccomp is not None and runc_seccomp.items == ["2"]
-        surface["runc"] = (f"{len(allowed)} syscalls of the host kernel ({profile_path}, "
-                           f"docker's default capabilities, x86_64)",
-                           iv.SHARED if applied else iv.NOT_MEASURED)
-    else:
-        surface["runc"] = (f"no {profile_path}", iv.NOT_MEASURED)
+    if "runc" in view:
+        surface["runc"] = runc_surface(
+            *(runc_filter if runc_filter else ({}, 0, ["the containment run did not happen"])),
+            len(iv.allowed_syscalls(profile, DOCKER_CAPS)) if profile else None, profile_path)
 
     # A path in the container's mountinfo names the host when it exists on the host and not
     # in the container's own tree (/sys, /proc... exist in both and say nothing).
@@ -680,32 +680,40 @@ def run_suite(scratch, args):
     return rows, columns, notes, contain, panics
 
 
-def vmm_filters(runtime):
-    """(value, verdict) for the host syscalls vmpod's VMM processes may make: the seccomp
-    mode of each, read while a container of this runtime runs."""
+def read_filters(runtime, comms):
+    """({process: {thread kind: number of syscalls allowed}}, how many x86_64 has, errors)
+    for the processes named `comms` while a container of this runtime runs, read from the
+    kernel: the container's own process under runc, the VMM's processes under vmpod."""
     proc = runtime.start("echo started; exec sleep 3600")
-    modes = {}
+    counts, errors, names = {}, [], {}
     try:
         wait_started(proc, 600)
+        names = bpf.syscall_names()
         for pid in tree(proc.pid):
             try:
                 comm = open(f"/proc/{pid}/comm").read().strip()
-                if comm.startswith(("qemu", "vmpod-vmm", "vmpod-vhost")):
-                    for line in open(f"/proc/{pid}/status"):
-                        if line.startswith("Seccomp:"):
-                            modes.setdefault(comm, set()).add(int(line.split()[1]))
-            except OSError:
-                continue
+                if not comm.startswith(comms):
+                    continue
+                for thread, allowed in bpf.process_allowed(pid, names).items():
+                    counts.setdefault(comm, {})[thread] = len(allowed)
+            except (OSError, bpf.BpfError) as e:
+                errors.append(f"{pid}: {e}")
     finally:
         runtime.stop(proc)
-    if not modes:
-        return ("no VMM process found", iv.NOT_MEASURED)
-    if all(m == {0} for m in modes.values()):
-        return ("none directly; the VMM's own set: not measured, no filter yet (" +
-                ", ".join(f"{c}: Seccomp 0" for c in sorted(modes)) + ")", iv.NOT_MEASURED)
-    return ("none directly; the VMM's filtered set: " + ", ".join(
-        f"{c}: Seccomp {sorted(m)}" for c, m in sorted(modes.items())) +
-        " (count not measured)", iv.NOT_MEASURED)
+    return counts, len(names), errors
+
+
+def runc_surface(counts, total, errors, profile_count, profile_path):
+    """runc's attack-surface cell: what the container's filter lets it call in the host
+    kernel, beside what the profile names."""
+    named = (f"{profile_count} named by {profile_path} for docker's default capabilities"
+             if profile_count is not None else f"no {profile_path}")
+    sleeps = [n for threads in counts.values() for n in threads.values()]
+    if not sleeps:
+        return (f"not read ({'; '.join(errors) or 'no container process found'}); {named}",
+                iv.NOT_MEASURED)
+    return (f"{max(sleeps)} of {total} syscalls of the host kernel, read from the container's "
+            f"filter ({named})", iv.SHARED)
 
 
 def write(out, rows, columns, notes, contain, panics, seconds):

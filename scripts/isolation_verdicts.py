@@ -178,6 +178,22 @@ def allowed_syscalls(profile, caps, arch="x86_64"):
     return allowed
 
 
+def filter_cell(counts, total, errors=()):
+    """The attack-surface cell of a vmpod column: `counts` is {process: {thread kind: number
+    of syscalls its filters allow}}, read from the kernel; `total` is how many x86_64 has.
+    Bounded only when every thread of every VMM process is filtered."""
+    if not counts:
+        why = "; ".join(errors) if errors else "no VMM process found"
+        return (f"not read: {why}", NOT_MEASURED)
+    parts = [f"{proc}: " + ", ".join(f"{t} {n}" for t, n in sorted(threads.items()))
+             for proc, threads in sorted(counts.items())]
+    value = (f"none directly; the VMM's threads may make (of {total}): " + "; ".join(parts))
+    unfiltered = any(n >= total for threads in counts.values() for n in threads.values())
+    if errors:
+        value += " (unread: " + "; ".join(errors) + ")"
+    return (value, NOT_MEASURED if unfiltered or errors else BOUNDED)
+
+
 def runtime_profile(profile, caps, arch="x86_64"):
     """The OCI `linux.seccomp` for runc: the profile's rules for these caps and arch, with
     includes/excludes resolved (runc takes no conditions)."""

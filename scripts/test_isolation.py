@@ -2,7 +2,9 @@
 """Tests of the isolation suite's parsing and verdicts (no container, no VM: fast; `make test`
 runs them). `make isolation` runs the suite itself."""
 
+import ctypes
 import os
+import struct
 import subprocess
 import sys
 import unittest
@@ -10,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import isolation_verdicts as iv  # noqa: E402
+import seccomp_bpf as bpf  # noqa: E402
 
 PROBE = Path(__file__).resolve().parent / "isolation-probe.sh"
 
@@ -140,6 +143,91 @@ class Seccomp(unittest.TestCase):
         self.assertIn("chroot", names)
         self.assertEqual(spec["defaultErrnoRet"], 1)
         self.assertFalse(any("includes" in r or "excludes" in r for r in spec["syscalls"]))
+
+
+def insn(code, k=0, jt=0, jf=0):
+    return (code, jt, jf, k)
+
+
+LD_ABS, JEQ, RET = 0x20, 0x15, 0x06
+KILL, ERRNO_EPERM = 0x80000000, 0x00050001
+# An allowlist as seccompiler lays one out: the arch, then one test per number, `openat`
+# (257) only with its first argument equal to 5, everything else killed.
+ALLOWLIST = [insn(LD_ABS, 4), insn(JEQ, bpf.AUDIT_ARCH_X86_64, 1, 0), insn(RET, KILL),
+             insn(LD_ABS, 0), insn(JEQ, 0, 0, 1), insn(RET, bpf.RET_ALLOW),
+             insn(JEQ, 257, 0, 3), insn(LD_ABS, 16), insn(JEQ, 5, 0, 1),
+             insn(RET, bpf.RET_ALLOW), insn(RET, KILL)]
+# A denylist as libseccomp lays one out for QEMU: `mknod` (133) fails, the rest is allowed.
+DENYLIST = [insn(LD_ABS, 0), insn(0x25, 200, 2, 0), insn(JEQ, 133, 0, 1),
+            insn(RET, ERRNO_EPERM), insn(RET, bpf.RET_ALLOW)]
+
+
+class SeccompFilters(unittest.TestCase):
+    names = {0: "read", 1: "write", 133: "mknod", 257: "openat"}
+
+    def test_an_allowlist_allows_its_numbers_and_argument_checked_ones(self):
+        self.assertEqual(bpf.allowed([ALLOWLIST], self.names), ["openat", "read"])
+
+    def test_a_denylist_allows_all_but_what_it_denies(self):
+        self.assertEqual(bpf.allowed([DENYLIST], self.names), ["openat", "read", "write"])
+
+    def test_a_thread_with_two_filters_gets_what_both_allow(self):
+        self.assertEqual(bpf.allowed([ALLOWLIST, DENYLIST], self.names), ["openat", "read"])
+
+    def test_a_thread_with_no_filter_allows_everything(self):
+        self.assertEqual(bpf.allowed([], self.names), sorted(self.names.values()))
+
+    def test_broken_programs_are_refused_by_name(self):
+        with self.assertRaisesRegex(bpf.BpfError, "whole instructions"):
+            bpf.decode(b"\0" * 12)
+        with self.assertRaisesRegex(bpf.BpfError, "runs off its end"):
+            bpf.allowed([[insn(LD_ABS, 0)]], self.names)
+
+    def test_the_cell_is_bounded_only_when_every_thread_is_filtered(self):
+        value, verdict = iv.filter_cell({"vmpod-vmm": {"vmpod-vmm": 34, "vcpu": 21}}, 362)
+        self.assertEqual(verdict, iv.BOUNDED)
+        self.assertIn("vmpod-vmm: vcpu 21, vmpod-vmm 34", value)
+        self.assertEqual(iv.filter_cell({"qemu": {"qemu": 362}}, 362)[1], iv.NOT_MEASURED)
+        self.assertEqual(iv.filter_cell({"qemu": {"qemu": 300}}, 362, ["9: EPERM"])[1],
+                         iv.NOT_MEASURED)
+        self.assertEqual(iv.filter_cell({}, 362, ["9: EPERM"]),
+                         ("not read: 9: EPERM", iv.NOT_MEASURED))
+
+    def test_the_headers_name_the_common_syscalls(self):
+        names = bpf.syscall_names()
+        self.assertEqual(names[0], "read")
+        self.assertEqual(names[257], "openat")
+
+    def test_a_real_process_filter_is_read_back_from_the_kernel(self):
+        # A child installs DENYLIST for real, then waits; what the kernel hands back must be
+        # that program, and its verdicts the same.
+        ready_r, ready_w = os.pipe()
+        hold_r, hold_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                raw = b"".join(struct.pack("<HBBI", *i) for i in DENYLIST)
+                buf = ctypes.create_string_buffer(raw)
+
+                class Prog(ctypes.Structure):
+                    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+                prog = Prog(len(DENYLIST), ctypes.addressof(buf))
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+                ok = libc.prctl(22, 2, ctypes.byref(prog), 0, 0)  # PR_SET_SECCOMP, FILTER
+                os.write(ready_w, b"1" if ok == 0 else b"0")
+                os.read(hold_r, 1)
+            finally:
+                os._exit(0)
+        try:
+            self.assertEqual(os.read(ready_r, 1), b"1")
+            allowed = bpf.process_allowed(pid, self.names)
+            self.assertEqual(list(allowed.values()), [["openat", "read", "write"]])
+        finally:
+            os.write(hold_w, b"x")
+            os.waitpid(pid, 0)
+            for fd in (ready_r, ready_w, hold_r, hold_w):
+                os.close(fd)
 
 
 class Tables(unittest.TestCase):
