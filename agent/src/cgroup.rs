@@ -125,8 +125,8 @@ mod tests {
 
     #[test]
     fn figures_are_read_from_the_cgroup_files() {
-        let dir = std::env::temp_dir().join(format!("vmpod-cgroup-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         std::fs::write(
             dir.join("cpu.stat"),
             "usage_usec 500\nuser_usec 300\nsystem_usec 200\n",
@@ -141,8 +141,7 @@ mod tests {
             "254:0 rbytes=10 wbytes=20 rios=1\n254:16 rbytes=5 wbytes=0\n",
         )
         .unwrap();
-        let s = stats(&dir);
-        std::fs::remove_dir_all(&dir).unwrap();
+        let s = stats(dir);
         assert_eq!(
             (s.cpu_usage_usec, s.cpu_user_usec, s.cpu_system_usec),
             (500, 300, 200)

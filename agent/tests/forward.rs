@@ -13,17 +13,18 @@ use vmpod_protocol::ForwardHello;
 /// An agent on three sockets in a scratch directory, killed and cleaned up when dropped.
 struct Agent {
     child: Child,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Agent {
     fn start(name: &str) -> Agent {
-        let dir = std::env::temp_dir().join(format!("vmpod-forward-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vmpod-forward-{name}-"))
+            .tempdir()
+            .expect("scratch dir");
         let child = Command::new(env!("CARGO_BIN_EXE_vmpod-agent"))
             .arg("--listen-unix")
-            .args(["control", "stdio", "forward"].map(|s| dir.join(s)))
+            .args(["control", "stdio", "forward"].map(|s| dir.path().join(s)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -38,7 +39,7 @@ impl Agent {
     }
 
     fn forward_path(&self) -> PathBuf {
-        self.dir.join("forward")
+        self.dir.path().join("forward")
     }
 
     fn connect(&self) -> UnixStream {
@@ -63,7 +64,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

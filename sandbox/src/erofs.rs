@@ -90,12 +90,10 @@ mod tests {
 
     #[test]
     fn a_failed_build_leaves_no_file() {
-        let out = std::env::temp_dir().join(format!("vmpod-erofs-test-{}", std::process::id()));
-        std::fs::create_dir_all(&out).unwrap();
-        let image = out.join("x.erofs");
+        let out = tempfile::tempdir().unwrap();
+        let image = out.path().join("x.erofs");
         let err = build(Path::new("/nonexistent/vmpod"), &image, &[]).unwrap_err();
         assert!(err.to_string().contains("mkfs.erofs"), "{err}");
-        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
-        std::fs::remove_dir_all(&out).unwrap();
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
     }
 }

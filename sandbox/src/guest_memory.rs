@@ -106,9 +106,8 @@ mod tests {
 
     #[test]
     fn a_sparse_copy_has_the_same_bytes() {
-        let dir = std::env::temp_dir().join(format!("vmpod-guest-memory-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("memory");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
         let mut data = vec![0u8; 64 * BLOCK];
         data[5 * BLOCK + 7] = 1;
         data[40 * BLOCK..41 * BLOCK].fill(0xab);
@@ -120,6 +119,5 @@ mod tests {
         (&copy).read_to_end(&mut back).unwrap();
         assert_eq!(back.len(), data.len());
         assert!(back == data, "the copy differs");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -228,11 +228,11 @@ mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("vmpod-layer-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("vmpod-layer-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn tar_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
@@ -270,17 +270,17 @@ mod tests {
             ("var/lib/.wh..wh..opq", tar::EntryType::Regular, b"", None),
             ("etc/hostname", tar::EntryType::Regular, b"box\n", None),
         ]);
-        unpack(&tar[..], &root, "layer").unwrap();
-        let motd = std::fs::symlink_metadata(root.join("etc/motd")).unwrap();
+        unpack(&tar[..], root.path(), "layer").unwrap();
+        let motd = std::fs::symlink_metadata(root.path().join("etc/motd")).unwrap();
         assert!(motd.file_type().is_char_device());
         use std::os::unix::fs::MetadataExt;
         assert_eq!(motd.rdev(), 0);
         assert_eq!(
-            std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+            std::fs::read_to_string(root.path().join("etc/hostname")).unwrap(),
             "box\n"
         );
         let mut value = [0u8; 4];
-        let c = cstring(&root.join("var/lib")).unwrap();
+        let c = cstring(&root.path().join("var/lib")).unwrap();
         // SAFETY: lgetxattr(2) into a buffer of the given length.
         let n = unsafe {
             libc::lgetxattr(
@@ -292,14 +292,13 @@ mod tests {
         };
         assert_eq!(n, 1);
         assert_eq!(value[0], b'y');
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn entries_that_climb_out_are_refused() {
         let root = temp("climb");
         let tar = tar_of(&[("../escape", tar::EntryType::Regular, b"x", None)]);
-        let err = unpack(&tar[..], &root, "layer sha256:ab").unwrap_err();
+        let err = unpack(&tar[..], root.path(), "layer sha256:ab").unwrap_err();
         assert!(err.to_string().contains("outside the layer"), "{err}");
 
         let root2 = temp("symlink");
@@ -307,18 +306,15 @@ mod tests {
             ("out", tar::EntryType::Symlink, b"", Some("/tmp")),
             ("out/.wh.victim", tar::EntryType::Regular, b"", None),
         ]);
-        let err = unpack(&tar[..], &root2, "layer").unwrap_err();
+        let err = unpack(&tar[..], root2.path(), "layer").unwrap_err();
         assert!(err.to_string().contains("through a symlink"), "{err}");
-        std::fs::remove_dir_all(&root).unwrap();
-        std::fs::remove_dir_all(&root2).unwrap();
     }
 
     #[test]
     fn garbage_is_not_a_tar() {
         let root = temp("garbage");
-        let err = unpack(&[7u8; 1024][..], &root, "layer x").unwrap_err();
+        let err = unpack(&[7u8; 1024][..], root.path(), "layer x").unwrap_err();
         assert!(err.to_string().contains("layer x"), "{err}");
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

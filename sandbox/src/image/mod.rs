@@ -336,9 +336,8 @@ mod tests {
 
     #[test]
     fn the_index_round_trips_and_rm_collects_unused_layers() {
-        let root = std::env::temp_dir().join(format!("vmpod-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let store = Store::at(&root).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::at(root.path()).unwrap();
         let image = |name: &str, layers: &[&str]| Image {
             name: name.into(),
             id: format!("sha256:{:0>64}", name.len()),
@@ -364,6 +363,5 @@ mod tests {
         assert!(!store.layer_path("sha256:bb").exists());
         assert!(!store.layer_path("sha256:orphan").exists());
         assert_eq!(store.list().unwrap().len(), 1);
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }
