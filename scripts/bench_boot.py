@@ -18,20 +18,24 @@ Figures:
 """
 
 import argparse
-import csv
 import os
 import select
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchlib import charts, median_of, write_csv
+
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
 VMM = ROOT / "target/release/vmpod-vmm"
 KVM_PVM = Path("/sys/module/kvm_pvm").exists()
+
+
+METRICS = ["first_output_ms", "boot_timer_ms", "init_ms", "user_ms", "rss_mib", "overhead_mib",
+           "peak_rss_mib"]
 
 
 def qemu_cmd(kernel, initrd, cmdline, memory, accel):
@@ -170,18 +174,13 @@ def main():
                 print(f"  {name:5} {vmm:9} run {i}: " + " ".join(
                     f"{k}={v:.1f}" for k, v in figures.items()), file=sys.stderr)
 
-    metrics = ["first_output_ms", "boot_timer_ms", "init_ms", "user_ms", "rss_mib",
-               "overhead_mib", "peak_rss_mib"]
+    metrics = METRICS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "boot.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["case", "vmm", "run"] + metrics)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "boot.csv", rows, ["case", "vmm", "run"] + metrics)
 
     def median(case, vmm, metric):
-        values = [r[metric] for r in rows if r["case"] == case and r["vmm"] == vmm and metric in r]
-        return statistics.median(values) if values else None
+        return median_of(rows, metric, case=case, vmm=vmm)
 
     print(f"\n{'case':6} {'vmm':10} " + " ".join(f"{m:>16}" for m in metrics) + "   (medians)")
     summary = []
@@ -208,38 +207,17 @@ def main():
 
 def plot(summary, out):
     """Two bar charts: start-up times (log scale) and memory."""
-    data = out / "boot.dat"
-    with open(data, "w") as f:
-        f.write("# label first_output_ms init_ms overhead_mib rss_mib\n")
-        for case, vmm, values in summary:
-            first, _, init, _, rss, overhead, _ = values
-            f.write(f"{case}/{vmm} {first or 0:.2f} {init or 0:.2f} {overhead or 0:.2f} {rss or 0:.2f}\n")
-    script = f"""
-set terminal pngcairo size 1100,450
-set output '{out / "boot.png"}'
-set multiplot layout 1,2 title 'vmpod-vmm vs QEMU microvm (medians)'
-set style data histograms
-set style histogram clustered
-set style fill solid 0.8
-set xtics rotate by 30 right nomirror
-set key outside bottom center horizontal
-set logscale y
-set yrange [1:*]
-set ylabel 'ms after spawn (log)'
-plot '{data}' using 2:xtic(1) title 'first guest output', '' using 3 title 'Run /init'
-unset logscale y
-set yrange [0:*]
-set ylabel 'MiB'
-plot '{data}' using 4:xtic(1) title 'VMM overhead (RSS outside guest memory)', '' using 5 title 'total RSS'
-unset multiplot
-"""
+    labels = [f"{case}/{vmm}" for case, vmm, _ in summary]
+    column = {m: [values[i] for _, _, values in summary] for i, m in enumerate(METRICS)}
     try:
-        subprocess.run(["gnuplot"], input=script.encode(), check=True)
+        charts(out, "boot", "vmpod-vmm vs QEMU microvm (medians)", labels, [
+            ("ms after spawn (log)", True, [("first guest output", column["first_output_ms"]),
+                                            ("Run /init", column["init_ms"])]),
+            ("MiB", False, [("VMM overhead (RSS outside guest memory)", column["overhead_mib"]),
+                            ("total RSS", column["rss_mib"])])])
         print(f"plot: {out / 'boot.png'}")
     except (OSError, subprocess.CalledProcessError) as e:
         print(f"plot: skipped ({e})", file=sys.stderr)
-    finally:
-        data.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

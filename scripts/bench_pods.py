@@ -16,33 +16,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchlib import pct, write_csv
+from benchlib import charts, pct, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def plot(out: Path, rows):
     """Three panels: start, stop (medians, ms) and an idle pod's PSS; writes out/pods.png."""
-    data = out / "pods.dat"
-    data.write_text("".join(f'"{r["case"]}" {r["median_ms"]} {r["stop_median_ms"]} '
-                            f'{r["idle_pss_mib"]}\n' for r in rows))
-    panels = "".join(f"""
-set ylabel '{label}'
-plot '{data}' using {column}:xtic(1) notitle
-""" for column, label in [(2, "ms, pod start until the app runs"),
-                          (3, "ms, pod stop and removal"),
-                          (4, "MiB PSS of an idle pod")])
-    script = f"""
-set terminal pngcairo size 1400,420
-set output '{out / "pods.png"}'
-set multiplot layout 1,3 title 'pods through the CRI: vmpod vs runc (medians)'
-set style data histogram
-set style fill solid 0.8
-set yrange [0:*]
-{panels}
-unset multiplot
-"""
-    subprocess.run(["gnuplot"], input=script.encode(), check=True)
+    charts(out, "pods", "pods through the CRI: vmpod vs runc (medians)",
+           [r["case"] for r in rows],
+           [(label, False, [(None, [r[key] for r in rows])]) for key, label in [
+               ("median_ms", "ms, pod start until the app runs"),
+               ("stop_median_ms", "ms, pod stop and removal"),
+               ("idle_pss_mib", "MiB PSS of an idle pod")]], "1400,420")
 
 
 def main():

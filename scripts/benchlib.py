@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: percentiles, the PSS of a process tree, CSV and a
-two-panel gnuplot chart (time and memory per case)."""
+"""What the benchmark scripts share: percentiles and medians, the PSS of a process tree, CSV
+and gnuplot bar charts side by side."""
 
 import csv
 import os
@@ -95,32 +95,58 @@ def tree_usage(pid):
     }
 
 
-def write_csv(path, rows):
+def write_csv(path, rows, fields=None):
+    """Every row, with the columns `fields` (default: the first row's keys); a row without
+    some column leaves it empty."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields or list(rows[0]), restval="")
         writer.writeheader()
         writer.writerows(rows)
 
 
+def median_of(rows, metric, **match):
+    """The median of `metric` over the rows whose fields equal `match`; None without any."""
+    values = [r[metric] for r in rows
+              if metric in r and all(r.get(k) == v for k, v in match.items())]
+    return statistics.median(values) if values else None
+
+
+def charts(out: Path, name, title, labels, panels, size="1100,450"):
+    """Writes out/name.png: bar charts side by side, one per panel, sharing the x labels.
+    Each panel is (y label, log scale, [(series title or None, one value per label)]); a value
+    of None leaves a gap."""
+    data = out / f"{name}.dat"
+    series = [values for _, _, lines in panels for _, values in lines]
+    data.write_text("".join(
+        f'"{label}" ' + " ".join("NaN" if s[i] is None else f"{s[i]:.3f}" for s in series) + "\n"
+        for i, label in enumerate(labels)))
+    column, body = 2, []
+    for ylabel, log, lines in panels:
+        body.append("set logscale y\nset yrange [1:*]" if log else "unset logscale y\n"
+                    "set yrange [0:*]")
+        plots = []
+        for series_title, _ in lines:
+            key = f"title '{series_title}'" if series_title else "notitle"
+            plots.append(f"'{data}' using {column}:xtic(1) {key}")
+            column += 1
+        body.append(f"set ylabel '{ylabel}'\nplot " + ", ".join(plots))
+    script = "\n".join([
+        f"set terminal pngcairo size {size}", f"set output '{out / f'{name}.png'}'",
+        f"set multiplot layout 1,{len(panels)} title '{title}'",
+        "set style data histograms", "set style histogram clustered",
+        "set style fill solid 0.8", "set xtics rotate by -30 font ',8'",
+        "set key outside bottom center horizontal", *body, "unset multiplot", ""])
+    try:
+        subprocess.run(["gnuplot"], input=script.encode(), check=True)
+    finally:
+        data.unlink(missing_ok=True)
+
+
 def plot(out: Path, name, title, rows, time_label, memory_label):
     """rows: dicts with case, median_ms and idle_pss_mib; writes out/name.png."""
-    data = out / f"{name}.dat"
-    data.write_text("".join(f'"{r["case"]}" {r["median_ms"]} {r["idle_pss_mib"]}\n' for r in rows))
-    script = f"""
-set terminal pngcairo size 1000,420
-set output '{out / f"{name}.png"}'
-set multiplot layout 1,2 title '{title}'
-set style data histogram
-set style fill solid 0.8
-set ylabel '{time_label}'
-set logscale y
-plot '{data}' using 2:xtic(1) notitle
-unset logscale y
-set ylabel '{memory_label}'
-plot '{data}' using 3:xtic(1) notitle
-unset multiplot
-"""
-    subprocess.run(["gnuplot"], input=script.encode(), check=True)
+    charts(out, name, title, [r["case"] for r in rows],
+           [(time_label, True, [(None, [r["median_ms"] for r in rows])]),
+            (memory_label, False, [(None, [r["idle_pss_mib"] for r in rows])])], "1000,420")
 
 
 def table(title, times, memory, base_name, runs):
