@@ -12,14 +12,14 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::virtio::{
     read_config_bytes, serve_queue, QueueError, UsedQueues, VirtioDevice, COMMON_FEATURES,
+    DEVICE_TYPE_NET,
 };
 pub use tap::{Tap, TapError};
 
-const DEVICE_TYPE_NET: u32 = 1;
 pub const RX: usize = 0;
 pub const TX: usize = 1;
 const QUEUE_SIZES: &[u16] = &[256, 256];
-const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+const VIRTIO_NET_F_MAC: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 /// `virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
 const VNET_HDR_LEN: usize = 12;
 /// The largest frame a tap hands us without offloads: 64 KiB plus an Ethernet header.
@@ -221,7 +221,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::test_support::*;
+    use crate::testing::*;
     use std::os::unix::net::UnixDatagram;
     use vm_memory::{Bytes, GuestAddress};
 

@@ -15,11 +15,10 @@ pub use muxer::MuxerError;
 use muxer::{Muxer, TX};
 
 use crate::virtio::{
-    read_config_bytes, QueueError, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, QueueError, UsedQueues, VirtioDevice, DEVICE_TYPE_VSOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 
-const DEVICE_TYPE_VSOCK: u32 = 19;
 /// rx, tx, event.
 const QUEUE_SIZES: &[u16] = &[256, 256, 256];
 
