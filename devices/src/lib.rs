@@ -10,6 +10,8 @@ pub mod rng;
 #[cfg(feature = "seccomp")]
 pub mod seccomp;
 pub mod slot_command;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(feature = "vhost-user")]
 pub mod vhost_user;
 #[cfg(feature = "vhost-user")]

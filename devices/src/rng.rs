@@ -113,7 +113,7 @@ impl<E: EntropySource> VirtioDevice for Rng<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::test_support::*;
+    use crate::testing::*;
     use vm_memory::{Bytes, GuestAddress};
 
     struct Counting(u8);

@@ -5,18 +5,22 @@ use std::os::fd::RawFd;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-/// Feature bits every vmpod device offers.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+use virtio_bindings::{virtio_config, virtio_ids, virtio_ring};
+
+/// Feature bits every vmpod device offers, as masks of the bindings' bit numbers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_config::VIRTIO_F_VERSION_1;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 /// Indirect descriptor tables; `virtio_queue` walks them (bounded like direct chains).
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 /// What every device offers about its rings and interface.
 pub const COMMON_FEATURES: u64 =
     VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC;
 
-pub const DEVICE_TYPE_BLOCK: u32 = 2;
-pub const DEVICE_TYPE_RNG: u32 = 4;
-pub const DEVICE_TYPE_FS: u32 = 26;
+pub const DEVICE_TYPE_BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
+pub const DEVICE_TYPE_RNG: u32 = virtio_ids::VIRTIO_ID_RNG;
+pub const DEVICE_TYPE_FS: u32 = virtio_ids::VIRTIO_ID_FS;
+pub const DEVICE_TYPE_NET: u32 = virtio_ids::VIRTIO_ID_NET;
+pub const DEVICE_TYPE_VSOCK: u32 = virtio_ids::VIRTIO_ID_VSOCK;
 
 /// A chain a device could not serve at all (it was returned to the guest with zero length).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -154,85 +158,5 @@ where
                 .map_err(|e| QueueError::Used(e.to_string()))?;
             used_any = true;
         }
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod test_support {
-    //! Queues in guest memory built by the test, the way a driver would build them.
-
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::Queue;
-    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-
-    pub const QUEUE_SIZE: u16 = 16;
-    pub const VRING_DESC_F_NEXT: u16 = 1;
-    pub const VRING_DESC_F_WRITE: u16 = 2;
-
-    pub fn guest_memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
-    }
-
-    /// One descriptor: (guest address, length, device-writable).
-    pub type Desc = (u64, u32, bool);
-
-    /// Builds a queue at 0 holding one chain made of `descs` (linked in order) and returns it
-    /// ready for a device, plus the mock for inspecting the used ring.
-    pub fn queue_with_chain<'a>(
-        mem: &'a GuestMemoryMmap,
-        descs: &[Desc],
-    ) -> (Queue, MockSplitQueue<'a, GuestMemoryMmap>) {
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, writable))| {
-                let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                RawDescriptor::from(Descriptor::new(addr, len, flags, (i + 1) as u16))
-            })
-            .collect();
-        queue_with_raw(mem, &raw)
-    }
-
-    /// A queue whose descriptor table holds exactly `raw` (flags and next as given: loops and
-    /// dangling links included) with descriptor 0 made available.
-    pub fn queue_with_raw<'a>(
-        mem: &'a GuestMemoryMmap,
-        raw: &[RawDescriptor],
-    ) -> (Queue, MockSplitQueue<'a, GuestMemoryMmap>) {
-        let mock = MockSplitQueue::new(mem, QUEUE_SIZE);
-        for (i, desc) in raw.iter().enumerate() {
-            mock.desc_table().store(i as u16, *desc).unwrap();
-        }
-        // avail ring: flags u16, idx u16, ring[0] = head 0.
-        mem.write_obj(0u16, mock.avail_addr().checked_add(4).unwrap())
-            .unwrap();
-        mem.write_obj(1u16, mock.avail_addr().checked_add(2).unwrap())
-            .unwrap();
-        let queue = mock.create_queue::<Queue>().unwrap();
-        (queue, mock)
-    }
-
-    pub fn raw_desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
-    }
-
-    /// The length the device reported for used-ring entry `index`.
-    pub fn used_len(
-        mem: &GuestMemoryMmap,
-        mock: &MockSplitQueue<GuestMemoryMmap>,
-        index: u64,
-    ) -> u32 {
-        // used ring: flags u16, idx u16, then {id u32, len u32} entries.
-        let entry = mock.used_addr().checked_add(4 + index * 8 + 4).unwrap();
-        mem.read_obj::<u32>(entry).unwrap()
-    }
-
-    pub fn used_idx(mem: &GuestMemoryMmap, mock: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
-        mem.read_obj::<u16>(mock.used_addr().checked_add(2).unwrap())
-            .unwrap()
     }
 }

@@ -20,6 +20,6 @@ fn disk() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     let read_only = data.last().is_some_and(|b| b & 1 == 1);
     let mut block = Block::open(disk(), read_only, Some("fuzz")).expect("open fuzz disk");
-    let (mem, mut queues) = vmpod_fuzz::guest(data, 1);
+    let (mem, mut queues) = vmpod_devices::testing::fuzzed::guest(data, 1);
     let _ = block.process_queue(0, &mut queues, &mem);
 });

@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut device = VirtioFs::new("fuzz", share()).expect("fuzz device");
-    let (mem, mut queues) = vmpod_fuzz::guest(data, 2);
+    let (mem, mut queues) = vmpod_devices::testing::fuzzed::guest(data, 2);
     let _ = device.process_queue(0, &mut queues, &mem);
     let _ = device.process_queue(1, &mut queues, &mem);
 });

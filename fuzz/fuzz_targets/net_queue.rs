@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = theirs.send(data.get(..64).unwrap_or(data));
     let tap = Tap::from_fd(ours.into_raw_fd()).expect("tap");
     let mut net = Net::new(tap, [6, 0, 0, 0, 0, 1]).expect("net");
-    let (mem, mut queues) = vmpod_fuzz::guest(data, 2);
+    let (mem, mut queues) = vmpod_devices::testing::fuzzed::guest(data, 2);
     let _ = net.process_queue(1, &mut queues, &mem);
     let _ = net.process_backend(&mut queues, &mem);
 });

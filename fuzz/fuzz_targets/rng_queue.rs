@@ -6,6 +6,6 @@ use vmpod_devices::rng::Rng;
 use vmpod_devices::virtio::VirtioDevice;
 
 fuzz_target!(|data: &[u8]| {
-    let (mem, mut queues) = vmpod_fuzz::guest(data, 1);
+    let (mem, mut queues) = vmpod_devices::testing::fuzzed::guest(data, 1);
     let _ = Rng::new().process_queue(0, &mut queues, &mem);
 });

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let socket = dir.join("v.sock");
     let _ = std::fs::remove_file(&socket);
     let mut vsock = Vsock::new(3, &socket).expect("vsock");
-    let (mem, mut queues) = vmpod_fuzz::guest(data, 3);
+    let (mem, mut queues) = vmpod_devices::testing::fuzzed::guest(data, 3);
     let _ = vsock.process_queue(1, &mut queues, &mem);
     let _ = vsock.process_queue(0, &mut queues, &mem);
 });

@@ -7,7 +7,7 @@ use super::abi::{self, opcode, read_struct, ROOT_ID};
 use super::request::tests::request;
 use super::tests::Session;
 use super::*;
-use crate::virtio::test_support::*;
+use crate::testing::*;
 
 const REQ: u64 = 0x10_0000;
 const REPLY: u64 = 0x20_0000;

@@ -514,10 +514,10 @@ mod tests {
     //! built here, packets written and read the way Linux's virtio-vsock driver does.
 
     use super::*;
+    use crate::testing::{raw_desc, used_entry, used_idx, VRING_DESC_F_WRITE};
     use std::io::Write;
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Address, Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress};
 
     const GUEST_CID: u64 = 3;
     const QSIZE: u16 = 64;
@@ -556,7 +556,7 @@ mod tests {
             for _ in 0..count {
                 let slot = self.rx_posted % QSIZE;
                 let addr = RX_BUFFERS + u64::from(slot) * u64::from(RX_BUF);
-                let desc = RawDescriptor::from(Descriptor::new(addr, RX_BUF, 2, 0));
+                let desc = raw_desc(addr, RX_BUF, VRING_DESC_F_WRITE, 0);
                 self.rx.add_desc_chains(&[desc], slot).unwrap();
                 self.rx_posted += 1;
             }
@@ -568,25 +568,17 @@ mod tests {
             let mut bytes = header.to_bytes().to_vec();
             bytes.extend_from_slice(payload);
             self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
-            let desc = RawDescriptor::from(Descriptor::new(addr, bytes.len() as u32, 0, 0));
+            let desc = raw_desc(addr, bytes.len() as u32, 0, 0);
             self.tx.add_desc_chains(&[desc], slot).unwrap();
             self.tx_posted += 1;
         }
 
         /// Packets the device put in RX since the last call.
         fn received(&mut self) -> Vec<(Header, Vec<u8>)> {
-            let used_idx: u16 = self
-                .mem
-                .read_obj(self.rx.used_addr().unchecked_add(2))
-                .unwrap();
+            let used = used_idx(self.mem, &self.rx);
             let mut out = Vec::new();
-            while self.rx_seen != used_idx {
-                let entry = self
-                    .rx
-                    .used_addr()
-                    .unchecked_add(4 + u64::from(self.rx_seen % QSIZE) * 8);
-                let id: u32 = self.mem.read_obj(entry).unwrap();
-                let len: u32 = self.mem.read_obj(entry.unchecked_add(4)).unwrap();
+            while self.rx_seen != used {
+                let (id, len) = used_entry(self.mem, &self.rx, self.rx_seen % QSIZE);
                 let addr = RX_BUFFERS + u64::from(id) * u64::from(RX_BUF);
                 let mut raw = [0u8; HEADER_LEN];
                 self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
@@ -617,24 +609,15 @@ mod tests {
         }
     }
 
-    struct SocketDir(PathBuf);
+    struct SocketDir(tempfile::TempDir);
 
     impl SocketDir {
         fn new(name: &str) -> SocketDir {
-            let dir =
-                std::env::temp_dir().join(format!("vmpod-vsock-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            SocketDir(dir)
+            let prefix = format!("vmpod-vsock-{name}-");
+            SocketDir(tempfile::Builder::new().prefix(&prefix).tempdir().unwrap())
         }
         fn path(&self) -> PathBuf {
-            self.0.join("vsock.sock")
-        }
-    }
-
-    impl Drop for SocketDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            self.0.path().join("vsock.sock")
         }
     }
 
