@@ -24,9 +24,6 @@ ALLOWED = {
     # backend implements the trait: to be split, the factory moving up into its consumer.
     ("sandbox", "hypervisor", "qemu"),
     ("sandbox", "hypervisor", "vmm"),
-    # pause.rs takes vcpu's SnapshotRequest, vcpu.rs holds a Pause: to be split, the request
-    # moving down beside Pause.
-    ("vmm", "vstate::pause", "vstate::vcpu"),
 }
 
 MOD_DECL = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;", re.M)

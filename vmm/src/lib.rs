@@ -235,7 +235,7 @@ pub fn run(
     if let Some(files) = &config.snapshot {
         let msrs = vstate::snapshot::readable_msrs(&kvm, vcpus[0].fd()).map_err(VmmError::State)?;
         let pause = Arc::new(vstate::pause::Pause::new(
-            vstate::vcpu::SnapshotRequest {
+            vstate::pause::SnapshotRequest {
                 vm: vm.clone(),
                 mem: mem.clone(),
                 output: snapshot::SnapshotOutput::create(files)?,

@@ -8,14 +8,25 @@
 //! neither a vCPU in the guest nor one between two KVM_RUNs can miss it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
 
 use crate::lifecycle::ExitReason;
 use crate::vstate::snapshot::VcpuState;
-use crate::vstate::vcpu::SnapshotRequest;
+
+/// Save the VM when the guest writes its ready byte: what the vCPU that sees it needs to do it
+/// from its own thread (only there is it out of KVM_RUN at that moment).
+pub struct SnapshotRequest {
+    pub vm: Arc<crate::vstate::vm::Vm>,
+    pub mem: vm_memory::GuestMemoryMmap,
+    /// Opened at start-up: the vCPU thread may not open files.
+    pub output: crate::snapshot::SnapshotOutput,
+    /// The MSRs this vCPU lets us read.
+    pub msrs: Vec<u32>,
+    pub memory_mib: u64,
+}
 
 /// How long the leader waits for the other vCPUs to park: a signal ends KVM_RUN at once, even
 /// on kvm-pvm; this only bounds a vCPU thread that never comes back.

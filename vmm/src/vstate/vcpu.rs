@@ -15,7 +15,7 @@ use crate::devices::boot_timer::BOOT_DONE;
 use crate::devices::{Bus, BOOT_TIMER_PORT};
 use crate::lifecycle::{ExitReason, Lifecycle};
 use crate::seccomp::ThreadStart;
-use crate::vstate::pause::Pause;
+use crate::vstate::pause::{Pause, SnapshotRequest};
 use crate::vstate::snapshot as snapshot_state;
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
@@ -60,18 +60,6 @@ pub struct Vcpu {
     fd: VcpuFd,
     /// Shared by every vCPU of a VM that is saved at the guest's ready byte.
     pause: Option<Arc<Pause>>,
-}
-
-/// Save the VM when the guest writes its ready byte: what the vCPU that sees it needs to do it
-/// from its own thread (only there is it out of KVM_RUN at that moment).
-pub struct SnapshotRequest {
-    pub vm: Arc<crate::vstate::vm::Vm>,
-    pub mem: vm_memory::GuestMemoryMmap,
-    /// Opened at start-up: the vCPU thread may not open files.
-    pub output: crate::snapshot::SnapshotOutput,
-    /// The MSRs this vCPU lets us read.
-    pub msrs: Vec<u32>,
-    pub memory_mib: u64,
 }
 
 impl Vcpu {
