@@ -68,6 +68,30 @@ fn vcpu_and_vm_state_round_trip_into_a_fresh_vm() {
     }
 }
 
+#[test]
+fn more_msrs_than_one_kvm_call_carries_are_saved_and_restored_in_chunks() {
+    common::require_kvm();
+    let kvm = Kvm::new().expect("open /dev/kvm");
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .expect("supported CPUID");
+    let mem = create_guest_memory(16 << 20).expect("guest memory");
+    let vm = Vm::new(&kvm, &mem).expect("VM");
+    let vcpu = Vcpu::new(vm.fd(), 0).expect("vCPU");
+    vcpu.configure(&cpuid, None).expect("configure");
+    let readable = readable_msrs(&kvm, vcpu.fd()).expect("readable MSRs");
+    // The readable list, repeated past the 255 entries KVM takes per call: a host with that many
+    // MSRs (hardware KVM lists more every few kernels) must not fail the save.
+    let wanted: Vec<u32> = readable.iter().copied().cycle().take(300).collect();
+    let saved = save_vcpu(vcpu.fd(), &wanted).expect("save 300 MSRs");
+    assert_eq!(saved.msrs.len(), 300);
+    assert!(saved.msrs.iter().zip(&wanted).all(|(m, &i)| m.index == i));
+    let clone_vm = Vm::new(&kvm, &mem).expect("second VM");
+    let clone = Vcpu::new(clone_vm.fd(), 0).expect("second vCPU");
+    restore_vm(clone_vm.fd(), &save_vm(vm.fd()).expect("save the VM")).expect("restore VM");
+    restore_vcpu(clone.fd(), &cpuid, &saved).expect("restore 300 MSRs");
+}
+
 fn vmm_with_config(
     scratch: &common::Scratch,
     name: &str,

@@ -24,6 +24,8 @@ pub enum StateError {
         wanted: usize,
         first_refused: u32,
     },
+    #[error("an MSR list of {len} entries is longer than KVM's {max} per call")]
+    MsrChunk { len: usize, max: usize },
 }
 
 fn save(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> StateError {
@@ -66,7 +68,19 @@ pub struct VmState {
     pub clock: kvm_clock_data,
 }
 
-/// A KVM MSR list asking for `indices`.
+/// The most MSRs one KVM_GET_MSRS or KVM_SET_MSRS carries; longer lists go in chunks. KVM
+/// refuses `nmsrs >= 256` with E2BIG, one less than kvm-bindings' list capacity.
+const MSR_CHUNK: usize = kvm_bindings::KVM_MAX_MSR_ENTRIES - 1;
+
+/// A KVM MSR list of `entries`, at most MSR_CHUNK of them.
+fn msr_list(entries: &[kvm_msr_entry]) -> Result<Msrs, StateError> {
+    Msrs::from_entries(entries).map_err(|_| StateError::MsrChunk {
+        len: entries.len(),
+        max: MSR_CHUNK,
+    })
+}
+
+/// A KVM MSR list asking for `indices`, at most MSR_CHUNK of them.
 fn msr_request(indices: &[u32]) -> Result<Msrs, StateError> {
     let entries: Vec<kvm_msr_entry> = indices
         .iter()
@@ -75,11 +89,25 @@ fn msr_request(indices: &[u32]) -> Result<Msrs, StateError> {
             ..Default::default()
         })
         .collect();
-    Msrs::from_entries(&entries).map_err(|_| StateError::Msrs {
-        set: 0,
-        wanted: entries.len(),
-        first_refused: indices.first().copied().unwrap_or(0),
-    })
+    msr_list(&entries)
+}
+
+/// Reads the MSRs `indices` in chunks KVM accepts; an error names the first one refused.
+fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, StateError> {
+    let mut out = Vec::with_capacity(indices.len());
+    for chunk in indices.chunks(MSR_CHUNK) {
+        let mut msrs = msr_request(chunk)?;
+        let read = vcpu.get_msrs(&mut msrs).map_err(save("MSRs"))?;
+        if read != chunk.len() {
+            return Err(StateError::Msrs {
+                set: out.len() + read,
+                wanted: indices.len(),
+                first_refused: chunk[read],
+            });
+        }
+        out.extend_from_slice(msrs.as_slice());
+    }
+    Ok(out)
 }
 
 /// The MSRs worth saving: those KVM lists that this vCPU lets us read. Some hosts list MSRs
@@ -91,11 +119,13 @@ pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, StateError> {
     let mut readable = Vec::new();
     let mut rest: Vec<u32> = listed.as_slice().to_vec();
     while !rest.is_empty() {
-        let mut msrs = msr_request(&rest)?;
-        // KVM reads in order and stops at the first MSR it refuses.
+        let chunk = &rest[..rest.len().min(MSR_CHUNK)];
+        let mut msrs = msr_request(chunk)?;
+        // KVM reads in order and stops at the first MSR it refuses, which is left out.
         let read = vcpu.get_msrs(&mut msrs).map_err(save("MSRs"))?;
-        readable.extend_from_slice(&rest[..read]);
-        rest.drain(..(read + 1).min(rest.len()));
+        readable.extend_from_slice(&chunk[..read]);
+        let done = if read < chunk.len() { read + 1 } else { read };
+        rest.drain(..done);
     }
     Ok(readable)
 }
@@ -109,15 +139,7 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, StateE
     let xcrs = vcpu.get_xcrs().map_err(save("XCRs"))?;
     let debugregs = vcpu.get_debug_regs().map_err(save("debug registers"))?;
     let lapic = vcpu.get_lapic().map_err(save("the LAPIC"))?;
-    let mut msrs = msr_request(msr_indices)?;
-    let read = vcpu.get_msrs(&mut msrs).map_err(save("MSRs"))?;
-    if read != msr_indices.len() {
-        return Err(StateError::Msrs {
-            set: read,
-            wanted: msr_indices.len(),
-            first_refused: msr_indices[read],
-        });
-    }
+    let msrs = read_msrs(vcpu, msr_indices)?;
     // Last: the events pending at the moment of the snapshot.
     let vcpu_events = vcpu.get_vcpu_events().map_err(save("vCPU events"))?;
     Ok(VcpuState {
@@ -125,7 +147,7 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, StateE
         sregs,
         xsave,
         xcrs,
-        msrs: msrs.as_slice().to_vec(),
+        msrs,
         lapic,
         mp_state,
         vcpu_events,
@@ -149,18 +171,17 @@ pub fn restore_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, state: &VcpuState) -> Result<(
     vcpu.set_debug_regs(&state.debugregs)
         .map_err(restore("debug registers"))?;
     vcpu.set_lapic(&state.lapic).map_err(restore("the LAPIC"))?;
-    let msrs = Msrs::from_entries(&state.msrs).map_err(|_| StateError::Msrs {
-        set: 0,
-        wanted: state.msrs.len(),
-        first_refused: state.msrs.first().map_or(0, |m| m.index),
-    })?;
-    let set = vcpu.set_msrs(&msrs).map_err(restore("MSRs"))?;
-    if set != state.msrs.len() {
-        return Err(StateError::Msrs {
-            set,
-            wanted: state.msrs.len(),
-            first_refused: state.msrs[set].index,
-        });
+    let mut done = 0;
+    for chunk in state.msrs.chunks(MSR_CHUNK) {
+        let set = vcpu.set_msrs(&msr_list(chunk)?).map_err(restore("MSRs"))?;
+        if set != chunk.len() {
+            return Err(StateError::Msrs {
+                set: done + set,
+                wanted: state.msrs.len(),
+                first_refused: chunk[set].index,
+            });
+        }
+        done += set;
     }
     vcpu.set_vcpu_events(&state.vcpu_events)
         .map_err(restore("vCPU events"))?;
