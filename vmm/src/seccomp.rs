@@ -137,6 +137,7 @@ const KVM_GET_XCRS: u64 = ior::<kb::kvm_xcrs>(0xa6);
 const KVM_GET_IRQCHIP: u64 = iowr::<kb::kvm_irqchip>(0x62);
 const KVM_GET_PIT2: u64 = ior::<kb::kvm_pit_state2>(0x9f);
 const KVM_GET_CLOCK: u64 = ior::<kb::kvm_clock_data>(0x7c);
+const KVM_GET_CPUID2: u64 = iowr::<kb::kvm_cpuid2>(0x91);
 
 /// The syscalls of Rust's and glibc's own machinery, the same on every thread.
 fn runtime(list: AllowlistBuilder) -> AllowlistBuilder {
@@ -231,6 +232,7 @@ pub fn vcpu() -> Result<Filter, SeccompError> {
             KVM_GET_IRQCHIP,
             KVM_GET_PIT2,
             KVM_GET_CLOCK,
+            KVM_GET_CPUID2,
         ],
     );
     runtime(AllowlistBuilder::new("vCPU"))
@@ -332,6 +334,7 @@ mod tests {
         assert_eq!(KVM_SET_SREGS, 0x4138_ae84);
         assert_eq!(KVM_GET_MSRS, 0xc008_ae88);
         assert_eq!(KVM_GET_XSAVE, 0x9000_aea4);
+        assert_eq!(KVM_GET_CPUID2, 0xc008_ae91);
     }
 
     #[test]

@@ -53,6 +53,15 @@ fn vcpu_and_vm_state_round_trip_into_a_fresh_vm() {
     assert_eq!(again.sregs.apic_base, saved.sregs.apic_base);
     assert_eq!(again.lapic.regs[..], saved.lapic.regs[..]);
     assert_eq!(again.mp_state.mp_state, saved.mp_state.mp_state);
+    // The CPUID travels with the snapshot: the clone's vCPU has the entries the saved one had.
+    assert!(!saved.cpuid.is_empty());
+    assert_eq!(again.cpuid.len(), saved.cpuid.len());
+    for (x, y) in again.cpuid.iter().zip(&saved.cpuid) {
+        assert_eq!(
+            (x.function, x.index, x.eax, x.ebx, x.ecx),
+            (y.function, y.index, y.eax, y.ebx, y.ecx)
+        );
+    }
     let clone_state = save_vm(clone_vm.fd()).expect("save the clone VM");
     assert_eq!(clone_state.ioapic.chip_id, saved_vm.ioapic.chip_id);
     // SAFETY: reading the union's IOAPIC variant of chips saved as IOAPICs.

@@ -3,9 +3,10 @@
 //! saved beside it.
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ pub enum StateError {
         wanted: usize,
         first_refused: u32,
     },
+    #[error("the saved CPUID has {len} entries, more than KVM's {max}")]
+    Cpuid { len: usize, max: usize },
     #[error("an MSR list of {len} entries is longer than KVM's {max} per call")]
     MsrChunk { len: usize, max: usize },
 }
@@ -56,6 +59,10 @@ pub struct VcpuState {
     pub mp_state: kvm_mp_state,
     pub vcpu_events: kvm_vcpu_events,
     pub debugregs: kvm_debugregs,
+    /// The CPUID the guest ran with: a clone gets exactly the features its kernel saw at
+    /// boot, whatever this host's KVM would offer now. Empty in snapshots older than this.
+    #[serde(default)]
+    pub cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 /// The VM's in-kernel devices and clock.
@@ -139,6 +146,9 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, StateE
     let xcrs = vcpu.get_xcrs().map_err(save("XCRs"))?;
     let debugregs = vcpu.get_debug_regs().map_err(save("debug registers"))?;
     let lapic = vcpu.get_lapic().map_err(save("the LAPIC"))?;
+    let cpuid = vcpu
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(save("CPUID"))?;
     let msrs = read_msrs(vcpu, msr_indices)?;
     // Last: the events pending at the moment of the snapshot.
     let vcpu_events = vcpu.get_vcpu_events().map_err(save("vCPU events"))?;
@@ -148,6 +158,7 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, StateE
         xsave,
         xcrs,
         msrs,
+        cpuid: cpuid.as_slice().to_vec(),
         lapic,
         mp_state,
         vcpu_events,
@@ -157,8 +168,19 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, StateE
 
 /// Puts a saved vCPU back, in the order KVM needs: CPUID before anything that depends on the
 /// features it grants; special registers before the LAPIC (the APIC base MSR lives there) and
-/// the LAPIC before the MSRs (TSC deadline needs the LAPIC mode); events last.
-pub fn restore_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, state: &VcpuState) -> Result<(), StateError> {
+/// the LAPIC before the MSRs (TSC deadline needs the LAPIC mode); events last. The saved CPUID
+/// is used; `fallback` only for a snapshot that has none.
+pub fn restore_vcpu(vcpu: &VcpuFd, fallback: &CpuId, state: &VcpuState) -> Result<(), StateError> {
+    let saved;
+    let cpuid = if state.cpuid.is_empty() {
+        fallback
+    } else {
+        saved = CpuId::from_entries(&state.cpuid).map_err(|_| StateError::Cpuid {
+            len: state.cpuid.len(),
+            max: KVM_MAX_CPUID_ENTRIES,
+        })?;
+        &saved
+    };
     vcpu.set_cpuid2(cpuid).map_err(restore("CPUID"))?;
     vcpu.set_mp_state(state.mp_state)
         .map_err(restore("the MP state"))?;
