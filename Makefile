@@ -65,6 +65,7 @@ bench: images
 	scripts/bench_pods.py
 	scripts/bench_template.py
 	scripts/bench_volumes.py
+	scripts/bench_fs_servers.py
 	scripts/bench_publish.py
 
 # One probe suite on the host, under runc and under vmpod (each backend): what a container sees

@@ -37,7 +37,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 FILES = 10_000
 MIB = 64
 
-WORKLOAD = r"""
+WORKLOAD_TEMPLATE = r"""
 set -e
 d="$1/bench.$$"
 mkdir -p "$d"
@@ -59,7 +59,14 @@ i=0; while [ $i -lt %(files)d ]; do : > f$i; i=$((i+1)); done; t3=$(now)
 ls -l > /dev/null; t4=$(now)
 cd /; rm -rf "$d"; t5=$(now)
 echo "$t0 $t1 $t2 $t3 $t4 $t5"
-""" % {"mib": MIB, "files": FILES}
+"""
+
+
+def workload(mib=MIB, files=FILES):
+    return WORKLOAD_TEMPLATE % {"mib": mib, "files": files}
+
+
+WORKLOAD = workload()
 
 
 def qemu_pids():
@@ -75,16 +82,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rates(stamps):
+def rates(stamps, mib=MIB, files=FILES):
     t = [float(x) for x in stamps.split()]
     # A step faster than the clock's resolution counts as one tick.
     tick = lambda a, b: max(t[b] - t[a], 0.001)
     return {
-        "write MiB/s": MIB / (tick(0, 1)),
-        "read MiB/s": MIB / (tick(1, 2)),
-        "create/s": FILES / (tick(2, 3)),
-        "stat/s": FILES / (tick(3, 4)),
-        "unlink/s": FILES / (tick(4, 5)),
+        "write MiB/s": mib / (tick(0, 1)),
+        "read MiB/s": mib / (tick(1, 2)),
+        "create/s": files / (tick(2, 3)),
+        "stat/s": files / (tick(3, 4)),
+        "unlink/s": files / (tick(4, 5)),
     }
 
 

@@ -5,7 +5,8 @@
 # boot-timer byte, and reboots; "vmpod.test=panic" on the command line makes it panic instead,
 # "vmpod.test=wait" keeps it running (for memory measurements), "vmpod.test=devices" exercises
 # the virtio disks and rng, "vmpod.test=vsock" the vsock device, "vmpod.test=net" the network
-# (see vmm/tests/devices.rs); "blk-read", "vsock-bulk" and "net-bulk" serve the device benchmark.
+# (see vmm/tests/devices.rs); "blk-read", "vsock-bulk" and "net-bulk" serve the device benchmark,
+# "fs-bench" the virtio-fs one.
 set -euo pipefail
 out=${1:?usage: build-test-initramfs.sh OUT_DIR}
 busybox=/bin/busybox
@@ -84,6 +85,13 @@ case " $cmdline " in
         nc 10.77.0.1 5001 </dev/null >/dev/null && echo "vmpod-init: net download done"
         dd if=/dev/zero bs=64k count=$((mib * 16)) 2>/dev/null | nc 10.77.0.1 5002 >/dev/null &&
             echo "vmpod-init: net upload done" ;;
+    *" vmpod.test=fs-bench "*)
+        # The virtio-fs benchmark (scripts/bench_volumes.py): the shared directory brings its
+        # own workload, so every server (vmpod-vmm's, virtiofsd, QEMU's 9p) runs the same steps.
+        { mount -t virtiofs bench /mnt 2>/dev/null ||
+            mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=mmap bench /mnt; } &&
+            sh /mnt/run.sh /mnt &&
+            echo "vmpod-init: fs-bench done" ;;
     *" vmpod.test=ext4-write "*)
         mount -t ext4 /dev/vda /mnt && echo "survives a reboot" > /mnt/note.txt && umount /mnt &&
             echo "vmpod-init: ext4 written" ;;
