@@ -35,7 +35,7 @@ guest: setup agent
 	@scripts/build-test-initramfs.sh $(GUEST_DIR) >/dev/null
 	@scripts/build-tiny-guest.sh $(GUEST_DIR)
 
-# The default image, `busybox`, built locally (there is no registry) and imported; a second
+# The default image, `busybox`, built locally (no registry needed) and imported; a second
 # import converts nothing.
 images: build guest
 	@$(RELEASE)/vmpod image import $(GUEST_DIR)/busybox-oci busybox:latest >/dev/null

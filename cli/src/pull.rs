@@ -95,7 +95,9 @@ pub fn pull(reference: &str) -> Result<Image, Failure> {
             PullError::Interrupted => EXIT_INTERRUPTED,
             _ => crate::EXIT_RUNTIME,
         };
-        Failure(code, format!("pull {reference}: {}", chain(&e)))
+        // A registry's error list may span lines; the reason stays one line.
+        let reason = chain(&e).replace('\n', "; ");
+        Failure(code, format!("pull {reference}: {reason}"))
     })
 }
 

@@ -13,7 +13,7 @@ use super::import::{checked_config, ensure_layer, record};
 use super::layer::hex;
 use super::{normalize, Image, ImageError, Store};
 use oci_client::client::{linux_amd64_resolver, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -60,7 +60,7 @@ pub enum PullError {
         index: usize,
         digest: String,
         #[source]
-        source: OciDistributionError,
+        source: DigestError,
     },
     #[error("{what}")]
     Registry {
@@ -379,7 +379,7 @@ async fn fetch_layer(
             .pull_blob(&shared.reference, &blob, writer)
             .await
             .map_err(|source| match source {
-                OciDistributionError::DigestError(_) => PullError::Digest {
+                OciDistributionError::DigestError(source) => PullError::Digest {
                     index: index + 1,
                     digest: digest.clone(),
                     source,
@@ -449,7 +449,42 @@ pub fn pull(
         downloads: tokio::sync::Semaphore::new(PARALLEL_DOWNLOADS),
         cancel,
     };
-    runtime.block_on(pull_async(shared, cancel_tx))
+    let saved = SavedSignals::save();
+    let pulled = runtime.block_on(pull_async(shared, cancel_tx));
+    drop(runtime);
+    drop(saved);
+    pulled
+}
+
+/// SIGINT's and SIGTERM's dispositions before the pull, put back after it: the runtime's
+/// handlers outlive it, and a caller (`vmpod run`) must die of Ctrl-C again, or catch it itself.
+struct SavedSignals(Vec<(libc::c_int, libc::sigaction)>);
+
+impl SavedSignals {
+    fn save() -> SavedSignals {
+        let saved = [libc::SIGINT, libc::SIGTERM]
+            .into_iter()
+            .filter_map(|signal| {
+                // SAFETY: sigaction(2) with a null new action only reads the current one into
+                // a zeroed struct we own.
+                unsafe {
+                    let mut old: libc::sigaction = std::mem::zeroed();
+                    (libc::sigaction(signal, std::ptr::null(), &mut old) == 0)
+                        .then_some((signal, old))
+                }
+            })
+            .collect();
+        SavedSignals(saved)
+    }
+}
+
+impl Drop for SavedSignals {
+    fn drop(&mut self) {
+        for (signal, old) in &self.0 {
+            // SAFETY: restores a disposition sigaction(2) returned for this signal.
+            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
+        }
+    }
 }
 
 async fn pull_async(
@@ -552,7 +587,8 @@ mod tests {
         let parsed = parse_reference("alpine").unwrap();
         assert_eq!(parsed.registry(), "docker.io");
         assert_eq!(parsed.repository(), "library/alpine");
-        assert!(parse_reference("UPPER/case").is_err());
+        assert!(parse_reference("Alpine").is_err());
+        assert!(parse_reference("alpine:bad tag").is_err());
     }
 
     #[test]
