@@ -66,6 +66,7 @@ bench: images
 	scripts/bench_template.py
 	scripts/bench_volumes.py
 	scripts/bench_publish.py
+	scripts/bench_pull.py
 
 # One probe suite on the host, under runc and under vmpod (each backend): what a container sees
 # of the host's kernel and what it can do to it. Needs what `make build guest` makes; starts
