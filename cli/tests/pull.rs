@@ -378,13 +378,20 @@ struct Host {
 impl Host {
     fn new(name: &str) -> Host {
         let scratch = support::Scratch::new(&format!("pull-{name}"));
+        std::fs::create_dir_all(scratch.path("docker")).unwrap();
+        let host = Host { scratch };
+        host.config("");
+        host
+    }
+
+    /// The test's vmpod.toml: its own store, and `more`.
+    fn config(&self, more: &str) {
+        let store = self.scratch.path("store");
         std::fs::write(
-            scratch.path("vmpod.toml"),
-            format!("image_store = \"{}\"\n", scratch.path("store").display()),
+            self.scratch.path("vmpod.toml"),
+            format!("image_store = \"{}\"\n{more}", store.display()),
         )
         .unwrap();
-        std::fs::create_dir_all(scratch.path("docker")).unwrap();
-        Host { scratch }
     }
 
     fn credentials(&self, registry: &str, user: &str, password: &str) {
@@ -588,6 +595,20 @@ fn bad_input_exits_125_with_one_line_naming_the_problem() {
     host.credentials(&f.auth.addr, USER, PASSWORD);
     assert_eq!(host.ok(&["pull", &private]).trim(), f.busybox_id);
     assert!(host.store("tmp").is_empty(), "{:?}", host.store("tmp"));
+}
+
+#[test]
+fn insecure_registries_in_vmpod_toml_are_spoken_to_over_plain_http() {
+    let f = fixture();
+    let host = Host::new("insecure");
+    // The same registry under a name docker's localhost rule does not cover (0.0.0.0 reaches
+    // the host's own loopback listener): TLS first, which a plain-HTTP registry cannot answer.
+    let port = f.open.addr.rsplit(':').next().unwrap();
+    let other = format!("0.0.0.0:{port}");
+    let reference = format!("{other}/single:1");
+    host.fails(&["pull", &reference]);
+    host.config(&format!("insecure_registries = [\"{other}\"]\n"));
+    assert_eq!(host.ok(&["pull", &reference]).trim(), f.busybox_id);
 }
 
 #[test]
