@@ -23,7 +23,8 @@ const PASSWORD: &str = "s3cret";
 struct Registry {
     addr: String,
     dir: PathBuf,
-    _watch: std::sync::Mutex<ChildStdin>,
+    /// The watchdog and the pipe whose end tells it to stop.
+    _watch: std::sync::Mutex<(Child, ChildStdin)>,
 }
 
 fn free_port() -> u16 {
@@ -72,7 +73,7 @@ impl Registry {
         let registry = Registry {
             addr,
             dir,
-            _watch: std::sync::Mutex::new(stdin),
+            _watch: std::sync::Mutex::new((watch, stdin)),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&registry.addr).is_err() {
