@@ -10,6 +10,8 @@ layer. Cases, alternating, cold each run:
   skopeo copy         docker:// to a new OCI layout directory: download and digest checks only
   vmpod pull (again)  the same image into the store the previous run filled: manifest and
                       config only, no layer fetched
+  vmpod image import  the layout skopeo wrote, into another empty store: the conversion
+                      alone (digest checks, unpack, erofs), no network
 The registry's files stay in the host's page cache for every case alike. Peak RSS is the
 command's own (and its waited-for children's, mkfs.erofs for vmpod). Prints a table, writes
 results/pull.csv and results/pull.png.
@@ -127,25 +129,33 @@ def main():
         subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false",
                         f"oci:{layout}:b", f"docker://{image}"], check=True)
         size = sum(f.stat().st_size for f in (layout / "blobs/sha256").iterdir())
-        times = {"vmpod pull": [], "skopeo copy": [], "vmpod pull (again)": []}
+        times = {"vmpod pull": [], "skopeo copy": [], "vmpod pull (again)": [],
+                 "vmpod image import": []}
         rss = {name: [] for name in times}
         for run in range(args.runs):
             store = scratch / f"store-{run}"
             config = scratch / f"vmpod-{run}.toml"
             config.write_text(f'image_store = "{store}"\n')
             env = dict(os.environ, VMPOD_CONFIG=str(config))
+            import_config = scratch / f"vmpod-import-{run}.toml"
+            import_config.write_text(f'image_store = "{scratch / f"import-{run}"}"\n')
+            import_env = dict(os.environ, VMPOD_CONFIG=str(import_config))
             cases = {
                 "vmpod pull": ([str(VMPOD), "pull", image], env),
                 "skopeo copy": (["skopeo", "--insecure-policy", "copy", "-q",
                                  "--src-tls-verify=false", f"docker://{image}",
                                  f"oci:{scratch / f'skopeo-{run}'}:b"], None),
                 "vmpod pull (again)": ([str(VMPOD), "pull", image], env),
+                "vmpod image import": ([str(VMPOD), "image", "import",
+                                        str(scratch / f"skopeo-{run}"), "bench/layers:1"],
+                                       import_env),
             }
             for name, (cmd, case_env) in cases.items():
                 ms, peak = timed(cmd, case_env)
                 times[name].append(ms)
                 rss[name].append(peak)
             shutil.rmtree(store)
+            shutil.rmtree(scratch / f"import-{run}")
             shutil.rmtree(scratch / f"skopeo-{run}")
             print(f"  run {run}: " + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items()),
                   file=sys.stderr)
