@@ -6,6 +6,8 @@
 //! Layout under /var/lib/vmpod/images: `layers/<hex>.erofs`, `images.json` (name → layers and
 //! config), `tmp/` (unpacking in progress, swept of dead importers' leftovers).
 
+#[cfg(feature = "pull")]
+pub mod credentials;
 mod import;
 pub mod layer;
 #[cfg(feature = "pull")]
