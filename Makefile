@@ -35,7 +35,7 @@ guest: setup agent
 	@scripts/build-test-initramfs.sh $(GUEST_DIR) >/dev/null
 	@scripts/build-tiny-guest.sh $(GUEST_DIR)
 
-# The default image, `busybox`, built locally (there is no registry) and imported; a second
+# The default image, `busybox`, built locally (no registry needed) and imported; a second
 # import converts nothing.
 images: build guest
 	@$(RELEASE)/vmpod image import $(GUEST_DIR)/busybox-oci busybox:latest >/dev/null
@@ -67,6 +67,7 @@ bench: images
 	scripts/bench_volumes.py
 	scripts/bench_fs_servers.py
 	scripts/bench_publish.py
+	scripts/bench_pull.py
 
 # One probe suite on the host, under runc and under vmpod (each backend): what a container sees
 # of the host's kernel and what it can do to it. Needs what `make build guest` makes; starts

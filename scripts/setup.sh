@@ -12,6 +12,8 @@ packages=(
     libseccomp-dev runc crun
     # images without a registry: the busybox image, the tests' OCI and Debian images
     umoci skopeo debootstrap
+    # registry pulls: the tests' registry (Debian's docker-registry) and its htpasswd file
+    docker-registry apache2-utils
     # the shim's tests run a real containerd; the CRI test gives its pods CNI networks, reaches
     # them from the node with curl and builds the CRI client (k8s-cri) from its .proto with protoc
     containerd containernetworking-plugins curl protobuf-compiler

@@ -69,7 +69,10 @@ pub fn list() -> Result<i32, Failure> {
         "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
     );
     for image in images {
-        let (repo, tag) = image.name.rsplit_once(':').unwrap_or((&image.name, ""));
+        let (repo, tag) = match image.name.split_once('@') {
+            Some((repo, _digest)) => (repo, "<none>"),
+            None => image.name.rsplit_once(':').unwrap_or((&image.name, "")),
+        };
         let id: String = image
             .id
             .trim_start_matches("sha256:")

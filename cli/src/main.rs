@@ -2,7 +2,7 @@
 //!
 //!   vmpod run [OPTIONS] IMAGE [CMD [ARG...]]     (or --rootfs DIR CMD [ARG...])
 //!   vmpod ps | exec | kill | rm | logs             (background containers, `run -d`)
-//!   vmpod image import | ls | rm, vmpod images
+//!   vmpod pull IMAGE, vmpod image import | ls | rm, vmpod images
 //!   vmpod template build | ls | rm
 
 mod commands;
@@ -13,6 +13,7 @@ mod monitor;
 mod notice;
 mod prepare;
 mod publish;
+mod pull;
 mod rootfs;
 mod run;
 mod session;
@@ -65,6 +66,8 @@ enum Command {
         follow: bool,
         container: String,
     },
+    /// Pull an image from a registry (docker's names: `alpine` is docker.io/library/alpine:latest).
+    Pull { image: String },
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -111,6 +114,7 @@ fn main() {
         Command::Kill { signal, container } => commands::kill::kill(&container, &signal),
         Command::Rm { force, containers } => commands::rm::rm(&containers, force),
         Command::Logs { follow, container } => commands::logs::logs(&container, follow),
+        Command::Pull { image } => pull::run(&image),
         Command::Image(command) => image::run(command),
         Command::Images => image::list(),
         Command::Template(command) => template::run(command),

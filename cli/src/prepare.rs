@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use vmpod_protocol::{Rootfs, Upper};
 use vmpod_sandbox::hypervisor::{self, DEFAULT_VM_MIB, VM_OVERHEAD_MIB};
-use vmpod_sandbox::image::Store;
+use vmpod_sandbox::image::{ImageError, Store};
 use vmpod_sandbox::{host_config, Backend, SharedVolume};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -327,9 +327,20 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
                     ));
             };
             let store = Store::open().map_err(|e| runtime(crate::chain(&e)))?;
-            let image = store
-                .get(reference)
-                .map_err(|e| runtime(format!("image '{reference}': {}", crate::chain(&e))))?;
+            let image = match store.get(reference) {
+                Ok(image) => image,
+                // docker's habit: an image the store lacks is pulled first.
+                Err(ImageError::NotFound(_)) => {
+                    eprintln!("Unable to find image '{reference}' locally");
+                    crate::pull::pull(reference)?
+                }
+                Err(e) => {
+                    return Err(runtime(format!(
+                        "image '{reference}': {}",
+                        crate::chain(&e)
+                    )))
+                }
+            };
             let mut paths = Vec::new();
             for diff_id in &image.layers {
                 let path = store.layer_path(diff_id);

@@ -23,7 +23,8 @@ fn every_key_takes_effect_and_vmpod_info_says_so() {
         &scratch,
         &format!(
             "# a host's defaults\nhypervisor = \"qemu\"\nmemory_mib = 300\ncpus = 2\n\
-             image_store = \"{}\"\ntemplate_store = \"{}\"\nlog_level = \"debug\"\n",
+             image_store = \"{}\"\ntemplate_store = \"{}\"\nlog_level = \"debug\"\n\
+             insecure_registries = [\"registry.lan:5000\"]\n",
             images.display(),
             templates.display()
         ),
@@ -37,6 +38,7 @@ fn every_key_takes_effect_and_vmpod_info_says_so() {
         format!("template store: {}\n", templates.display()),
         "default VM:     2 vCPU, 300 MiB\n".into(),
         "log level:      debug\n".into(),
+        "plain HTTP:     localhost, 127.0.0.0/8, registry.lan:5000\n".into(),
         format!(
             "kernel:         {}\n",
             guest_dir().join("vmlinux").display()

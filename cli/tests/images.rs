@@ -223,9 +223,14 @@ fn bad_archives_and_names_exit_125_naming_the_problem_and_leave_nothing() {
             vec!["image".into(), "rm".into(), "vmpod-test/never".into()],
             "no image 'vmpod-test/never'",
         ),
+        // An absent image is pulled first; here from a loopback port nothing listens on.
         (
-            vec!["run".into(), "--rm".into(), "vmpod-test/never".into()],
-            "no image 'vmpod-test/never'",
+            vec![
+                "run".into(),
+                "--rm".into(),
+                "127.0.0.1:1/vmpod-test/never".into(),
+            ],
+            "cannot reach the registry 127.0.0.1:1",
         ),
     ];
     for (args, needle) in &cases {

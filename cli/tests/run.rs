@@ -147,10 +147,11 @@ fn bad_input_exits_125_or_127_naming_the_problem_and_leaves_nothing() {
     let before = leftovers();
     let cases: &[(&[&str], i32, &str)] = &[
         (&["run", "--bogus", "x"], 125, "--bogus"),
+        // An absent image is pulled first: from a loopback port nothing listens on.
         (
-            &["run", "--rm", "no-such-image", "true"],
+            &["run", "--rm", "127.0.0.1:1/no-such-image", "true"],
             125,
-            "image 'no-such-image'",
+            "cannot reach the registry 127.0.0.1:1",
         ),
         (&["run", "--rm", "Bad:Name:", "true"], 125, "Bad:Name:"),
         (

@@ -9,6 +9,7 @@
 //! image_store = "/var/lib/vmpod/images"
 //! template_store = "/var/lib/vmpod/templates"
 //! log_level = "warn"         # error | warn | info quiet; debug: verbose guest console and VMM log
+//! insecure_registries = ["registry.lan:5000"]  # pulled over plain HTTP (localhost always is)
 //! ```
 
 use serde::Deserialize;
@@ -56,6 +57,8 @@ pub struct HostConfig {
     pub image_store: Option<PathBuf>,
     pub template_store: Option<PathBuf>,
     pub log_level: Option<LogLevel>,
+    /// Registries (`HOST[:PORT]`) `vmpod pull` speaks plain HTTP to, besides localhost's.
+    pub insecure_registries: Option<Vec<String>>,
 }
 
 /// The configuration in effect and where it came from.
@@ -164,6 +167,16 @@ fn check(config: &HostConfig) -> Result<(), (&'static str, String)> {
             return Err((key, "must be an absolute path".into()));
         }
     }
+    for registry in config.insecure_registries.iter().flatten() {
+        let host_port =
+            !registry.is_empty() && !registry.contains(['/', ' ']) && !registry.contains("://");
+        if !host_port {
+            return Err((
+                "insecure_registries",
+                format!("must name registries as HOST[:PORT], not '{registry}'"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -176,7 +189,7 @@ mod tests {
         let config = parse(
             "hypervisor = \"qemu\"\nmemory_mib = 300\ncpus = 2\n\
              image_store = \"/srv/images\"\ntemplate_store = \"/srv/templates\"\n\
-             log_level = \"debug\"\n",
+             log_level = \"debug\"\ninsecure_registries = [\"registry.lan:5000\"]\n",
         )
         .unwrap();
         assert_eq!(
@@ -188,6 +201,7 @@ mod tests {
                 image_store: Some("/srv/images".into()),
                 template_store: Some("/srv/templates".into()),
                 log_level: Some(LogLevel::Debug),
+                insecure_registries: Some(vec!["registry.lan:5000".into()]),
             }
         );
         assert_eq!(parse("# nothing\n").unwrap(), HostConfig::default());
@@ -214,6 +228,10 @@ mod tests {
             ("memory_mib = 16", "memory_mib"),
             ("cpus = 0", "cpus"),
             ("image_store = \"images\"", "image_store"),
+            (
+                "insecure_registries = [\"http://registry.lan\"]",
+                "insecure_registries",
+            ),
         ] {
             let config = parse(text).unwrap();
             assert_eq!(check(&config).unwrap_err().0, key, "{text}");

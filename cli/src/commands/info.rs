@@ -61,6 +61,13 @@ pub fn info() -> Result<i32, Failure> {
             },
         ),
         ("log level", level),
+        (
+            "plain HTTP",
+            std::iter::once("localhost, 127.0.0.0/8".to_string())
+                .chain(host.config.insecure_registries.iter().flatten().cloned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
     ];
     for (name, value) in rows {
         println!("{:<15} {value}", format!("{name}:"));

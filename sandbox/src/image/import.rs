@@ -237,8 +237,9 @@ fn unpack_archive(file: &Path, into: &Path) -> Result<(), ImageError> {
         .map_err(|e| corrupt(file, format!("not a readable tar archive: {e}")))
 }
 
-/// Unpacks and converts one layer unless the store already has it.
-fn ensure_layer(
+/// Unpacks and converts one layer unless the store already has it (a registry pull calls it
+/// with the blob it downloaded into a temporary directory).
+pub(super) fn ensure_layer(
     store: &Store,
     dir: &Path,
     index: usize,
@@ -313,30 +314,8 @@ pub fn import(store: &Store, source: &Path, name: Option<&str>) -> Result<Image,
             "is neither an OCI layout or oci-archive (no index.json) nor a docker-archive (no manifest.json)",
         ));
     };
-    let config = ImageConfiguration::from_reader(&found.config[..])
-        .map_err(|e| corrupt(source, format!("image config: {e}")))?;
-    if *config.os() != Os::Linux || *config.architecture() != Arch::Amd64 {
-        return Err(ImageError::Unsupported(format!(
-            "{}: the image is for {}/{}; vmpod runs linux/amd64 guests",
-            source.display(),
-            config.os(),
-            config.architecture()
-        )));
-    }
+    let config = checked_config(&found.config, found.layers.len(), source)?;
     let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != found.layers.len() {
-        return Err(corrupt(
-            source,
-            format!(
-                "the manifest lists {} layers but the config {} diff_ids",
-                found.layers.len(),
-                diff_ids.len()
-            ),
-        ));
-    }
-    if diff_ids.is_empty() {
-        return Err(corrupt(source, "the image has no layers"));
-    }
     let image_name = match wanted {
         Some(n) => n,
         None => {
@@ -357,27 +336,61 @@ pub fn import(store: &Store, source: &Path, name: Option<&str>) -> Result<Image,
         }
     };
     for (i, ((blob, digest), diff_id)) in found.layers.iter().zip(diff_ids).enumerate() {
-        if !diff_id.starts_with("sha256:") {
-            return Err(corrupt(
-                source,
-                format!("diff_id '{diff_id}' is not sha256"),
-            ));
-        }
         ensure_layer(store, &dir, i, blob, digest.as_deref(), diff_id, source)?;
     }
     drop(unpacked);
+    let image = record(image_name, &found.config, &config);
+    store.insert(image.clone())?;
+    Ok(image)
+}
+
+/// The image config, checked for what vmpod runs: linux/amd64, one sha256 diff_id per layer.
+pub(super) fn checked_config(
+    bytes: &[u8],
+    layers: usize,
+    source: &Path,
+) -> Result<ImageConfiguration, ImageError> {
+    let config = ImageConfiguration::from_reader(bytes)
+        .map_err(|e| corrupt(source, format!("image config: {e}")))?;
+    if *config.os() != Os::Linux || *config.architecture() != Arch::Amd64 {
+        return Err(ImageError::Unsupported(format!(
+            "{}: the image is for {}/{}; vmpod runs linux/amd64 guests",
+            source.display(),
+            config.os(),
+            config.architecture()
+        )));
+    }
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != layers {
+        return Err(corrupt(
+            source,
+            format!(
+                "the manifest lists {layers} layers but the config {} diff_ids",
+                diff_ids.len()
+            ),
+        ));
+    }
+    if diff_ids.is_empty() {
+        return Err(corrupt(source, "the image has no layers"));
+    }
+    if let Some(bad) = diff_ids.iter().find(|d| !d.starts_with("sha256:")) {
+        return Err(corrupt(source, format!("diff_id '{bad}' is not sha256")));
+    }
+    Ok(config)
+}
+
+/// What the store keeps of an image named `name` with this config.
+pub(super) fn record(name: String, config_bytes: &[u8], config: &ImageConfiguration) -> Image {
     let process = config.config().clone().unwrap_or_default();
-    let image = Image {
-        name: image_name,
-        id: format!("sha256:{}", hex(&Sha256::digest(&found.config))),
-        layers: diff_ids.clone(),
+    Image {
+        name,
+        id: format!("sha256:{}", hex(&Sha256::digest(config_bytes))),
+        layers: config.rootfs().diff_ids().clone(),
         entrypoint: process.entrypoint().clone().unwrap_or_default(),
         cmd: process.cmd().clone().unwrap_or_default(),
         env: process.env().clone().unwrap_or_default(),
         working_dir: process.working_dir().clone().filter(|w| !w.is_empty()),
         user: process.user().clone().filter(|u| !u.is_empty()),
         created: config.created().clone(),
-    };
-    store.insert(image.clone())?;
-    Ok(image)
+    }
 }

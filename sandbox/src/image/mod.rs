@@ -1,13 +1,17 @@
-//! Images without a registry: imported from oci-archive / docker-archive tarballs and OCI
-//! layout directories into a local store. Each layer becomes one erofs image, cached by its
+//! Images imported from oci-archive / docker-archive tarballs and OCI layout directories, or
+//! pulled from a registry (`pull`, the `pull` feature), into a local store. Each layer becomes one erofs image, cached by its
 //! diff_id (the digest of its uncompressed tar) and shared by every image and sandbox that
 //! uses it; the guest stacks them with overlayfs.
 //!
 //! Layout under /var/lib/vmpod/images: `layers/<hex>.erofs`, `images.json` (name → layers and
 //! config), `tmp/` (unpacking in progress, swept of dead importers' leftovers).
 
+#[cfg(feature = "pull")]
+pub mod credentials;
 mod import;
 pub mod layer;
+#[cfg(feature = "pull")]
+pub mod pull;
 
 pub use import::import;
 
@@ -20,7 +24,7 @@ pub const IMAGE_ROOT: &str = "/var/lib/vmpod/images";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("no image '{0}' (import one with `vmpod image import FILE NAME`; `vmpod images` lists them)")]
+    #[error("no image '{0}' (`vmpod pull` or `vmpod image import FILE NAME` brings one; `vmpod images` lists them)")]
     NotFound(String),
     #[error(
         "'{0}' is not an image name (NAME[:TAG], lowercase letters, digits, '.', '_', '-', '/')"
@@ -80,9 +84,23 @@ pub struct Image {
 
 /// `busybox` → `busybox:latest`; a tag is what follows the last ':' after the last '/'.
 /// Docker Hub's names are kept in docker's familiar form: `docker.io/library/busybox` is
-/// `busybox`, `docker.io/team/app` is `team/app`.
+/// `busybox`, `docker.io/team/app` is `team/app`. A digest (`NAME@sha256:…`) replaces the tag.
 pub fn normalize(reference: &str) -> Result<String, ImageError> {
     let bad = || ImageError::BadName(reference.to_string());
+    if let Some((name, digest)) = reference.split_once('@') {
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        let hex_ok = hex.len() == 64
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        let named = normalize(name).map_err(|_| bad())?;
+        let repo = named.rsplit_once(':').map_or(named.as_str(), |(r, _)| r);
+        return if hex_ok {
+            Ok(format!("{repo}@{digest}"))
+        } else {
+            Err(bad())
+        };
+    }
     let reference = [
         "docker.io/library/",
         "index.docker.io/library/",
@@ -120,6 +138,7 @@ pub fn normalize(reference: &str) -> Result<String, ImageError> {
     }
 }
 
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
 }
@@ -327,6 +346,12 @@ mod tests {
             normalize("quay.io/team/app").unwrap(),
             "quay.io/team/app:latest"
         );
+        let digest = format!("sha256:{}", "0f".repeat(32));
+        assert_eq!(
+            normalize(&format!("docker.io/library/alpine:3@{digest}")).unwrap(),
+            format!("alpine@{digest}")
+        );
+        assert!(normalize("alpine@sha256:0f").is_err());
         for bad in [
             "", "Busybox", "bb:", ":tag", "a b", "x:y:z/", "/abs", "bb:t@g",
         ] {
