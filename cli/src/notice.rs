@@ -8,7 +8,7 @@ const SAID: &str = "/var/lib/vmpod/notices";
 
 /// Why `auto` runs QEMU with TCG on this host (slower than vmpod-vmm on hardware KVM), once.
 pub fn backend_fallback_once() {
-    if let Some(why) = vmpod_sandbox::hypervisor::auto_fallback() {
+    if let Some(why) = vmpod_sandbox::backend::auto_fallback() {
         once("auto-backend", &why);
     }
 }

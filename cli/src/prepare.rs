@@ -10,7 +10,8 @@ use oci_spec::runtime::{
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use vmpod_protocol::{Rootfs, Upper};
-use vmpod_sandbox::hypervisor::{self, DEFAULT_VM_MIB, VM_OVERHEAD_MIB};
+use vmpod_sandbox::backend;
+use vmpod_sandbox::hypervisor::{DEFAULT_VM_MIB, VM_OVERHEAD_MIB};
 use vmpod_sandbox::image::{ImageError, Store};
 use vmpod_sandbox::{host_config, Backend, SharedVolume};
 
@@ -295,7 +296,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
             )));
         }
     }
-    let choice = hypervisor::choose_for_host(
+    let choice = backend::choose_for_host(
         args.hypervisor
             .as_deref()
             .map(|name| ("--hypervisor", name)),

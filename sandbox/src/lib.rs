@@ -2,6 +2,7 @@
 //! under /run/vmpod, the VM (through the [`hypervisor`] seam: vmpod-vmm or QEMU), the
 //! connection to the agent inside it, and the clean-up of all of them.
 
+pub mod backend;
 pub mod endpoint;
 pub mod erofs;
 pub mod error;
@@ -28,9 +29,10 @@ mod vm_cgroup;
 pub mod vmm;
 pub mod vsock;
 
+pub use backend::Backend;
 pub use endpoint::Endpoint;
 pub use error::{SandboxError, SlotError};
-pub use hypervisor::{Backend, Hypervisor, VmSpec, SPARE_SLOTS};
+pub use hypervisor::{Hypervisor, VmSpec, SPARE_SLOTS};
 pub use sandbox::{ensure_template, kernel_cmdline, Boot, Sandbox, SandboxConfig};
 pub use shared::SharedVolume;
 pub use slots::DiskSlots;

@@ -1,9 +1,10 @@
 //! One sandbox: its state directory, its VM and the agent inside it. Dropping it stops the VM
 //! and removes every file it made, on every path out (errors and panics included).
 
+use crate::backend::Backend;
 use crate::endpoint::Endpoint;
 use crate::error::{io, SandboxError};
-use crate::hypervisor::{Backend, Disk, Hypervisor, NetAttachment, TemplateRole, VmSpec};
+use crate::hypervisor::{Disk, Hypervisor, NetAttachment, TemplateRole, VmSpec};
 use crate::jail::{self, Jail};
 use crate::jail_slots::JailedSlots;
 use crate::network::PodNetwork;

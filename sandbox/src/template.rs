@@ -7,8 +7,8 @@
 //! template is never restored; it is pruned when its successor is built. Each lives in
 //! `/var/lib/vmpod/templates/<key>/` as `meta.json` and `state`.
 
+use crate::backend::Backend;
 use crate::error::{io, SandboxError};
-use crate::hypervisor::Backend;
 use crate::lock::Lock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

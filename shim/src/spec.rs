@@ -7,8 +7,9 @@ use crate::cri;
 use crate::error::TaskError;
 use oci_spec::runtime::Spec;
 use std::path::{Path, PathBuf};
+use vmpod_sandbox::backend;
 use vmpod_sandbox::host_config::{self, HostConfig};
-use vmpod_sandbox::hypervisor::{self, Disk};
+use vmpod_sandbox::hypervisor::Disk;
 use vmpod_sandbox::{Boot, SandboxConfig};
 
 /// Where the shim notes the VM's state directory in each bundle, for `delete` after a crash.
@@ -64,7 +65,7 @@ impl Knobs {
     /// The sandbox that runs `plan`.
     pub fn sandbox_config(&self, plan: VmPlan) -> Result<SandboxConfig, TaskError> {
         let host = host_config::get().map_err(|e| TaskError::Hypervisor(e.into()))?;
-        let backend = hypervisor::choose_for_host(
+        let backend = backend::choose_for_host(
             self.hypervisor
                 .as_deref()
                 .map(|name| ("VMPOD_HYPERVISOR", name)),

@@ -2,12 +2,13 @@
 //! and what chose it, the guest's kernel and initramfs, the stores, the default VM.
 
 use crate::Failure;
-use vmpod_sandbox::hypervisor::{self, Backend, DEFAULT_POD_MIB, DEFAULT_VM_MIB};
+use vmpod_sandbox::backend::{self, Backend};
+use vmpod_sandbox::hypervisor::{DEFAULT_POD_MIB, DEFAULT_VM_MIB};
 use vmpod_sandbox::{host_config, image, paths, template};
 
 pub fn info() -> Result<i32, Failure> {
     let host = host_config::get().map_err(|e| Failure::runtime(e.to_string()))?;
-    let choice = hypervisor::choose_for_host(None).map_err(|e| Failure::runtime(e.to_string()))?;
+    let choice = backend::choose_for_host(None).map_err(|e| Failure::runtime(e.to_string()))?;
     let config = if host.found {
         host.path.display().to_string()
     } else {
@@ -18,7 +19,7 @@ pub fn info() -> Result<i32, Failure> {
         Backend::Qemu { kvm: true } => "qemu (QEMU microvm on KVM)",
         Backend::Qemu { kvm: false } => "qemu (QEMU microvm on TCG)",
     };
-    let why = match (choice.auto, hypervisor::auto_fallback()) {
+    let why = match (choice.auto, backend::auto_fallback()) {
         (true, Some(fallback)) => format!("auto: {fallback}"),
         (true, None) => "auto: KVM runs guests at speed".into(),
         (false, _) => choice.source.clone(),
@@ -38,7 +39,7 @@ pub fn info() -> Result<i32, Failure> {
     };
     let rows = [
         ("config", config),
-        ("kvm", hypervisor::kvm_kind().to_string()),
+        ("kvm", backend::kvm_kind().to_string()),
         ("backend", format!("{backend}, chosen by {why}")),
         ("kernel", guest_file(paths::KERNEL)),
         ("initramfs", guest_file(paths::INITRAMFS)),
