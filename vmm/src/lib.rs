@@ -20,6 +20,7 @@ pub mod snapshot;
 pub mod virtio;
 pub mod vstate;
 
+use devices::persist::Persist;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -265,8 +266,15 @@ pub fn run(
         BootTimer::new(started),
         mem.clone(),
         attached.iter().map(|a| a.transport.clone()).collect(),
-        restored.as_ref().map(|s| &s.devices.serial),
     );
+    if let Some(saved) = &restored {
+        // The UART continues from the snapshot: its registers and receive FIFO.
+        bus.serial
+            .lock()
+            .map_err(|_| VmmError::Restore("the serial port's lock is poisoned".into()))?
+            .restore(&saved.devices.serial)
+            .map_err(|e| VmmError::Restore(e.to_string()))?;
+    }
     step(started, "devices created");
 
     // Before any thread exists, so that every vCPU thread inherits the blocked mask.

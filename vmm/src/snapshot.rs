@@ -12,7 +12,7 @@ use vm_memory::{
     FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 
-use crate::devices::{SerialSnapshot, SERIAL_FIFO};
+use crate::devices::{SerialState, SERIAL_FIFO};
 use crate::memory::ram_ranges;
 use crate::vstate::snapshot::{VcpuState, VmState};
 
@@ -63,10 +63,10 @@ pub struct Snapshot {
 /// The VMM's own devices.
 #[derive(Serialize, Deserialize)]
 pub struct DevicesState {
-    pub serial: SerialSnapshot,
+    pub serial: SerialState,
     /// The virtio-mmio transports, in the config's device order.
     #[serde(default)]
-    pub virtio: Vec<crate::devices::virtio_mmio::TransportSnapshot>,
+    pub virtio: Vec<crate::devices::virtio_mmio::TransportState>,
 }
 
 /// A snapshot's two files, created (empty) at start-up, before the VMM's threads confine

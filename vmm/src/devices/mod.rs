@@ -4,6 +4,7 @@
 pub mod ap_start;
 pub mod boot_timer;
 pub mod console;
+pub mod persist;
 pub mod virtio_mmio;
 
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use ap_start::{ApStarter, AP_START_PORT};
 use boot_timer::BootTimer;
 use console::ConsoleOutput;
+use persist::Persist;
 use virtio_mmio::{MmioTransport, MMIO_WINDOW};
 
 use crate::memory::MMIO_GAP_START;
@@ -45,7 +47,7 @@ pub type SerialDevice = Serial<EventFdTrigger, vm_superio::serial::NoEvents, Con
 
 /// The UART's registers and receive FIFO, as a snapshot keeps them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SerialSnapshot {
+pub struct SerialState {
     pub baud_divisor_low: u8,
     pub baud_divisor_high: u8,
     pub interrupt_enable: u8,
@@ -61,10 +63,47 @@ pub struct SerialSnapshot {
 /// The most a 16550's receive FIFO holds.
 pub const SERIAL_FIFO: usize = 64;
 
-impl SerialSnapshot {
-    pub fn of(serial: &SerialDevice) -> SerialSnapshot {
+#[derive(Debug, thiserror::Error)]
+pub enum SerialRestoreError {
+    #[error("cannot keep the serial port's interrupt: {0}")]
+    Interrupt(std::io::Error),
+    #[error("the snapshot's serial state is invalid: {0}")]
+    State(String),
+}
+
+impl Persist for SerialDevice {
+    type State = SerialState;
+    type Error = SerialRestoreError;
+
+    fn save(&self) -> SerialState {
+        SerialState::of(self)
+    }
+
+    /// vm-superio builds a UART from a state but cannot load one into it: the UART is rebuilt
+    /// around the same interrupt and console.
+    fn restore(&mut self, state: &SerialState) -> Result<(), SerialRestoreError> {
+        let trigger = EventFdTrigger(
+            self.interrupt_evt()
+                .0
+                .try_clone()
+                .map_err(SerialRestoreError::Interrupt)?,
+        );
+        let console = std::mem::replace(self.writer_mut(), ConsoleOutput::off());
+        *self = Serial::from_state(
+            &state.to_superio(),
+            trigger,
+            vm_superio::serial::NoEvents,
+            console,
+        )
+        .map_err(|e| SerialRestoreError::State(format!("{e:?}")))?;
+        Ok(())
+    }
+}
+
+impl SerialState {
+    fn of(serial: &SerialDevice) -> SerialState {
         let s = serial.state();
-        SerialSnapshot {
+        SerialState {
             baud_divisor_low: s.baud_divisor_low,
             baud_divisor_high: s.baud_divisor_high,
             interrupt_enable: s.interrupt_enable,
@@ -105,7 +144,6 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// With `serial_state`, the UART continues from a snapshot (its registers and FIFO).
     pub fn new(
         serial_irq: EventFd,
         reset: EventFd,
@@ -113,20 +151,8 @@ impl Bus {
         boot_timer: BootTimer,
         mem: GuestMemoryMmap,
         virtio: Vec<Arc<Mutex<MmioTransport>>>,
-        serial_state: Option<&SerialSnapshot>,
     ) -> Arc<Bus> {
-        let trigger = EventFdTrigger(serial_irq);
-        let serial = match serial_state {
-            // A saved FIFO holds at most what the UART does; anything else starts afresh.
-            Some(state) => Serial::from_state(
-                &state.to_superio(),
-                trigger,
-                vm_superio::serial::NoEvents,
-                console,
-            )
-            .unwrap_or_else(|e| panic!("serial state from a checked snapshot: {e:?}")),
-            None => Serial::new(trigger, console),
-        };
+        let serial = Serial::new(EventFdTrigger(serial_irq), console);
         Arc::new(Bus {
             serial: Mutex::new(serial),
             i8042: Mutex::new(I8042Device::new(EventFdTrigger(reset))),
@@ -200,12 +226,12 @@ impl Bus {
         }
     }
 
-    pub fn serial_state(&self) -> SerialSnapshot {
-        SerialSnapshot::of(&lock(&self.serial))
+    pub fn serial_state(&self) -> SerialState {
+        lock(&self.serial).save()
     }
 
-    pub fn virtio_states(&self) -> Vec<virtio_mmio::TransportSnapshot> {
-        self.virtio.iter().map(|t| lock(t).snapshot()).collect()
+    pub fn virtio_states(&self) -> Vec<virtio_mmio::TransportState> {
+        self.virtio.iter().map(|t| lock(t).save()).collect()
     }
 
     pub fn flush_console(&self) {
@@ -237,7 +263,6 @@ mod tests {
             BootTimer::new(Instant::now()),
             crate::memory::create_guest_memory(16 << 20).unwrap(),
             Vec::new(),
-            None,
         );
         (bus, reset)
     }

@@ -17,6 +17,8 @@ use vmpod_devices::virtio::{
 /// Each device's window in guest-physical memory.
 use virtio_bindings::{virtio_config as config, virtio_mmio as mmio};
 
+use crate::devices::persist::Persist;
+
 pub const MMIO_WINDOW: u64 = 0x1000;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -327,7 +329,7 @@ impl MmioTransport {
 
 /// A queue as the driver set it up and how far the device has got through it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct QueueSnapshot {
+pub struct QueueState {
     pub max_size: u16,
     pub size: u16,
     pub ready: bool,
@@ -343,7 +345,7 @@ pub struct QueueSnapshot {
 /// opened again from the config on restore; a snapshot is taken when the guest's agent is ready
 /// and before the host connects, so a vsock device has no connection to carry over.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TransportSnapshot {
+pub struct TransportState {
     pub device_type: u32,
     pub queue_sel: u32,
     pub device_features_sel: u32,
@@ -351,7 +353,7 @@ pub struct TransportSnapshot {
     pub driver_features: u64,
     pub status: u32,
     pub interrupt_status: u32,
-    pub queues: Vec<QueueSnapshot>,
+    pub queues: Vec<QueueState>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -372,9 +374,12 @@ pub enum RestoreError {
     },
 }
 
-impl MmioTransport {
-    pub fn snapshot(&self) -> TransportSnapshot {
-        TransportSnapshot {
+impl Persist for MmioTransport {
+    type State = TransportState;
+    type Error = RestoreError;
+
+    fn save(&self) -> TransportState {
+        TransportState {
             device_type: self.device.device_type(),
             queue_sel: self.queue_sel,
             device_features_sel: self.device_features_sel,
@@ -387,7 +392,7 @@ impl MmioTransport {
                 .iter()
                 .map(|q| {
                     let s = q.state();
-                    QueueSnapshot {
+                    QueueState {
                         max_size: s.max_size,
                         size: s.size,
                         ready: s.ready,
@@ -405,7 +410,7 @@ impl MmioTransport {
 
     /// Puts the registers and queues back, checking everything a snapshot file could get
     /// wrong: the device type, the queue count, each queue's sizes and addresses.
-    pub fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), RestoreError> {
+    fn restore(&mut self, saved: &TransportState) -> Result<(), RestoreError> {
         let device = self.device.device_type();
         if saved.device_type != device {
             return Err(RestoreError::DeviceType {
@@ -621,7 +626,7 @@ mod tests {
         bring_up(&mut t, 0x10_0000, 1);
         offer(&t, 0);
         t.process_queue(0);
-        let saved = t.snapshot();
+        let saved = t.save();
         assert_eq!(saved.queues[0].next_used, 1);
         let json = serde_json::to_string(&saved).unwrap();
 
@@ -646,7 +651,7 @@ mod tests {
     fn a_snapshot_that_does_not_fit_the_device_is_refused() {
         let (mut t, _) = transport();
         bring_up(&mut t, 0x10_0000, 1);
-        let saved = t.snapshot();
+        let saved = t.save();
         let (mut other, _) = transport();
         let mut wrong = saved.clone();
         wrong.device_type = 3;
