@@ -5,10 +5,12 @@
 //! the guest stopped. It knows nothing of containers.
 
 pub mod boot;
+mod build;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
 mod disk_control;
+mod error;
 mod event_loop;
 mod fs_worker;
 pub mod host;
@@ -21,67 +23,19 @@ pub mod virtio;
 pub mod vstate;
 
 use devices::persist::Persist;
+pub use error::VmmError;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 
-use boot::{BootError, BootSpec};
 use config::{Console, CpuidMask, VmConfig, Workarounds};
 use devices::boot_timer::BootTimer;
 use devices::console::ConsoleOutput;
 use devices::{Bus, SERIAL_IRQ};
 use event_loop::StopHandler;
 use lifecycle::{ExitReason, Lifecycle};
-use memory::MemoryError;
-use vstate::vcpu::{Vcpu, VcpuError};
-use vstate::vm::{Vm, VmError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
-    Kvm(kvm_ioctls::Error),
-    #[error("cannot read the CPUID KVM supports: {0}")]
-    SupportedCpuid(kvm_ioctls::Error),
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error("cannot boot: {0}")]
-    Boot(#[from] BootError),
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
-    #[error(transparent)]
-    Virtio(#[from] virtio::VirtioError),
-    #[error("console {path}: {source}")]
-    Console {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot create an eventfd: {0}")]
-    EventFd(std::io::Error),
-    #[error("cannot watch for stop signals: {0}")]
-    Signals(std::io::Error),
-    #[error("event loop: {0:?}")]
-    EventLoop(event_manager::Error),
-    #[error(transparent)]
-    Snapshot(#[from] snapshot::SnapshotError),
-    #[error("KVM state: {0}")]
-    State(vstate::snapshot::StateError),
-    #[error("cannot restore the VM: {0}")]
-    Restore(String),
-    #[error(transparent)]
-    DiskControl(#[from] disk_control::DiskControlError),
-    #[error(transparent)]
-    Seccomp(#[from] vmpod_devices::seccomp::SeccompError),
-    #[error("cannot start the virtio-fs thread: {0}")]
-    FsThread(std::io::Error),
-}
 
 /// Builds the VM and runs it until the guest stops, a vCPU fails or a stop signal arrives.
 /// `started` is the VMM's own start, which the boot timer measures from. With `seccomp` on,
@@ -93,22 +47,7 @@ pub fn run(
 ) -> Result<ExitReason, VmmError> {
     config.validate()?;
     let filters = seccomp::Filters::new()?;
-    let kvm: Kvm = match &config.kvm {
-        None => Kvm::new().map_err(VmmError::Kvm)?,
-        Some(path) => {
-            let device =
-                config::open_file(path, std::fs::OpenOptions::new().read(true).write(true))
-                    .map_err(|e| {
-                        VmmError::Kvm(vmm_sys_util::errno::Error::new(
-                            e.raw_os_error().unwrap_or(libc::EBADF),
-                        ))
-                    })?;
-            // SAFETY: the descriptor is a freshly duplicated, owned handle on the KVM device.
-            unsafe {
-                std::os::fd::FromRawFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(device))
-            }
-        }
-    };
+    let kvm = build::open_kvm(config)?;
     let pvm = host::is_kvm_pvm();
     let cpus = config.cpus as u8;
 
@@ -132,82 +71,28 @@ pub fn run(
     let cmdline = full_cmdline(&machine, &config.cmdline);
 
     step(started, "KVM opened");
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::SupportedCpuid)?;
-    let cpuid_of = |index: u8, cpus: u8| {
-        let mut cpuid = supported.clone();
-        cpuid::customize(cpuid.as_mut_slice(), index, cpus, &hidden);
-        cpuid
-    };
+    let cpuid = build::CpuidTemplate::new(&kvm, hidden)?;
     let restored = match &config.restore {
         Some(files) => Some(snapshot::load(&files.state)?),
         None => None,
     };
-    let (mem, vm, mut vcpus) = match (&config.restore, &restored) {
+    let build::Machine { mem, vm, mut vcpus } = match (&config.restore, &restored) {
         (Some(files), Some(saved)) => {
-            let mem = snapshot::map_memory(&files.memory, saved.memory_mib)?;
-            let vm = Arc::new(Vm::new(&kvm, &mem)?);
-            vstate::snapshot::restore_vm(vm.fd(), &saved.vm).map_err(VmmError::State)?;
-            let count = saved.vcpus.len() as u8;
-            let mut vcpus = Vec::with_capacity(saved.vcpus.len());
-            for (index, state) in saved.vcpus.iter().enumerate() {
-                let vcpu = Vcpu::new(vm.fd(), index as u8)?;
-                vstate::snapshot::restore_vcpu(vcpu.fd(), &cpuid_of(index as u8, count), state)
-                    .map_err(VmmError::State)?;
-                vcpus.push(vcpu);
-            }
+            let machine = build::restore(&kvm, files, saved, &cpuid)?;
             step(started, "VM restored");
-            (mem, vm, vcpus)
+            machine
         }
         _ => {
-            let mem = memory::create_guest_memory(config.memory_bytes())?;
-            let entry = boot::load(
-                &mem,
-                &BootSpec {
-                    kernel: &config.kernel,
-                    initrd: config.initrd.as_deref(),
-                    cmdline: &cmdline,
-                    cpus,
-                    memory_bytes: config.memory_bytes(),
-                },
-            )?;
+            let machine = build::boot(&kvm, config, &cmdline, &cpuid)?;
             step(started, "guest loaded");
-            let vm = Arc::new(Vm::new(&kvm, &mem)?);
-            let mut vcpus = Vec::with_capacity(cpus as usize);
-            for index in 0..cpus {
-                let vcpu = Vcpu::new(vm.fd(), index)?;
-                vcpu.configure(&cpuid_of(index, cpus), (index == 0).then_some(entry))?;
-                vcpus.push(vcpu);
-            }
-            (mem, vm, vcpus)
+            machine
         }
     };
     let attached = virtio::attach(&vm, &mem, devices)?;
     if let Some(saved) = &restored {
-        if saved.devices.virtio.len() != attached.len() {
-            return Err(VmmError::Restore(format!(
-                "the snapshot has {} virtio devices, the config {}",
-                saved.devices.virtio.len(),
-                attached.len()
-            )));
-        }
-        for (device, state) in attached.iter().zip(&saved.devices.virtio) {
-            device
-                .transport
-                .lock()
-                .map_err(|_| VmmError::Restore("a device's lock is poisoned".into()))?
-                .restore(state)
-                .map_err(|e| VmmError::Restore(e.to_string()))?;
-        }
-        // The devices' host sides are this config's (a clone's disks fill the template's
-        // empty slots): every driver rereads its device's configuration once vCPUs run.
-        for device in &attached {
-            if let Ok(transport) = device.transport.lock() {
-                transport.announce_config_change();
-            }
-        }
+        build::restore_devices(&attached, saved)?;
     }
+
     let disk_control = match &config.disk_control {
         Some(path) => {
             let disks = disk_slots
