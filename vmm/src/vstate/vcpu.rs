@@ -154,26 +154,40 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                match thread_start.enter() {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => {
-                        return lifecycle
-                            .stop(ExitReason::ThreadFailed(format!("vCPU {index}: {e}")))
-                    }
+                if let Some(reason) = self.run_thread(&bus, thread_start, start_request) {
+                    lifecycle.stop(reason);
                 }
-                if let Some(request) = start_request {
-                    // No request before the VM ends: the sender is gone and so is the thread.
-                    let Ok(start) = request.recv() else { return };
-                    if let Err(e) = self.enter_64bit(start) {
-                        return lifecycle.stop(ExitReason::GuestCrash(e.to_string()));
-                    }
-                }
-                let reason = self.run_loop(&bus);
-                lifecycle.stop(reason);
+                // The devices' last reference must not be dropped here: their drops remove
+                // host sockets, which this thread's filter forbids (a SIGSYS would kill the
+                // VMM as it exits). The event loop cleans up; the process's exit frees the rest.
+                std::mem::forget(bus);
             })
             .map(|_| ())
             .map_err(|source| VcpuError::Spawn { index, source })
+    }
+
+    /// The thread's life: confined, started (an AP waits for the guest's request), then the
+    /// guest runs. `None` when the VM ended before this vCPU was needed.
+    fn run_thread(
+        &mut self,
+        bus: &Bus,
+        thread_start: ThreadStart,
+        start_request: Option<Receiver<ApStart>>,
+    ) -> Option<ExitReason> {
+        let index = self.index;
+        match thread_start.enter() {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(ExitReason::ThreadFailed(format!("vCPU {index}: {e}"))),
+        }
+        if let Some(request) = start_request {
+            // No request before the VM ends: the sender is gone and so is the thread.
+            let start = request.recv().ok()?;
+            if let Err(e) = self.enter_64bit(start) {
+                return Some(ExitReason::GuestCrash(e.to_string()));
+            }
+        }
+        Some(self.run_loop(bus))
     }
 
     /// Puts an application processor straight into 64-bit mode where the guest asked and makes
