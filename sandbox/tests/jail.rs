@@ -450,6 +450,181 @@ fn a_jailed_vmpod_vmm_runs_a_guest_from_passed_descriptors_without_privileges() 
     drop(jail);
 }
 
+/// A jailed vmpod-vmm started the way vmm.rs starts it: `config` (JSON) on a passed descriptor,
+/// with `files` passed too.
+fn jailed_vmm(
+    jail: &vmpod_sandbox::jail::Jail,
+    state_dir: &Path,
+    name: &str,
+    config: String,
+    files: &[&std::fs::File],
+) -> std::process::Child {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join(format!("{name}.json"));
+    std::fs::write(&path, config).expect("the config");
+    let config = std::fs::File::open(&path).expect("the config");
+    let mut launch = vmpod_sandbox::jail::Launch::new(Some(jail));
+    launch.file_size_limit(1 << 30);
+    for fd in files.iter().copied().chain([&config]) {
+        launch.fd(fd.as_raw_fd());
+    }
+    let pvm = Path::new("/sys/module/kvm_pvm");
+    if pvm.exists() {
+        launch.file(pvm, "/sys/module/kvm_pvm", false);
+    }
+    let vmm = vmpod_sandbox::paths::program("vmpod-vmm").expect("vmpod-vmm");
+    launch
+        .command(
+            &vmm,
+            ["--config".to_string(), format!("fd:{}", config.as_raw_fd())],
+        )
+        .expect("the jailed command")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vmpod-vmm")
+}
+
+/// A template's build as vmm.rs runs it: the sandbox creates the state and memory files (root's)
+/// and passes them; the jailed, filtered vmpod-vmm only writes into them. A jailed clone then
+/// runs from them, read-only.
+#[test]
+fn a_jailed_vmpod_vmm_builds_a_template_into_passed_files_and_a_clone_runs_from_it() {
+    use std::os::fd::AsRawFd;
+    let kernel_path = support::guest_dir().join("tiny-guest.elf");
+    let state_dir = Path::new(vmpod_sandbox::paths::STATE_ROOT)
+        .join(format!("{:012x}", std::process::id() as u64 * 7927));
+    std::fs::create_dir_all(&state_dir).expect("a state dir");
+    let _state = RemovedOnDrop(state_dir.clone());
+    let jail = vmpod_sandbox::jail::Jail::create(&state_dir, 1 << 30).expect("a jail");
+    let kernel = std::fs::File::open(&kernel_path).expect("the kernel");
+    let kvm = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .expect("/dev/kvm")
+    };
+    let (state_path, memory_path) = (state_dir.join("state"), state_dir.join("memory"));
+    let state = std::fs::File::create(&state_path).expect("the state file");
+    let memory = std::fs::File::create(&memory_path).expect("the memory file");
+    let console_path = state_dir.join("build.log");
+    let console = std::fs::File::create(&console_path).expect("the console");
+    let build_kvm = kvm();
+    // Guest memory large enough that saving it outlasts the checks below.
+    let build = jailed_vmm(
+        &jail,
+        &state_dir,
+        "build",
+        format!(
+            r#"{{"kernel": "/proc/self/fd/{}", "memory_mib": 256, "cmdline": "tiny=snap",
+                "console": "fd:{}", "kvm": "fd:{}",
+                "snapshot": {{"state": "fd:{}", "memory": "fd:{}"}}}}"#,
+            kernel.as_raw_fd(),
+            console.as_raw_fd(),
+            build_kvm.as_raw_fd(),
+            state.as_raw_fd(),
+            memory.as_raw_fd()
+        ),
+        &[&kernel, &console, &build_kvm, &state, &memory],
+    );
+    // The guest's first line: every thread of the VMM confined itself before the guest ran.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pid = None;
+    while !std::fs::read_to_string(&console_path)
+        .unwrap_or_default()
+        .starts_with('0')
+    {
+        assert!(Instant::now() < deadline, "the tiny guest never ran");
+        pid = pid.or_else(|| processes_of(jail.uid()).first().copied());
+    }
+    let pid = pid.expect("the jailed vmpod-vmm, seen before its guest ran");
+    // SAFETY: SIGSTOP holds the VMM (pid 1 of its namespace, stoppable from outside it) while
+    // its threads are read; SIGCONT below lets it go on.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGSTOP) },
+        0,
+        "vmpod-vmm ended too soon"
+    );
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let uids = status_field(&status, "Uid");
+        assert_eq!(
+            uids.split_whitespace().collect::<Vec<_>>(),
+            vec![jail.uid().to_string(); 4]
+        );
+        assert_eq!(status_field(&status, "Seccomp"), "2", "{status}");
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+        threads += 1;
+    }
+    assert!(threads >= 2, "only {threads} threads: no vCPU");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = build.wait_with_output().expect("the build's end");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&console_path).unwrap(),
+        "0\n1\n2\n3\n4\n"
+    );
+    assert_eq!(std::fs::metadata(&memory_path).unwrap().len(), 256 << 20);
+    for file in [&state_path, &memory_path] {
+        let meta = std::fs::metadata(file).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o022),
+            (0, 0),
+            "{}",
+            file.display()
+        );
+        assert!(
+            !can_write_as(jail.uid(), file),
+            "{} is writable",
+            file.display()
+        );
+    }
+    drop((state, memory, console, build_kvm));
+
+    let state = std::fs::File::open(&state_path).expect("the state");
+    let memory = std::fs::File::open(&memory_path).expect("the memory");
+    let console_path = state_dir.join("clone.log");
+    let console = std::fs::File::create(&console_path).expect("the console");
+    let clone_kvm = kvm();
+    let clone = jailed_vmm(
+        &jail,
+        &state_dir,
+        "clone",
+        format!(
+            r#"{{"console": "fd:{}", "kvm": "fd:{}",
+                "restore": {{"state": "/proc/self/fd/{}", "memory": "/proc/self/fd/{}"}}}}"#,
+            console.as_raw_fd(),
+            clone_kvm.as_raw_fd(),
+            state.as_raw_fd(),
+            memory.as_raw_fd()
+        ),
+        &[&console, &clone_kvm, &state, &memory],
+    );
+    let out = clone.wait_with_output().expect("the clone's end");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&console_path).unwrap(),
+        "5\n6\n7\n8\n9\nK\ntiny: reset\n"
+    );
+    drop(jail);
+}
+
 /// A directory the test made, removed however the test ends.
 struct RemovedOnDrop(std::path::PathBuf);
 
