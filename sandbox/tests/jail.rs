@@ -93,6 +93,7 @@ fn every_process_of_a_jailed_sandbox_is_its_uid_without_privileges_in_its_own_ro
     let pids = processes_of(uid);
     let programs: Vec<String> = pids.iter().map(|p| program(*p)).collect();
     assert_eq!(pids.len(), 3, "QEMU and two vmpod-vhost-user: {programs:?}");
+    let mut pid_namespaces = std::collections::HashSet::new();
     for pid in pids {
         let name = program(pid);
         let qemu = name.contains("qemu");
@@ -127,6 +128,23 @@ fn every_process_of_a_jailed_sandbox_is_its_uid_without_privileges_in_its_own_ro
             (root.dev(), root.ino()),
             (jail.dev(), jail.ino()),
             "{name}'s root"
+        );
+        // A dumpable process's /proc files are its uid's, a non-dumpable one's root's. QEMU
+        // cannot be made non-dumpable from outside after its exec, and is not: what keeps
+        // others from tracing it is its uid (another sandbox's is not it) and its pid
+        // namespace (its own backends, the same uid, see none of its pids).
+        let status = std::fs::metadata(format!("/proc/{pid}/status")).expect("its status");
+        let owner = if qemu { uid } else { 0 };
+        assert_eq!(
+            status.uid(),
+            owner,
+            "{name}: dumpable is {}",
+            status.uid() != 0
+        );
+        let pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("its pid ns");
+        assert!(
+            pid_namespaces.insert(pid_ns),
+            "{name} shares a pid namespace"
         );
         for ns in ["mnt", "pid", "ipc", "uts"] {
             let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("its ns");
@@ -215,6 +233,44 @@ fn can_write_as(uid: u32, path: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Why `uid` may not open the existing file `path` for writing (O_WRONLY|O_APPEND, never a
+/// truncation), as the shell reports it; empty when it may.
+fn write_refusal_as(uid: u32, path: &Path) -> String {
+    let out = Command::new("/bin/sh")
+        .args(["-c", "exec 3>>\"$1\"", "sh"])
+        .arg(path)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("run sh as the sandbox uid");
+    match out.status.success() {
+        true => String::new(),
+        false => String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Files every sandbox shares, as this host has them: the guest's kernel and initramfs, the
+/// test layer, the image store's layers, every template's state and memory.
+fn shared_files() -> Vec<PathBuf> {
+    let guest = support::guest_dir();
+    let mut files: Vec<PathBuf> = ["vmlinux", "initramfs.cpio", "busybox.erofs"]
+        .iter()
+        .map(|name| guest.join(name))
+        .collect();
+    let listed = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let layers = Path::new(vmpod_sandbox::image::IMAGE_ROOT).join("layers");
+    files.extend(listed(&layers));
+    for template in listed(Path::new(vmpod_sandbox::template::ROOT)) {
+        files.extend([template.join("state"), template.join("memory")]);
+    }
+    files.retain(|f| f.is_file());
+    files
+}
+
 #[test]
 fn a_sandbox_uid_cannot_write_a_layer_a_template_or_another_sandbox_jail() {
     let first = sandbox();
@@ -223,17 +279,15 @@ fn a_sandbox_uid_cannot_write_a_layer_a_template_or_another_sandbox_jail() {
     assert_ne!(a, b, "two live sandboxes share a uid");
     assert!(!can_write_as(a, &second.state_dir.join("jail")));
     assert!(!can_write_as(a, &second.state_dir));
-    assert!(!can_write_as(
-        a,
-        &support::guest_dir().join("busybox.erofs")
-    ));
-    assert!(!can_write_as(a, &support::guest_dir().join("vmlinux")));
-    let templates = Path::new(vmpod_sandbox::template::ROOT);
-    let memories: Vec<PathBuf> = std::fs::read_dir(templates)
-        .map(|d| d.flatten().map(|e| e.path().join("memory")).collect())
-        .unwrap_or_default();
-    for memory in memories.iter().filter(|m| m.is_file()) {
-        assert!(!can_write_as(a, memory), "{} is writable", memory.display());
+    let shared = shared_files();
+    assert!(shared.len() >= 3, "{shared:?}");
+    for file in &shared {
+        let refusal = write_refusal_as(a, file);
+        assert!(
+            refusal.contains("Permission denied") || refusal.contains("Read-only file system"),
+            "uid {a} opening {} for writing: {refusal:?}",
+            file.display()
+        );
     }
     // The uid can write its own jail: that is where its sockets are.
     assert!(can_write_as(a, &first.state_dir.join("jail")));
