@@ -137,3 +137,23 @@ def table(title, times, memory, base_name, runs):
         idle = f"{memory[name]:9.1f}" if name in memory else f"{'-':>9}"
         print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:9.1f}x {idle}")
     return rows
+
+
+def plot_panels(out: Path, name, title, panels):
+    """Side-by-side bar charts, one per panel: panels is a list of (y label, [(case, value)],
+    log scale or not); writes out/name.png (gnuplot)."""
+    script = [
+        "set terminal pngcairo size 1200,460",
+        f"set output '{out / f'{name}.png'}'",
+        f"set multiplot layout 1,{len(panels)} title '{title}'",
+        "set style data histogram",
+        "set style fill solid 0.8",
+        "set xtics rotate by -30 font ',8'",
+    ]
+    for i, (label, bars, log) in enumerate(panels):
+        data = out / f"{name}-{i}.dat"
+        data.write_text("".join(f'"{case}" {value}\n' for case, value in bars))
+        script += ["set logscale y" if log else "unset logscale y", f"set ylabel '{label}'",
+                   f"plot '{data}' using 2:xtic(1) notitle noenhanced"]
+    script.append("unset multiplot")
+    subprocess.run(["gnuplot"], input="\n".join(script).encode(), check=True)
