@@ -68,6 +68,8 @@ bench: images
 	scripts/bench_fs_servers.py
 	scripts/bench_publish.py
 	scripts/bench_pull.py
+	cargo build --release -p vmpod-sandbox --example bench_jail_boot
+	scripts/bench_jail.py
 
 # One probe suite on the host, under runc and under vmpod (each backend): what a container sees
 # of the host's kernel and what it can do to it. Needs what `make build guest` makes; starts

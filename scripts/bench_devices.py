@@ -53,8 +53,9 @@ def cpu_seconds(pid, tid=None):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def start_backend(sock, *device_args):
-    proc = subprocess.Popen([str(BACKEND), "--socket", str(sock), *device_args])
+def start_backend(sock, *device_args, seccomp=True):
+    filters = [] if seccomp else ["--no-seccomp"]
+    proc = subprocess.Popen([str(BACKEND), "--socket", str(sock), *filters, *device_args])
     deadline = time.monotonic() + 10
     while not sock.exists():
         if time.monotonic() > deadline:
@@ -102,14 +103,16 @@ def sample_device_cpu(vm, console, start_marker, finished, sample):
     return last - start
 
 
-def vmm(tmp, mode, console, devices, prefix=(), cmdline_extra=""):
+def vmm(tmp, mode, console, devices, prefix=(), cmdline_extra="", seccomp=True):
     """vmpod-vmm with the test guest in `mode` and the given JSON device keys."""
     config = tmp / "vm.json"
     config.write_text(
         f'{{"kernel": "{GUEST / "vmlinux"}", "initrd": "{GUEST / "test-initramfs.cpio"}", '
         f'"memory_mib": 256, "console": "{console}", '
         f'"cmdline": "console=ttyS0 vmpod.test={mode} {cmdline_extra}", {devices}}}')
-    return subprocess.Popen([*prefix, str(VMM), "--config", str(config)], stdin=subprocess.DEVNULL)
+    filters = [] if seccomp else ["--no-seccomp"]
+    return subprocess.Popen([*prefix, str(VMM), "--config", str(config), *filters],
+                            stdin=subprocess.DEVNULL)
 
 
 # Runs inside the bench's network namespace: times a download (the guest reads until the
@@ -220,16 +223,18 @@ def net_rows(tmp, name, run, on_vmm=False):
     return rows
 
 
-def blk_run(tmp, disk, ours, on_vmm=False):
+def blk_run(tmp, disk, ours, on_vmm=False, seccomp=True):
+    """`seccomp` False: our device process runs with its hidden --no-seccomp."""
     console = tmp / "console.log"
     console.unlink(missing_ok=True)
     backend = None
     if on_vmm:
-        vm = vmm(tmp, "blk-read", console, f'"disks": [{{"path": "{disk}", "read_only": true}}]')
+        vm = vmm(tmp, "blk-read", console, f'"disks": [{{"path": "{disk}", "read_only": true}}]',
+                 seccomp=seccomp)
         extra = None
     elif ours:
         sock = tmp / "blk.sock"
-        backend = start_backend(sock, "--blk", f"{disk},ro")
+        backend = start_backend(sock, "--blk", f"{disk},ro", seccomp=seccomp)
         extra = ["-chardev", f"socket,id=b0,path={sock}", "-device", "vhost-user-blk,chardev=b0"]
     else:
         extra = ["-drive", f"file={disk},if=none,id=d0,format=raw,readonly=on",
@@ -255,18 +260,19 @@ def blk_run(tmp, disk, ours, on_vmm=False):
     return {"mib_s": mib / max(t1 - t0, 1e-6), "cpu_us_per_request": device_cpu / requests * 1e6}
 
 
-def vsock_run(tmp, on_vmm=False):
+def vsock_run(tmp, on_vmm=False, seccomp=True):
     console = tmp / "console.log"
     console.unlink(missing_ok=True)
     sock, uds = tmp / "vs.sock", tmp / "vsock.sock"
     uds.unlink(missing_ok=True)
     if on_vmm:
         mib = PVM_VSOCK_MIB
-        vm = vmm(tmp, "vsock-bulk", console, f'"vsock": {{"guest_cid": 3, "uds_path": "{uds}"}}')
+        vm = vmm(tmp, "vsock-bulk", console, f'"vsock": {{"guest_cid": 3, "uds_path": "{uds}"}}',
+                 seccomp=seccomp)
         backend = vm
     else:
         mib = VSOCK_MIB
-        backend = start_backend(sock, "--vsock", f"3,{uds}")
+        backend = start_backend(sock, "--vsock", f"3,{uds}", seccomp=seccomp)
         vm = qemu("console=ttyS0 vmpod.test=vsock-bulk", console,
                   ["-chardev", f"socket,id=v0,path={sock}", "-device", "vhost-user-vsock-device,chardev=v0"])
     while "listening on 1024" not in (console.read_text(errors="replace") if console.exists() else ""):

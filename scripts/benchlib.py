@@ -112,23 +112,22 @@ def median_of(rows, metric, **match):
 
 
 def charts(out: Path, name, title, labels, panels, size="1100,450"):
-    """Writes out/name.png: bar charts side by side, one per panel, sharing the x labels.
-    Each panel is (y label, log scale, [(series title or None, one value per label)]); a value
-    of None leaves a gap."""
-    data = out / f"{name}.dat"
-    series = [values for _, _, lines in panels for _, values in lines]
-    data.write_text("".join(
-        f'"{label}" ' + " ".join("NaN" if s[i] is None else f"{s[i]:.3f}" for s in series) + "\n"
-        for i, label in enumerate(labels)))
-    column, body = 2, []
-    for ylabel, log, lines in panels:
-        body.append("set logscale y\nset yrange [1:*]" if log else "unset logscale y\n"
+    """Writes out/name.png: bar charts side by side, one per panel. Each panel is (y label, log
+    scale, [(series title or None, one value per label)]), over the shared x `labels`, or with a
+    fourth item, its own labels; a value of None leaves a gap."""
+    body, data_files = [], []
+    for i, (ylabel, log, lines, *own) in enumerate(panels):
+        xs = own[0] if own else labels
+        data = out / f"{name}-{i}.dat"
+        data_files.append(data)
+        data.write_text("".join(
+            f'"{x}" ' + " ".join("NaN" if v[j] is None else f"{v[j]:.3f}" for _, v in lines)
+            + "\n" for j, x in enumerate(xs)))
+        body.append("set logscale y\nset yrange [*:*]" if log else "unset logscale y\n"
                     "set yrange [0:*]")
-        plots = []
-        for series_title, _ in lines:
-            key = f"title '{series_title}'" if series_title else "notitle"
-            plots.append(f"'{data}' using {column}:xtic(1) {key}")
-            column += 1
+        plots = [f"'{data}' using {column}:xtic(1) "
+                 + (f"title '{series}'" if series else "notitle")
+                 for column, (series, _) in enumerate(lines, start=2)]
         body.append(f"set ylabel '{ylabel}'\nplot " + ", ".join(plots))
     script = "\n".join([
         f"set terminal pngcairo size {size}", f"set output '{out / f'{name}.png'}'",
@@ -139,7 +138,8 @@ def charts(out: Path, name, title, labels, panels, size="1100,450"):
     try:
         subprocess.run(["gnuplot"], input=script.encode(), check=True)
     finally:
-        data.unlink(missing_ok=True)
+        for data in data_files:
+            data.unlink(missing_ok=True)
 
 
 def plot(out: Path, name, title, rows, time_label, memory_label):
@@ -163,3 +163,4 @@ def table(title, times, memory, base_name, runs):
         idle = f"{memory[name]:9.1f}" if name in memory else f"{'-':>9}"
         print(f"{name:24} {med:10.1f} {pct(ts, 90):8.1f} {med / base:9.1f}x {idle}")
     return rows
+

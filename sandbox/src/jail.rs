@@ -1,7 +1,7 @@
 //! A sandbox's jail: its own unprivileged uid and gid, and a directory that becomes the root of
 //! the VM's processes (vmpod-vmm, or QEMU and its vmpod-vhost-user backends), holding only
 //! their sockets. The jail is `<state dir>/jail`; the state directory (root's, mode 0700) keeps
-//! `cleanup.sh`, the VM's config and the console outside it. `vmpod-jailer` (jailer.rs) runs
+//! `cleanup.sh`, the VM's config and the console outside it. `vmpod-jailer` (jailer/) runs
 //! the steps; this file chooses what goes in.
 //!
 //! Uids come from a reserved range, one per live sandbox: a sandbox claims `UID_BASE + n` by

@@ -109,7 +109,7 @@ impl SharedDir {
         }
         bind(&points, &root, true)
             // A peer group of its own: the volumes bound in later reach a jailed VM's copy
-            // of the root (jailer.rs), and nothing else.
+            // of the root (jailer/root.rs), and nothing else.
             .and_then(|()| mount(None, &root, None, libc::MS_SHARED))
             .map_err(io(format!(
                 "bind {} read-only at {}",

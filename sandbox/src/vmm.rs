@@ -18,7 +18,7 @@ pub struct VmpodVmm {
     console: PathBuf,
     child: Option<Child>,
     /// Where vmpod-vmm writes the state of a VM booted as a template (it saves the VM itself
-    /// when the agent is ready, then exits).
+    /// when the agent is ready, then exits; jailed, into a file the sandbox created).
     saving_to: Option<PathBuf>,
     /// Commands to vmpod-vmm's disk_control socket.
     disks: Option<Arc<LineControl>>,
@@ -33,19 +33,6 @@ impl Hypervisor for VmpodVmm {
     }
 
     fn start(&mut self, vm: &VmSpec) -> Result<(), SandboxError> {
-        // A template's build writes its snapshot by path as it ends, which its jail would not
-        // reach: it runs unjailed until vmpod-vmm opens those files as it starts.
-        let unjailed;
-        let vm = match (&vm.template, &vm.jail) {
-            (Some(TemplateRole::Build { .. }), Some(_)) => {
-                unjailed = VmSpec {
-                    jail: None,
-                    ..vm.clone()
-                };
-                &unjailed
-            }
-            _ => vm,
-        };
         let mut launch = vm.launch();
         launch.serves_files().serves_slots();
         launch.file_size_limit((u64::from(vm.memory_mib) << 20) + (1 << 30));
@@ -94,8 +81,13 @@ impl Hypervisor for VmpodVmm {
         match &vm.template {
             None => {}
             Some(TemplateRole::Build { memory }) => {
+                // The sandbox creates both files (root's) and vmpod-vmm only writes into
+                // them; moving the state into place stays the sandbox's (`save`).
                 let state = vm.state_dir.join("template-state");
-                config["snapshot"] = serde_json::json!({"state": state, "memory": memory});
+                config["snapshot"] = serde_json::json!({
+                    "state": files.create(&mut launch, &state)?,
+                    "memory": files.create(&mut launch, memory)?,
+                });
                 self.saving_to = Some(state);
             }
             Some(TemplateRole::Restore { state, memory }) => {

@@ -93,6 +93,7 @@ fn every_process_of_a_jailed_sandbox_is_its_uid_without_privileges_in_its_own_ro
     let pids = processes_of(uid);
     let programs: Vec<String> = pids.iter().map(|p| program(*p)).collect();
     assert_eq!(pids.len(), 3, "QEMU and two vmpod-vhost-user: {programs:?}");
+    let mut pid_namespaces = std::collections::HashSet::new();
     for pid in pids {
         let name = program(pid);
         let qemu = name.contains("qemu");
@@ -127,6 +128,23 @@ fn every_process_of_a_jailed_sandbox_is_its_uid_without_privileges_in_its_own_ro
             (root.dev(), root.ino()),
             (jail.dev(), jail.ino()),
             "{name}'s root"
+        );
+        // A dumpable process's /proc files are its uid's, a non-dumpable one's root's. QEMU
+        // cannot be made non-dumpable from outside after its exec, and is not: what keeps
+        // others from tracing it is its uid (another sandbox's is not it) and its pid
+        // namespace (its own backends, the same uid, see none of its pids).
+        let status = std::fs::metadata(format!("/proc/{pid}/status")).expect("its status");
+        let owner = if qemu { uid } else { 0 };
+        assert_eq!(
+            status.uid(),
+            owner,
+            "{name}: dumpable is {}",
+            status.uid() != 0
+        );
+        let pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("its pid ns");
+        assert!(
+            pid_namespaces.insert(pid_ns),
+            "{name} shares a pid namespace"
         );
         for ns in ["mnt", "pid", "ipc", "uts"] {
             let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("its ns");
@@ -215,6 +233,44 @@ fn can_write_as(uid: u32, path: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Why `uid` may not open the existing file `path` for writing (O_WRONLY|O_APPEND, never a
+/// truncation), as the shell reports it; empty when it may.
+fn write_refusal_as(uid: u32, path: &Path) -> String {
+    let out = Command::new("/bin/sh")
+        .args(["-c", "exec 3>>\"$1\"", "sh"])
+        .arg(path)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("run sh as the sandbox uid");
+    match out.status.success() {
+        true => String::new(),
+        false => String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Files every sandbox shares, as this host has them: the guest's kernel and initramfs, the
+/// test layer, the image store's layers, every template's state and memory.
+fn shared_files() -> Vec<PathBuf> {
+    let guest = support::guest_dir();
+    let mut files: Vec<PathBuf> = ["vmlinux", "initramfs.cpio", "busybox.erofs"]
+        .iter()
+        .map(|name| guest.join(name))
+        .collect();
+    let listed = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let layers = Path::new(vmpod_sandbox::image::IMAGE_ROOT).join("layers");
+    files.extend(listed(&layers));
+    for template in listed(Path::new(vmpod_sandbox::template::ROOT)) {
+        files.extend([template.join("state"), template.join("memory")]);
+    }
+    files.retain(|f| f.is_file());
+    files
+}
+
 #[test]
 fn a_sandbox_uid_cannot_write_a_layer_a_template_or_another_sandbox_jail() {
     let first = sandbox();
@@ -223,17 +279,15 @@ fn a_sandbox_uid_cannot_write_a_layer_a_template_or_another_sandbox_jail() {
     assert_ne!(a, b, "two live sandboxes share a uid");
     assert!(!can_write_as(a, &second.state_dir.join("jail")));
     assert!(!can_write_as(a, &second.state_dir));
-    assert!(!can_write_as(
-        a,
-        &support::guest_dir().join("busybox.erofs")
-    ));
-    assert!(!can_write_as(a, &support::guest_dir().join("vmlinux")));
-    let templates = Path::new(vmpod_sandbox::template::ROOT);
-    let memories: Vec<PathBuf> = std::fs::read_dir(templates)
-        .map(|d| d.flatten().map(|e| e.path().join("memory")).collect())
-        .unwrap_or_default();
-    for memory in memories.iter().filter(|m| m.is_file()) {
-        assert!(!can_write_as(a, memory), "{} is writable", memory.display());
+    let shared = shared_files();
+    assert!(shared.len() >= 3, "{shared:?}");
+    for file in &shared {
+        let refusal = write_refusal_as(a, file);
+        assert!(
+            refusal.contains("Permission denied") || refusal.contains("Read-only file system"),
+            "uid {a} opening {} for writing: {refusal:?}",
+            file.display()
+        );
     }
     // The uid can write its own jail: that is where its sockets are.
     assert!(can_write_as(a, &first.state_dir.join("jail")));
@@ -447,6 +501,181 @@ fn a_jailed_vmpod_vmm_runs_a_guest_from_passed_descriptors_without_privileges() 
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().expect("vmpod-vmm's end");
     assert_eq!(status.code(), Some(143), "{status}");
+    drop(jail);
+}
+
+/// A jailed vmpod-vmm started the way vmm.rs starts it: `config` (JSON) on a passed descriptor,
+/// with `files` passed too.
+fn jailed_vmm(
+    jail: &vmpod_sandbox::jail::Jail,
+    state_dir: &Path,
+    name: &str,
+    config: String,
+    files: &[&std::fs::File],
+) -> std::process::Child {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join(format!("{name}.json"));
+    std::fs::write(&path, config).expect("the config");
+    let config = std::fs::File::open(&path).expect("the config");
+    let mut launch = vmpod_sandbox::jail::Launch::new(Some(jail));
+    launch.file_size_limit(1 << 30);
+    for fd in files.iter().copied().chain([&config]) {
+        launch.fd(fd.as_raw_fd());
+    }
+    let pvm = Path::new("/sys/module/kvm_pvm");
+    if pvm.exists() {
+        launch.file(pvm, "/sys/module/kvm_pvm", false);
+    }
+    let vmm = vmpod_sandbox::paths::program("vmpod-vmm").expect("vmpod-vmm");
+    launch
+        .command(
+            &vmm,
+            ["--config".to_string(), format!("fd:{}", config.as_raw_fd())],
+        )
+        .expect("the jailed command")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vmpod-vmm")
+}
+
+/// A template's build as vmm.rs runs it: the sandbox creates the state and memory files (root's)
+/// and passes them; the jailed, filtered vmpod-vmm only writes into them. A jailed clone then
+/// runs from them, read-only.
+#[test]
+fn a_jailed_vmpod_vmm_builds_a_template_into_passed_files_and_a_clone_runs_from_it() {
+    use std::os::fd::AsRawFd;
+    let kernel_path = support::guest_dir().join("tiny-guest.elf");
+    let state_dir = Path::new(vmpod_sandbox::paths::STATE_ROOT)
+        .join(format!("{:012x}", std::process::id() as u64 * 7927));
+    std::fs::create_dir_all(&state_dir).expect("a state dir");
+    let _state = RemovedOnDrop(state_dir.clone());
+    let jail = vmpod_sandbox::jail::Jail::create(&state_dir, 1 << 30).expect("a jail");
+    let kernel = std::fs::File::open(&kernel_path).expect("the kernel");
+    let kvm = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .expect("/dev/kvm")
+    };
+    let (state_path, memory_path) = (state_dir.join("state"), state_dir.join("memory"));
+    let state = std::fs::File::create(&state_path).expect("the state file");
+    let memory = std::fs::File::create(&memory_path).expect("the memory file");
+    let console_path = state_dir.join("build.log");
+    let console = std::fs::File::create(&console_path).expect("the console");
+    let build_kvm = kvm();
+    // Guest memory large enough that saving it outlasts the checks below.
+    let build = jailed_vmm(
+        &jail,
+        &state_dir,
+        "build",
+        format!(
+            r#"{{"kernel": "/proc/self/fd/{}", "memory_mib": 256, "cmdline": "tiny=snap",
+                "console": "fd:{}", "kvm": "fd:{}",
+                "snapshot": {{"state": "fd:{}", "memory": "fd:{}"}}}}"#,
+            kernel.as_raw_fd(),
+            console.as_raw_fd(),
+            build_kvm.as_raw_fd(),
+            state.as_raw_fd(),
+            memory.as_raw_fd()
+        ),
+        &[&kernel, &console, &build_kvm, &state, &memory],
+    );
+    // The guest's first line: every thread of the VMM confined itself before the guest ran.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pid = None;
+    while !std::fs::read_to_string(&console_path)
+        .unwrap_or_default()
+        .starts_with('0')
+    {
+        assert!(Instant::now() < deadline, "the tiny guest never ran");
+        pid = pid.or_else(|| processes_of(jail.uid()).first().copied());
+    }
+    let pid = pid.expect("the jailed vmpod-vmm, seen before its guest ran");
+    // SAFETY: SIGSTOP holds the VMM (pid 1 of its namespace, stoppable from outside it) while
+    // its threads are read; SIGCONT below lets it go on.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGSTOP) },
+        0,
+        "vmpod-vmm ended too soon"
+    );
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let uids = status_field(&status, "Uid");
+        assert_eq!(
+            uids.split_whitespace().collect::<Vec<_>>(),
+            vec![jail.uid().to_string(); 4]
+        );
+        assert_eq!(status_field(&status, "Seccomp"), "2", "{status}");
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+        threads += 1;
+    }
+    assert!(threads >= 2, "only {threads} threads: no vCPU");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = build.wait_with_output().expect("the build's end");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&console_path).unwrap(),
+        "0\n1\n2\n3\n4\n"
+    );
+    assert_eq!(std::fs::metadata(&memory_path).unwrap().len(), 256 << 20);
+    for file in [&state_path, &memory_path] {
+        let meta = std::fs::metadata(file).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o022),
+            (0, 0),
+            "{}",
+            file.display()
+        );
+        assert!(
+            !can_write_as(jail.uid(), file),
+            "{} is writable",
+            file.display()
+        );
+    }
+    drop((state, memory, console, build_kvm));
+
+    let state = std::fs::File::open(&state_path).expect("the state");
+    let memory = std::fs::File::open(&memory_path).expect("the memory");
+    let console_path = state_dir.join("clone.log");
+    let console = std::fs::File::create(&console_path).expect("the console");
+    let clone_kvm = kvm();
+    let clone = jailed_vmm(
+        &jail,
+        &state_dir,
+        "clone",
+        format!(
+            r#"{{"console": "fd:{}", "kvm": "fd:{}",
+                "restore": {{"state": "/proc/self/fd/{}", "memory": "/proc/self/fd/{}"}}}}"#,
+            console.as_raw_fd(),
+            clone_kvm.as_raw_fd(),
+            state.as_raw_fd(),
+            memory.as_raw_fd()
+        ),
+        &[&console, &clone_kvm, &state, &memory],
+    );
+    let out = clone.wait_with_output().expect("the clone's end");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&console_path).unwrap(),
+        "5\n6\n7\n8\n9\nK\ntiny: reset\n"
+    );
     drop(jail);
 }
 

@@ -157,7 +157,8 @@ pub struct VmConfig {
 }
 
 /// A snapshot: the VM's state (versioned JSON) and its memory (a raw image, mapped
-/// copy-on-write by every VM restored from it).
+/// copy-on-write by every VM restored from it). A snapshot being written may name each as
+/// `fd:N`, an empty file the parent created ([`open_file`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotFiles {

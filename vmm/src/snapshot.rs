@@ -69,8 +69,9 @@ pub struct DevicesState {
     pub virtio: Vec<crate::devices::virtio_mmio::TransportState>,
 }
 
-/// A snapshot's two files, created (empty) at start-up, before the VMM's threads confine
-/// themselves: saving only writes into them. They hold a snapshot only once the VMM has
+/// A snapshot's two files, opened at start-up, before the VMM's threads confine themselves:
+/// saving only writes into them. Each is a path, created (empty), or `fd:N`, an empty file the
+/// parent created and passed (a jailed VMM reaches no path outside its jail). They hold a snapshot only once the VMM has
 /// exited 0; the caller moves them into place then (a template is built in a directory of
 /// its own and renamed as a whole), so no reader sees half of one.
 pub struct SnapshotOutput {
@@ -82,7 +83,11 @@ pub struct SnapshotOutput {
 
 impl SnapshotOutput {
     pub fn create(files: &crate::config::SnapshotFiles) -> Result<SnapshotOutput, SnapshotError> {
-        let create = |path: &Path| File::create(path).map_err(io("create", path));
+        let create = |path: &Path| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            crate::config::open_file(path, &options).map_err(io("create", path))
+        };
         Ok(SnapshotOutput {
             state: create(&files.state)?,
             state_path: files.state.clone(),
