@@ -52,10 +52,13 @@ fn unix_listener(path: &str) -> std::io::Result<OwnedFd> {
 }
 
 /// The server's listeners: control, stdio and (optional in host tests) published ports.
-type Listeners = (OwnedFd, OwnedFd, Option<OwnedFd>);
+pub(crate) type Listeners = (OwnedFd, OwnedFd, Option<OwnedFd>);
 
-fn serve((control, stdio, forward): Listeners) -> Result<(), String> {
-    let mut server = server::Server::new(control, stdio, forward)
+fn serve(
+    (control, stdio, forward): Listeners,
+    serial: Option<serial::SerialBridge>,
+) -> Result<(), String> {
+    let mut server = server::Server::new(control, stdio, forward, serial)
         .map_err(|e| format!("start the server: {e}"))?;
     server.run().map_err(|e| format!("event loop: {e}"))
 }
@@ -72,13 +75,13 @@ fn run_as_init() -> Result<(), String> {
             .without_time()
             .try_init();
     }
-    let listeners = if let Some(port) = serial::find_port() {
+    let (listeners, bridge) = if let Some(port) = serial::find_port() {
         debug!("serving on {}", port.display());
-        let listeners =
+        let (listeners, bridge) =
             serial::listen(&port).map_err(|e| format!("serve on {}: {e}", port.display()))?;
         init::signal_ready();
         eprintln!("vmpod-agent: ready on {}", serial::PORT_NAME);
-        listeners
+        (listeners, Some(bridge))
     } else {
         let cid = sys::vsock_local_cid().map_err(|e| format!("vsock: {e}"))?;
         debug!("vsock CID {cid}");
@@ -90,9 +93,9 @@ fn run_as_init() -> Result<(), String> {
             .map_err(|e| format!("listen on vsock port {FORWARD_PORT}: {e}"))?;
         init::signal_ready();
         eprintln!("vmpod-agent: ready on vsock port {AGENT_PORT}");
-        (control, stdio, Some(forward))
+        ((control, stdio, Some(forward)), None)
     };
-    serve(listeners)
+    serve(listeners, bridge)
 }
 
 fn main() {
@@ -122,7 +125,7 @@ fn main() {
                 ))
             })()
             .map_err(|e: std::io::Error| format!("listen: {e}"))
-            .and_then(serve)
+            .and_then(|listeners| serve(listeners, None))
         }
         _ => Err("runs as PID 1 of a vmpod guest; for tests: \
                   --listen-unix CONTROL_PATH STDIO_PATH [FORWARD_PATH]"

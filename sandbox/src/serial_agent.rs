@@ -15,8 +15,10 @@ use vmpod_protocol::mux::HostMux;
 /// The virtio-serial port's name, which the agent looks for.
 pub const PORT_NAME: &str = "vmpod.agent";
 
-/// How long the guest may take to accept a stream (it runs one bridge thread).
-const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the guest may take to accept a stream. Its agent answers from the one event loop
+/// that also creates containers, so an open that arrives during a create waits for it (on
+/// TCG, seconds); a port nobody listens on is refused at once all the same.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct SerialAgent {
     chardev: PathBuf,

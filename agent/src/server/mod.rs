@@ -1,11 +1,13 @@
 //! The agent's event loop: one thread (libcontainer forks from it, so no other thread may hold
 //! a lock at that moment), level-triggered epoll over the listeners, the control connections,
-//! the stdio streams, published ports' connections and the SIGCHLD wake-up.
+//! the stdio streams, published ports' connections, the SIGCHLD wake-up and, in a VM whose
+//! agent channel is a serial port, that port and its streams (crate::serial).
 
 use crate::container::{self, Container, ProcessIo, CONTAINERS_DIR};
 use crate::pod::{self, PodMounts};
 use crate::relay::{Relay, Want};
 use crate::rootfs::{Assembled, Layers};
+use crate::serial::{self, SerialBridge};
 use crate::shared::SharedFs;
 use crate::{cgroup, net, sys};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -25,6 +27,10 @@ const CONTROL_LISTENER: u64 = 0;
 const STDIO_LISTENER: u64 = 1;
 const SIGCHLD: u64 = 2;
 const FORWARD_LISTENER: u64 = 3;
+const _: () = assert!(
+    serial::PORT_TOKEN == 4,
+    "the serial port's token is its own"
+);
 /// A host that stops reading its control connection loses it rather than the agent's memory.
 const MAX_PENDING_OUTPUT: usize = 16 << 20;
 
@@ -94,6 +100,7 @@ pub struct Server {
     stdio_listener: OwnedFd,
     forward_listener: Option<OwnedFd>,
     sigchld: OwnedFd,
+    serial: Option<SerialBridge>,
     next: u64,
     tokens: HashMap<u64, Token>,
     controls: HashMap<u64, Control>,
@@ -147,6 +154,7 @@ impl Server {
         control_listener: OwnedFd,
         stdio_listener: OwnedFd,
         forward_listener: Option<OwnedFd>,
+        mut serial: Option<SerialBridge>,
     ) -> io::Result<Server> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let sigchld = sys::sigchld_eventfd()?;
@@ -165,12 +173,16 @@ impl Server {
             )?;
         }
         epoll.add(&sigchld, EpollEvent::new(EpollFlags::EPOLLIN, SIGCHLD))?;
+        if let Some(bridge) = &mut serial {
+            bridge.register(&epoll)?;
+        }
         Ok(Server {
             epoll,
             control_listener,
             stdio_listener,
             forward_listener,
             sigchld,
+            serial,
             next: 16,
             tokens: HashMap::new(),
             controls: HashMap::new(),
@@ -196,7 +208,8 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = vec![EpollEvent::empty(); 64];
         while !self.shutdown {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            let timeout = self.serial_timeout(None);
+            let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -204,6 +217,7 @@ impl Server {
             for ev in &events[..n] {
                 self.dispatch(ev.data(), ev.events());
             }
+            self.serial_tick();
         }
         self.drain_before_power_off();
         Ok(())
@@ -221,14 +235,19 @@ impl Server {
                 eprintln!("vmpod-agent: a host client kept its connection open after Shutdown");
                 return;
             }
-            let timeout = EpollTimeout::try_from(left).unwrap_or(EpollTimeout::ZERO);
+            let timeout = self.serial_timeout(Some(left));
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::Error::EINTR) => continue,
                 Err(_) => return,
             };
+            self.serial_tick();
             for ev in &events[..n] {
-                if let Some(Token::Control(id)) = self.tokens.get(&ev.data()) {
+                // Over a serial port the replies and the host's closes travel through the
+                // bridge, which must go on meanwhile.
+                if serial::owns(ev.data()) {
+                    self.dispatch(ev.data(), ev.events());
+                } else if let Some(Token::Control(id)) = self.tokens.get(&ev.data()) {
                     let id = *id;
                     if ev.events().contains(EpollFlags::EPOLLOUT) {
                         self.flush(id);
@@ -249,7 +268,34 @@ impl Server {
         }
     }
 
+    /// How long epoll may wait: at most `limit`, and no longer than the serial bridge allows.
+    fn serial_timeout(&self, limit: Option<std::time::Duration>) -> EpollTimeout {
+        let serial = self.serial.as_ref().and_then(|s| s.timeout());
+        let wait = match (limit, serial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match wait {
+            // Rounded up, so a wait of a fraction of a millisecond does not spin.
+            Some(d) => EpollTimeout::try_from(d + std::time::Duration::from_micros(999))
+                .unwrap_or(EpollTimeout::ZERO),
+            None => EpollTimeout::NONE,
+        }
+    }
+
+    fn serial_tick(&mut self) {
+        if let Some(bridge) = &mut self.serial {
+            bridge.tick(&self.epoll);
+        }
+    }
+
     fn dispatch(&mut self, token: u64, events: EpollFlags) {
+        if serial::owns(token) {
+            if let Some(bridge) = &mut self.serial {
+                bridge.handle(&self.epoll, token, events);
+            }
+            return;
+        }
         match token {
             CONTROL_LISTENER => self.accept(Listener::Control),
             STDIO_LISTENER => self.accept(Listener::Stdio),
