@@ -27,8 +27,18 @@ impl Drop for Vmm {
 }
 
 fn connect(uds: &std::path::Path, port: u32) -> UnixStream {
-    vmpod_sandbox::vsock::connect(uds, port)
-        .unwrap_or_else(|| panic!("the guest did not accept a connection to port {port}"))
+    let stream = vmpod_sandbox::vsock::connect(uds, port)
+        .unwrap_or_else(|| panic!("the guest did not accept a connection to port {port}"));
+    with_deadline(stream)
+}
+
+/// A guest that stops answering fails the test with its console, instead of hanging it: on
+/// kvm-pvm a container's start and wait take seconds, never minutes.
+fn with_deadline(stream: UnixStream) -> UnixStream {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(300)))
+        .expect("a read timeout on a vsock stream");
+    stream
 }
 
 fn vm_config(
@@ -137,7 +147,7 @@ fn run_two_containers(mut vmm: Vmm, uds: &std::path::Path, console: &std::path::
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut client = Client::handshake(stream).expect("hello");
+    let mut client = Client::handshake(with_deadline(stream)).expect("hello");
     for (name, script, code, output) in [
         // Both vCPUs came back: the template was saved with its AP parked mid-flight.
         ("echo", "echo hello; nproc", 0, "hello\n2\n"),
@@ -213,8 +223,12 @@ fn run_container(
         })
         .expect("start");
     let mut out = String::new();
-    stdout.read_to_string(&mut out).unwrap();
-    let exit = client.wait(id, None).expect("wait");
+    stdout
+        .read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("{id}'s stdout: {e}\n{}", text()));
+    let exit = client
+        .wait(id, None)
+        .unwrap_or_else(|e| panic!("wait for {id}: {e}\n{}", text()));
     client
         .call_done(RequestBody::RemoveContainer {
             container_id: id.into(),
