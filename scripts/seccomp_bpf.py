@@ -181,7 +181,7 @@ def process_allowed(pid, names=None):
         except OSError:
             continue
         # vcpu0 and vcpu1 are one kind; the 86 of qemu-system-x86 is not a thread number.
-        kind = re.sub(r"(?<!x)\d+", "#", comm)
+        kind = re.sub(r"(?<![x\d])\d+", "#", comm)
         if kind in out:
             continue
         try:
