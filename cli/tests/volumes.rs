@@ -271,6 +271,92 @@ fn the_guest_cannot_reach_outside_its_volume() {
     );
 }
 
+/// An extended attribute of a host file, without following a symlink; None when absent.
+fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: both strings are NUL-terminated and the buffer is as long as said.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+#[test]
+fn a_privileged_guest_gets_user_xattrs_only_and_no_file_handles() {
+    let _serial = serial();
+    let base = support::Scratch::new("volume-xattr");
+    let volume = base.path("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    // The busybox image has no setfattr: a static probe, run from the volume itself.
+    let probe = volume.join("xattr-probe");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/xattr-probe.c");
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&probe)
+        .arg(&source)
+        .output()
+        .expect("run gcc");
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let file = volume.join("f");
+    std::fs::write(&file, "data\n").unwrap();
+    // A trusted.* attribute the host set: the guest must not read it.
+    let c_file = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated strings and a value of the length given.
+    let set = unsafe {
+        libc::setxattr(
+            c_file.as_ptr(),
+            c"trusted.host".as_ptr(),
+            b"host secret".as_ptr().cast(),
+            11,
+            0,
+        )
+    };
+    assert_eq!(set, 0, "the host's own trusted.* attribute");
+
+    let spec = format!("{}:/data", volume.display());
+    let c = Running::start(&["--privileged", "-v", &spec, "busybox", "sleep", "3600"]);
+    let said = c.sh("/data/xattr-probe /data/f");
+    let result = |what: &str| {
+        said.lines()
+            .find_map(|l| l.strip_prefix(&format!("{what} ")))
+            .unwrap_or_else(|| panic!("no {what} in: {said}"))
+            .to_string()
+    };
+    // user.* round-trips, and the host sees what the guest wrote.
+    assert_eq!(result("set-user"), "ok", "{said}");
+    assert_eq!(result("user-value"), "guest", "{said}");
+    // trusted.* and security.* (file capabilities included) are refused, and the host's own
+    // trusted attribute stays unread; no file handle that open_by_handle_at could use.
+    for refused in [
+        "set-trusted",
+        "set-security",
+        "set-capability",
+        "get-trusted-host",
+        "name-to-handle",
+    ] {
+        assert_ne!(result(refused), "ok", "{refused}: {said}");
+    }
+    drop(c);
+    assert_eq!(
+        host_xattr(&file, "user.vmpod").as_deref(),
+        Some(&b"guest"[..])
+    );
+    for name in ["trusted.vmpod", "security.vmpod", "security.capability"] {
+        assert_eq!(host_xattr(&file, name), None, "{name} reached the host");
+    }
+    assert_eq!(
+        host_xattr(&file, "trusted.host").as_deref(),
+        Some(&b"host secret"[..])
+    );
+}
+
 #[test]
 fn ten_templated_sandboxes_at_once_each_see_only_their_own_volume() {
     let _serial = serial();
