@@ -19,16 +19,16 @@ Prints a table, writes results/devices.csv and results/devices.png (gnuplot).
 """
 
 import argparse
-import csv
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchlib import charts, median_of, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
@@ -371,22 +371,20 @@ def main():
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "devices.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["case", "run", "mib_s", "cpu_us_per_request"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "devices.csv", rows, ["case", "run", "mib_s", "cpu_us_per_request"])
     summary = []
     print(f"\n{'case':40} {'MiB/s':>10} {'device CPU us/request':>22}   (medians; QEMU on TCG)")
     for case in dict.fromkeys(r["case"] for r in rows):
-        mib = statistics.median(r["mib_s"] for r in rows if r["case"] == case)
-        cpus = [r["cpu_us_per_request"] for r in rows
-                if r["case"] == case and r.get("cpu_us_per_request") is not None]
-        cpu = statistics.median(cpus) if cpus else None
+        mib = median_of(rows, "mib_s", case=case)
+        cpu = median_of(rows, "cpu_us_per_request", case=case)
         summary.append((case, mib, cpu))
         print(f"{case:40} {mib:10.1f} {cpu if cpu is None else round(cpu, 1)!s:>22}")
     print("requests: blk = 128 KiB reads, vsock = 4 KiB packets, net = Ethernet frames (both ways)")
     print("kvm-pvm rows: the guest kernel is emulated here, so only their CPU per request compares")
-    plot(summary, out)
+    charts(out, "devices", "vmpod devices vs QEMU (medians)", [c for c, _, _ in summary], [
+        ("MiB/s (log)", True, [("throughput", [m for _, m, _ in summary])]),
+        ("device CPU us per request", False, [("CPU per request", [c for _, _, c in summary])]),
+    ], "1400,500")
     print(f"csv: {out / 'devices.csv'}, plot: {out / 'devices.png'}")
 
 
@@ -395,30 +393,6 @@ def make_disk(path, mib):
         block = os.urandom(1 << 20)
         for _ in range(mib):
             f.write(block)
-
-
-def plot(summary, out):
-    data = out / "devices.dat"
-    with open(data, "w") as f:
-        for case, mib, cpu in summary:
-            label = case.replace(" ", "\\n", 2)
-            f.write(f'"{label}" {mib:.2f} {cpu if cpu is not None else "NaN"}\n')
-    script = f"""
-set terminal pngcairo size 1400,500
-set output '{out / "devices.png"}'
-set multiplot layout 1,2 title 'vmpod devices vs QEMU (medians)'
-set style data histogram
-set style fill solid 0.8
-set xtics rotate by -30 font ',8'
-set ylabel 'MiB/s (log)'
-set logscale y
-plot '{data}' using 2:xtic(1) title 'throughput'
-unset logscale y
-set ylabel 'device CPU us per request'
-plot '{data}' using 3:xtic(1) title 'CPU per request'
-unset multiplot
-"""
-    subprocess.run(["gnuplot"], input=script.encode(), check=True)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def write_csv(path, rows, fields=None):
 def median_of(rows, metric, **match):
     """The median of `metric` over the rows whose fields equal `match`; None without any."""
     values = [r[metric] for r in rows
-              if metric in r and all(r.get(k) == v for k, v in match.items())]
+              if r.get(metric) is not None and all(r.get(k) == v for k, v in match.items())]
     return statistics.median(values) if values else None
 
 
