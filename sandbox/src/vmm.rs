@@ -1,4 +1,5 @@
-//! The vmpod-vmm backend: one process, our devices in it, configured by JSON on a file.
+//! The vmpod-vmm backend: one process, our devices in it, configured by its own typed config
+//! (`vmpod_vmm::config::VmConfig`) serialised to JSON on a file.
 
 use crate::error::{io, SandboxError};
 use crate::hypervisor::{slot_serial, Hypervisor, SlotControl, TemplateRole, VmSpec};
@@ -11,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vmpod_vmm::config::{
+    Console, DiskConfig, FsConfig, NetConfig, SnapshotFiles, VmConfig, VsockConfig,
+};
 
 #[derive(Default)]
 pub struct VmpodVmm {
@@ -42,36 +46,50 @@ impl Hypervisor for VmpodVmm {
         self.console = vm.state_dir.join("console.log");
         let mut disks = Vec::with_capacity(vm.disks.len() + vm.spare_slots);
         for d in &vm.disks {
-            let path = files.open(&mut launch, &d.path, !d.read_only)?;
-            disks.push(
-                serde_json::json!({"path": path, "read_only": d.read_only, "serial": d.serial}),
-            );
+            disks.push(DiskConfig {
+                path: Some(files.open(&mut launch, &d.path, !d.read_only)?),
+                read_only: d.read_only,
+                serial: Some(d.serial.clone()),
+            });
         }
         let count = disks.len() + vm.spare_slots;
-        disks.extend(
-            (vm.disks.len()..count)
-                .map(|i| serde_json::json!({"read_only": true, "serial": slot_serial(i)})),
-        );
+        disks.extend((vm.disks.len()..count).map(|i| DiskConfig {
+            path: None,
+            read_only: true,
+            serial: Some(slot_serial(i)),
+        }));
         let (control, control_inside) = vm.socket("disks.sock");
         let shared_dir = launch.file(&vm.shared_dir, "/shared", true);
-        let mut config = serde_json::json!({
-            "kernel": files.open(&mut launch, &vm.kernel, false)?,
-            "initrd": files.open(&mut launch, &vm.initrd, false)?,
-            "cpus": vm.cpus,
-            "memory_mib": vm.memory_mib,
-            "console": files.create(&mut launch, &self.console)?,
-            "cmdline": format!("console=ttyS0 quiet {}", vm.cmdline),
-            "disks": disks,
-            "vsock": {"guest_cid": 3, "uds_path": uds_inside},
-            "fs": {"tag": vmpod_protocol::SHARED_FS_TAG, "shared_dir": shared_dir},
-            "disk_control": control_inside,
-        });
+        let mut config = VmConfig {
+            kernel: files.open(&mut launch, &vm.kernel, false)?,
+            initrd: Some(files.open(&mut launch, &vm.initrd, false)?),
+            cpus: vm.cpus.into(),
+            memory_mib: vm.memory_mib.into(),
+            console: Console::File(files.create(&mut launch, &self.console)?),
+            cmdline: format!("console=ttyS0 quiet {}", vm.cmdline),
+            disks,
+            vsock: Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: uds_inside,
+            }),
+            fs: Some(FsConfig {
+                tag: vmpod_protocol::SHARED_FS_TAG.into(),
+                shared_dir,
+            }),
+            disk_control: Some(control_inside),
+            ..VmConfig::default()
+        };
         if let Some(net) = &vm.net {
             launch.fd(net.tap_fd);
-            config["net"] = serde_json::json!({"fd": net.tap_fd, "mac": net.mac});
+            config.net = Some(NetConfig {
+                tap: None,
+                fd: Some(net.tap_fd),
+                netns: None,
+                mac: Some(net.mac.clone()),
+            });
         }
         if vm.jail.is_some() {
-            config["kvm"] = files.device(&mut launch, Path::new("/dev/kvm"))?.into();
+            config.kvm = Some(files.device(&mut launch, Path::new("/dev/kvm"))?);
             // vmpod-vmm looks here to know kvm-pvm's needs.
             let pvm = Path::new("/sys/module/kvm_pvm");
             if pvm.exists() {
@@ -84,22 +102,24 @@ impl Hypervisor for VmpodVmm {
                 // The sandbox creates both files (root's) and vmpod-vmm only writes into
                 // them; moving the state into place stays the sandbox's (`save`).
                 let state = vm.state_dir.join("template-state");
-                config["snapshot"] = serde_json::json!({
-                    "state": files.create(&mut launch, &state)?,
-                    "memory": files.create(&mut launch, memory)?,
+                config.snapshot = Some(SnapshotFiles {
+                    state: files.create(&mut launch, &state)?,
+                    memory: files.create(&mut launch, memory)?,
                 });
                 self.saving_to = Some(state);
             }
             Some(TemplateRole::Restore { state, memory }) => {
                 // Every clone maps the template's memory privately: read-only is enough.
-                let state = files.open(&mut launch, state, false)?;
-                let memory = files.open(&mut launch, memory, false)?;
-                config["restore"] = serde_json::json!({"state": state, "memory": memory});
+                config.restore = Some(SnapshotFiles {
+                    state: files.open(&mut launch, state, false)?,
+                    memory: files.open(&mut launch, memory, false)?,
+                });
             }
         }
         let path = vm.state_dir.join("vm.json");
-        std::fs::write(&path, config.to_string())
-            .map_err(io(format!("write {}", path.display())))?;
+        let json = serde_json::to_vec(&config)
+            .map_err(|e| SandboxError::Invalid(format!("vmpod-vmm's config: {e}")))?;
+        std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
         let config_file =
             std::fs::File::open(&path).map_err(io(format!("open {}", path.display())))?;
         launch.fd(config_file.as_raw_fd());
@@ -247,12 +267,12 @@ impl PassedFiles {
     }
 
     /// A device vmpod-vmm uses, as `fd:N`.
-    fn device(&mut self, launch: &mut Launch, path: &Path) -> Result<String, SandboxError> {
+    fn device(&mut self, launch: &mut Launch, path: &Path) -> Result<PathBuf, SandboxError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(io(format!("open {}", path.display())))?;
-        Ok(format!("fd:{}", self.keep(launch, file)))
+        Ok(PathBuf::from(format!("fd:{}", self.keep(launch, file))))
     }
 }

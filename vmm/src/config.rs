@@ -417,6 +417,65 @@ impl VmConfig {
 mod tests {
     use super::*;
 
+    /// The sandbox writes this type serialised (sandbox/src/vmm.rs): what it writes, every
+    /// field set as it sets them, must read back the same.
+    #[test]
+    fn a_serialised_config_reads_back_the_same() {
+        let config = VmConfig {
+            kernel: "/proc/self/fd/5".into(),
+            initrd: Some("/guest/initrd".into()),
+            cpus: 2,
+            memory_mib: 256,
+            console: Console::File("fd:7".into()),
+            cmdline: "console=ttyS0 quiet".into(),
+            disks: vec![
+                DiskConfig {
+                    path: Some("/disks/0".into()),
+                    read_only: true,
+                    serial: Some("rootfs".into()),
+                },
+                DiskConfig {
+                    path: None,
+                    read_only: true,
+                    serial: Some("slot1".into()),
+                },
+            ],
+            vsock: Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/vsock.sock".into(),
+            }),
+            net: Some(NetConfig {
+                tap: None,
+                fd: Some(9),
+                netns: None,
+                mac: Some("06:00:ac:10:00:02".into()),
+            }),
+            fs: Some(FsConfig {
+                tag: "vmpod".into(),
+                shared_dir: "/shared".into(),
+            }),
+            snapshot: Some(SnapshotFiles {
+                state: "fd:10".into(),
+                memory: "fd:11".into(),
+            }),
+            disk_control: Some("/disks.sock".into()),
+            kvm: Some("fd:4".into()),
+            ..VmConfig::default()
+        };
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            VmConfig::from_json(&json, "test").unwrap(),
+            config,
+            "{json}"
+        );
+        // An unset console or mask reads back as itself, not as a file named "stdout".
+        let plain = serde_json::to_string(&VmConfig::default()).unwrap();
+        assert_eq!(
+            VmConfig::from_json(&plain, "test").unwrap(),
+            VmConfig::default()
+        );
+    }
+
     #[test]
     fn json_fields_have_documented_defaults() {
         let config = VmConfig::from_json(r#"{"kernel": "/k"}"#, "test").unwrap();
