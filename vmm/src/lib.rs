@@ -118,25 +118,27 @@ pub fn run(
             source,
         })?,
     };
-    if let Some(files) = &config.snapshot {
-        let msrs = vstate::snapshot::readable_msrs(&kvm, vcpus[0].fd()).map_err(VmmError::State)?;
-        let pause = Arc::new(vstate::pause::Pause::new(
-            vstate::pause::SnapshotRequest {
+    let saving = match &config.snapshot {
+        Some(files) => {
+            let msrs =
+                vstate::snapshot::readable_msrs(&kvm, vcpus[0].fd()).map_err(VmmError::State)?;
+            let pause = Arc::new(vstate::pause::Pause::new(msrs, vcpus.len()));
+            if vcpus.len() > 1 {
+                vstate::pause::install_kick_handler().map_err(VmmError::Signals)?;
+            }
+            for vcpu in &mut vcpus {
+                vcpu.snapshot_when_ready(pause.clone());
+            }
+            let request = snapshot::SnapshotRequest {
                 vm: vm.clone(),
                 mem: mem.clone(),
                 output: snapshot::SnapshotOutput::create(files)?,
-                msrs,
                 memory_mib: config.memory_mib,
-            },
-            vcpus.len(),
-        ));
-        if vcpus.len() > 1 {
-            vstate::pause::install_kick_handler().map_err(VmmError::Signals)?;
+            };
+            Some((pause, request))
         }
-        for vcpu in &mut vcpus {
-            vcpu.snapshot_when_ready(pause.clone());
-        }
-    }
+        None => None,
+    };
     step(started, "vCPUs configured");
 
     let eventfd =
@@ -227,6 +229,10 @@ pub fn run(
         }
         events.run().map_err(VmmError::EventLoop)?;
     };
+    let reason = match (reason, &saving) {
+        (ExitReason::Paused, Some((pause, request))) => save_stopped(pause, request, &bus),
+        (reason, _) => reason,
+    };
     bus.flush_console();
     // The device threads are never joined (see below), so the vsock socket would outlive us.
     if let Some(vsock) = &config.vsock {
@@ -238,6 +244,30 @@ pub fn run(
     std::mem::forget(mem);
     std::mem::forget(vm);
     Ok(reason)
+}
+
+/// Saves a VM whose vCPUs are stopped, on the event loop's thread (the vCPU threads only read
+/// their own registers), and releases the parked vCPUs with the verdict.
+fn save_stopped(
+    pause: &vstate::pause::Pause,
+    request: &snapshot::SnapshotRequest,
+    bus: &Bus,
+) -> ExitReason {
+    let outcome = match pause.take_states() {
+        None => ExitReason::SnapshotFailed("no vCPU handed its state over".into()),
+        Some(vcpus) => {
+            let devices = snapshot::DevicesState {
+                serial: bus.serial_state(),
+                virtio: bus.virtio_states(),
+            };
+            match request.save(vcpus, devices) {
+                Ok(()) => ExitReason::Snapshotted,
+                Err(e) => ExitReason::SnapshotFailed(e.to_string()),
+            }
+        }
+    };
+    pause.finish(outcome.clone());
+    outcome
 }
 
 /// Start-up breakdown for `RUST_LOG=debug`: where the time to the first guest instruction goes.

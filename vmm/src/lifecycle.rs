@@ -15,6 +15,9 @@ pub enum ExitReason {
     GuestCrash(String),
     /// The VMM was asked to stop by a signal.
     Signal(i32),
+    /// Every vCPU stopped at the guest's ready byte and handed its state over: the event
+    /// loop saves the VM next, which ends as `Snapshotted` or `SnapshotFailed`.
+    Paused,
     /// The VM was saved at the guest's ready byte (a template) and stopped.
     Snapshotted,
     /// Saving the VM failed.
@@ -32,7 +35,8 @@ impl ExitReason {
             ExitReason::GuestCrash(_) => 3,
             ExitReason::Signal(signo) => 128 + signo,
             ExitReason::Snapshotted => 0,
-            ExitReason::SnapshotFailed(_) | ExitReason::ThreadFailed(_) => 1,
+            // Paused is never the VMM's last word; if it were, nothing was saved.
+            ExitReason::Paused | ExitReason::SnapshotFailed(_) | ExitReason::ThreadFailed(_) => 1,
         }
     }
 }
@@ -46,6 +50,7 @@ impl std::fmt::Display for ExitReason {
             }
             ExitReason::GuestCrash(what) => write!(f, "guest crashed: {what}"),
             ExitReason::Signal(signo) => write!(f, "stopped by signal {signo}"),
+            ExitReason::Paused => write!(f, "VM stopped at the guest's ready byte, not saved"),
             ExitReason::Snapshotted => write!(f, "VM saved at the guest's ready byte"),
             ExitReason::SnapshotFailed(why) => write!(f, "cannot save the VM: {why}"),
             ExitReason::ThreadFailed(why) => write!(f, "a VMM thread failed: {why}"),

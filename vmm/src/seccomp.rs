@@ -179,7 +179,8 @@ pub fn event_loop() -> Result<Filter, SeccompError> {
         // Block requests at an offset.
         .any(libc::SYS_pread64)
         .any(libc::SYS_pwrite64)
-        // A block flush request.
+        // A block flush request; a template's state and memory files, written here once the
+        // vCPUs have stopped, reach the disk before the VMM reports them saved.
         .any(libc::SYS_fdatasync)
         // Host clients of the vsock and disk-control sockets; std reads and writes a Unix
         // stream with recv and send (MSG_NOSIGNAL), to connected sockets only (no address).
@@ -191,8 +192,16 @@ pub fn event_loop() -> Result<Filter, SeccompError> {
         .any(libc::SYS_connect)
         // vsock half-close (the guest's SHUTDOWN).
         .any(libc::SYS_shutdown)
-        // An accepted or connected socket made non-blocking (set_nonblocking is FIONBIO).
-        .rules(libc::SYS_ioctl, vec![arg_eq(1, libc::FIONBIO)])
+        // An accepted or connected socket made non-blocking (set_nonblocking is FIONBIO); a
+        // template's VM-wide state, read once its vCPUs have stopped (the interrupt
+        // controllers, the PIT, the clock).
+        .rules(
+            libc::SYS_ioctl,
+            one_of(
+                1,
+                &[libc::FIONBIO, KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_GET_CLOCK],
+            ),
+        )
         // Closed connections, ejected images.
         .any(libc::SYS_close)
         // virtio-rng's entropy; std's HashMap keys.
@@ -219,7 +228,8 @@ pub fn vcpu() -> Result<Filter, SeccompError> {
             KVM_SET_SREGS,
             KVM_SET_REGS,
             KVM_SET_MP_STATE,
-            // The guest RIP named when a vCPU crashes; the rest saves a template.
+            // The guest RIP named when a vCPU crashes; the rest reads a vCPU's state for a
+            // template.
             KVM_GET_REGS,
             KVM_GET_MSRS,
             KVM_GET_FPU,
@@ -229,19 +239,13 @@ pub fn vcpu() -> Result<Filter, SeccompError> {
             KVM_GET_DEBUGREGS,
             KVM_GET_XSAVE,
             KVM_GET_XCRS,
-            KVM_GET_IRQCHIP,
-            KVM_GET_PIT2,
-            KVM_GET_CLOCK,
             KVM_GET_CPUID2,
         ],
     );
     runtime(AllowlistBuilder::new("vCPU"))
         .rules(libc::SYS_ioctl, kvm)
-        // Serial output to the console, interrupt and lifecycle eventfds, and the snapshot's
-        // state and memory into the files opened at start-up.
+        // Serial output to the console, interrupt and lifecycle eventfds.
         .any(libc::SYS_write)
-        // The snapshot reaches the disk before the VMM reports it saved.
-        .any(libc::SYS_fsync)
         // A driver's device reset drops the device's open handles (vsock streams, FUSE
         // files), which also leave the muxer's epoll set.
         .any(libc::SYS_close)

@@ -43,6 +43,8 @@ pub enum SnapshotError {
     },
     #[error("cannot map the memory file {path}: {why}")]
     Map { path: PathBuf, why: String },
+    #[error("cannot read the VM's state from KVM: {0}")]
+    VmState(#[from] crate::vstate::snapshot::StateError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -97,8 +99,33 @@ impl SnapshotOutput {
     }
 }
 
-/// Writes the memory, then the state, each synced to the disk.
-pub fn save(
+/// What the event loop needs to save the VM once every vCPU has stopped and handed its state
+/// over (vstate::pause): made at start-up, since no thread opens files once confined.
+pub struct SnapshotRequest {
+    pub vm: std::sync::Arc<crate::vstate::vm::Vm>,
+    pub mem: GuestMemoryMmap,
+    pub output: SnapshotOutput,
+    pub memory_mib: u64,
+}
+
+impl SnapshotRequest {
+    /// The stopped vCPUs' states, the VM's own (read from KVM here) and the devices', written.
+    pub fn save(&self, vcpus: Vec<VcpuState>, devices: DevicesState) -> Result<(), SnapshotError> {
+        let state = Snapshot {
+            format: FORMAT.into(),
+            version: VERSION,
+            memory_mib: self.memory_mib,
+            vcpus,
+            vm: crate::vstate::snapshot::save_vm(self.vm.fd())?,
+            devices,
+        };
+        write(&state, &self.mem, &self.output)
+    }
+}
+
+/// Writes the memory, then the state, each synced to the disk (fdatasync: the files were
+/// created at start-up, so their data is all a reader needs).
+fn write(
     state: &Snapshot,
     mem: &GuestMemoryMmap,
     output: &SnapshotOutput,
@@ -111,14 +138,14 @@ pub fn save(
         let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), region.len() as usize) };
         file.write_all(bytes).map_err(io("write", memory_path))?;
     }
-    file.sync_all().map_err(io("sync", memory_path))?;
+    file.sync_data().map_err(io("sync", memory_path))?;
     let json = serde_json::to_vec(state).map_err(|e| SnapshotError::Format {
         path: output.state_path.clone(),
         why: e.to_string(),
     })?;
     let mut file = &output.state;
     file.write_all(&json)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| file.sync_data())
         .map_err(io("write", &output.state_path))
 }
 

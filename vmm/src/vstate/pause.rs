@@ -1,6 +1,7 @@
-//! Saving a VM of several vCPUs: the vCPU that sees the guest's ready byte leads; every other
-//! vCPU is pulled out of KVM_RUN, saves its own registers on its own thread, and parks until
-//! the leader has written the snapshot.
+//! Stopping a VM of several vCPUs to save it: the vCPU that sees the guest's ready byte leads;
+//! every other vCPU is pulled out of KVM_RUN, saves its own registers on its own thread, and
+//! parks. The leader hands every vCPU's state over and ends; the event loop assembles and
+//! writes the snapshot (a vCPU thread only reads its own registers) and gives its verdict.
 //!
 //! A vCPU is pulled out by setting `immediate_exit` in its kvm_run page and sending its thread
 //! a signal with a no-op handler: the signal ends a KVM_RUN in progress, and the flag makes the
@@ -8,25 +9,13 @@
 //! neither a vCPU in the guest nor one between two KVM_RUNs can miss it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
 
 use crate::lifecycle::ExitReason;
 use crate::vstate::snapshot::VcpuState;
-
-/// Save the VM when the guest writes its ready byte: what the vCPU that sees it needs to do it
-/// from its own thread (only there is it out of KVM_RUN at that moment).
-pub struct SnapshotRequest {
-    pub vm: Arc<crate::vstate::vm::Vm>,
-    pub mem: vm_memory::GuestMemoryMmap,
-    /// Opened at start-up: the vCPU thread may not open files.
-    pub output: crate::snapshot::SnapshotOutput,
-    /// The MSRs this vCPU lets us read.
-    pub msrs: Vec<u32>,
-    pub memory_mib: u64,
-}
 
 /// How long the leader waits for the other vCPUs to park: a signal ends KVM_RUN at once, even
 /// on kvm-pvm; this only bounds a vCPU thread that never comes back.
@@ -57,28 +46,32 @@ struct Progress {
     threads: Vec<Option<Thread>>,
     states: Vec<Option<VcpuState>>,
     failed: Option<String>,
-    /// The leader's verdict, which every parked vCPU then reports too.
+    /// Every vCPU's state, once the leader has collected them, for the event loop.
+    handed_over: Option<Vec<VcpuState>>,
+    /// The event loop's verdict, which every parked vCPU then reports too.
     outcome: Option<ExitReason>,
 }
 
 pub struct Pause {
     /// The MSRs each vCPU saves.
     pub msrs: Vec<u32>,
-    request: Mutex<Option<SnapshotRequest>>,
+    /// Set by the first vCPU to see the ready byte: the leader.
+    claimed: AtomicBool,
     pausing: AtomicBool,
     progress: Mutex<Progress>,
     changed: Condvar,
 }
 
 impl Pause {
-    pub fn new(request: SnapshotRequest, cpus: usize) -> Pause {
+    pub fn new(msrs: Vec<u32>, cpus: usize) -> Pause {
         Pause {
-            msrs: request.msrs.clone(),
-            request: Mutex::new(Some(request)),
+            msrs,
+            claimed: AtomicBool::new(false),
             pausing: AtomicBool::new(false),
             progress: Mutex::new(Progress {
                 threads: (0..cpus).map(|_| None).collect(),
                 states: (0..cpus).map(|_| None).collect(),
+                handed_over: None,
                 failed: None,
                 outcome: None,
             }),
@@ -113,12 +106,9 @@ impl Pause {
         self.pausing.load(Ordering::Acquire)
     }
 
-    /// The request, for the vCPU that saw the ready byte first.
-    pub fn lead(&self) -> Option<SnapshotRequest> {
-        self.request
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+    /// True for the vCPU that saw the ready byte first, once.
+    pub fn lead(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
     }
 
     /// Pulls every vCPU but `leader` out of the guest.
@@ -139,7 +129,7 @@ impl Pause {
     }
 
     /// A kicked vCPU's registers (or why they could not be read); then it waits for the
-    /// leader's verdict and returns it.
+    /// verdict and returns it.
     pub fn park(&self, index: usize, state: Result<VcpuState, String>) -> ExitReason {
         let mut p = self.progress();
         match state {
@@ -197,7 +187,17 @@ impl Pause {
         }
     }
 
-    /// Releases the parked vCPUs with the leader's verdict (the VM ends either way).
+    /// The leader's last act: every vCPU's state, for the event loop to save.
+    pub fn hand_over(&self, states: Vec<VcpuState>) {
+        self.progress().handed_over = Some(states);
+    }
+
+    /// What the leader handed over; None if it never did (the VM did not stop to be saved).
+    pub fn take_states(&self) -> Option<Vec<VcpuState>> {
+        self.progress().handed_over.take()
+    }
+
+    /// Releases the parked vCPUs with the verdict (the VM ends either way).
     pub fn finish(&self, outcome: ExitReason) {
         self.progress().outcome = Some(outcome);
         self.changed.notify_all();

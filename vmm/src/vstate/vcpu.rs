@@ -15,7 +15,7 @@ use crate::devices::boot_timer::BOOT_DONE;
 use crate::devices::{Bus, BOOT_TIMER_PORT};
 use crate::lifecycle::{ExitReason, Lifecycle};
 use crate::seccomp::ThreadStart;
-use crate::vstate::pause::{Pause, SnapshotRequest};
+use crate::vstate::pause::Pause;
 use crate::vstate::snapshot as snapshot_state;
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
@@ -231,8 +231,8 @@ impl Vcpu {
                     bus.pio_write(port, data);
                     if ready {
                         if let Some(pause) = self.pause.clone() {
-                            if let Some(request) = pause.lead() {
-                                return self.save_snapshot(request, &pause, bus);
+                            if pause.lead() {
+                                return self.lead_pause(&pause);
                             }
                         }
                     }
@@ -279,13 +279,23 @@ impl Vcpu {
         pause.park(usize::from(self.index), state)
     }
 
-    fn save_snapshot(&mut self, request: SnapshotRequest, pause: &Pause, bus: &Bus) -> ExitReason {
-        let outcome = self.lead_snapshot(request, pause, bus);
-        pause.finish(outcome.clone());
-        outcome
+    /// Stops every vCPU and hands their states to the event loop, which saves the VM
+    /// (`ExitReason::Paused`); a failure here is the verdict at once.
+    fn lead_pause(&mut self, pause: &Pause) -> ExitReason {
+        match self.stop_all(pause) {
+            Ok(states) => {
+                pause.hand_over(states);
+                ExitReason::Paused
+            }
+            Err(why) => {
+                let outcome = ExitReason::SnapshotFailed(why);
+                pause.finish(outcome.clone());
+                outcome
+            }
+        }
     }
 
-    fn lead_snapshot(&mut self, request: SnapshotRequest, pause: &Pause, bus: &Bus) -> ExitReason {
+    fn stop_all(&mut self, pause: &Pause) -> Result<Vec<snapshot_state::VcpuState>, String> {
         // KVM finishes the port write only on the next KVM_RUN; with immediate_exit it does
         // that and returns at once, leaving a consistent state to save.
         self.fd.set_kvm_immediate_exit(1);
@@ -293,32 +303,12 @@ impl Vcpu {
         self.fd.set_kvm_immediate_exit(0);
         match finished {
             Err(e) if e.errno() == libc::EINTR => {}
-            Ok(()) => return ExitReason::SnapshotFailed("the vCPU did not stop".into()),
-            Err(e) => return ExitReason::SnapshotFailed(format!("KVM_RUN: {e}")),
+            Ok(()) => return Err("the vCPU did not stop".into()),
+            Err(e) => return Err(format!("KVM_RUN: {e}")),
         }
         pause.kick_others(usize::from(self.index));
-        let saved = (|| -> Result<(), String> {
-            let own =
-                snapshot_state::save_vcpu(&self.fd, &request.msrs).map_err(|e| e.to_string())?;
-            let vcpus = pause.collect(usize::from(self.index), own)?;
-            let vm = snapshot_state::save_vm(request.vm.fd()).map_err(|e| e.to_string())?;
-            let state = crate::snapshot::Snapshot {
-                format: crate::snapshot::FORMAT.into(),
-                version: crate::snapshot::VERSION,
-                memory_mib: request.memory_mib,
-                vcpus,
-                vm,
-                devices: crate::snapshot::DevicesState {
-                    serial: bus.serial_state(),
-                    virtio: bus.virtio_states(),
-                },
-            };
-            crate::snapshot::save(&state, &request.mem, &request.output).map_err(|e| e.to_string())
-        })();
-        match saved {
-            Ok(()) => ExitReason::Snapshotted,
-            Err(e) => ExitReason::SnapshotFailed(e),
-        }
+        let own = snapshot_state::save_vcpu(&self.fd, &pause.msrs).map_err(|e| e.to_string())?;
+        pause.collect(usize::from(self.index), own)
     }
 
     fn crash(&self, what: &str) -> ExitReason {
