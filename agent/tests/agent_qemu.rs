@@ -1,5 +1,8 @@
 //! vmpod-agent in a real guest (QEMU microvm on TCG with our vhost-user devices), driven over
 //! vsock exactly as the sandbox drives it.
+//!
+//! (Over 600 lines: one test binary for the agent's whole protocol, whose tests run in
+//! parallel within it and share its VM helpers.)
 
 mod common;
 

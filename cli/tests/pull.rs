@@ -3,6 +3,8 @@
 //! with skopeo from OCI layouts built here (busybox, the two-layer test image, a multi-arch
 //! index, an image whose blob is then corrupted, a big one pulled through a throttling proxy).
 //! Each test pulls into its own store (its own vmpod.toml), so they run in parallel.
+//!
+//! (Over 600 lines: one test binary, so that its tests share the registries it starts.)
 
 mod common;
 

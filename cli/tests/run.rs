@@ -1,5 +1,7 @@
 //! `vmpod run` end to end: real microVMs through `--hypervisor auto` (QEMU with TCG on hosts
 //! whose KVM cannot run the guest at speed), the busybox tree `make guest` builds.
+//!
+//! (Over 600 lines: one test binary for `vmpod run`'s flags, whose tests share its helpers.)
 
 mod common;
 

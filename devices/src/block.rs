@@ -7,6 +7,8 @@
 //! model of Firecracker's "update a drive's backing file". An empty slot reads as a disk of
 //! capacity 0; the transport announces each change with a config-change interrupt and the
 //! guest's driver reads the new capacity.
+//!
+//! (Over 600 lines with its unit tests; the device itself is about 350.)
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

@@ -1,6 +1,8 @@
 //! The jail, end to end on QEMU (TCG): every process of a running sandbox is its own
 //! unprivileged uid in its own namespaces and root, holds only the descriptors it needs, cannot
 //! write what sandboxes share, and goes with its owner's kill -9, leaving nothing behind.
+//!
+//! (Over 600 lines: one test binary, whose tests share the jail's probes.)
 
 #[path = "../../tests/support/mod.rs"]
 mod support;

@@ -1,5 +1,7 @@
 //! The shim under a real containerd (Debian's 1.6), started by each test with its own root,
 //! state and socket, and the build's binaries first on its PATH; `ctr` drives it.
+//!
+//! (Over 600 lines: one test binary, whose tests share its containerd helpers.)
 
 #[path = "../../tests/support/mod.rs"]
 mod support;

@@ -2,6 +2,8 @@
 //! plugin on (one per test binary, in a network namespace of its own; see cri/containerd.rs).
 //! Every check is written once and run for each handler: `runc` proves the test itself, `vmpod`
 //! holds the shim to the same behaviour.
+//!
+//! (Over 600 lines: one test binary, so that every test shares its one containerd.)
 
 #[path = "../../tests/support/mod.rs"]
 mod support;

@@ -1,5 +1,7 @@
 //! The VM's configuration: one JSON document (file or fd), overridable from the command line,
 //! validated once before anything is created.
+//!
+//! (Over 600 lines with its unit tests; the config itself is about 400.)
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;

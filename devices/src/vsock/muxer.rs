@@ -5,6 +5,8 @@
 //!
 //! Every socket is non-blocking and sits in the muxer's own epoll set, whose descriptor the
 //! transport watches; guest memory is only touched through the queues handed in.
+//!
+//! (Over 600 lines with its unit tests; the muxer itself is about 500.)
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};

@@ -3,6 +3,8 @@
 //! bytes between each stream and its local socket ([`Session::send`], [`Session::inbound`]).
 //! The guest's agent drives it from its epoll loop, the host from a few threads; both speak
 //! through this one state machine.
+//!
+//! (Over 600 lines with its unit tests; the session itself is about 400.)
 
 use super::codec::{encode_into, hello, Decoder, Frame, HelloScanner, Kind, MuxError};
 use super::codec::{MAGIC, MAX_PAYLOAD, WINDOW};

@@ -1,4 +1,6 @@
 //! The task service against a fake agent, a fake host and recorded events: no VM is booted.
+//!
+//! (Over 600 lines: the task service's unit tests, apart from the service itself.)
 
 use super::*;
 use crate::agent::{Agent, Hangup, OomEvents};

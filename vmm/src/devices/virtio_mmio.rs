@@ -4,6 +4,8 @@
 //! Register access is plain logic over this struct; the vCPU threads call `read`/`write` for
 //! MMIO exits, the event loop calls `process_queue` when a queue's ioeventfd fires, and used
 //! buffers raise the device's interrupt through an irqfd.
+//!
+//! (Over 600 lines with its unit tests; the transport itself is under 500.)
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
