@@ -4,8 +4,9 @@
 //!
 //! (Over 600 lines: one test binary, whose tests share the jail's probes.)
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+mod common;
+
+use common::support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -13,33 +14,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vmpod_sandbox::hypervisor::Disk;
 use vmpod_sandbox::jailer::FILE_CAPS;
-use vmpod_sandbox::{Backend, Boot, Sandbox, SandboxConfig};
+use vmpod_sandbox::{Backend, Boot, Sandbox};
 
 fn sandbox() -> Sandbox {
-    let layer = support::guest_dir().join("busybox.erofs");
-    assert!(
-        layer.is_file(),
-        "{} is missing: run `make guest`",
-        layer.display()
-    );
-    Sandbox::start(SandboxConfig {
-        backend: Backend::Qemu { kvm: false },
-        boot: Boot::Cold,
-        cpus: 1,
-        memory_mib: 128,
-        disks: vec![Disk {
-            path: layer,
-            serial: "layer0".into(),
-            read_only: true,
-        }],
-        shared: Vec::new(),
-        debug: false,
-        kernel_args: String::new(),
-        netns: None,
-    })
-    .expect("start a sandbox")
+    common::busybox_sandbox(Backend::Qemu { kvm: false }, Boot::Cold, 128)
 }
 
 /// The sandbox's uid: its jail's owner.
