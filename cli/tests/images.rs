@@ -10,18 +10,6 @@ use std::process::Command;
 const LAYERS: &str = "/var/lib/vmpod/images/layers";
 const TMP: &str = "/var/lib/vmpod/images/tmp";
 
-fn entries(dir: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 /// The two-layer test image (whiteouts, a user, a full config) in three forms.
 fn test_image(scratch: &support::Scratch) -> PathBuf {
     let out = scratch.path("image");

@@ -441,15 +441,7 @@ impl Host {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.vmpod(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "vmpod {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        succeeded(args, self.vmpod(args))
     }
 
     /// `vmpod ARGS` fails with 125 and one line of stderr, which it returns.
@@ -463,15 +455,7 @@ impl Host {
     }
 
     fn store(&self, dir: &str) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.scratch.path("store").join(dir))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+        entries(self.scratch.path("store").join(dir))
     }
 
     fn has_layer(&self, diff_id: &str) -> bool {

@@ -3,8 +3,9 @@
 
 mod common;
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
+use vm_memory::GuestMemoryMmap;
 use vmpod_vmm::memory::create_guest_memory;
 use vmpod_vmm::vstate::snapshot::{
     readable_msrs, restore_vcpu, restore_vm, save_vcpu, save_vm, VcpuState, VmState,
@@ -12,18 +13,43 @@ use vmpod_vmm::vstate::snapshot::{
 use vmpod_vmm::vstate::vcpu::Vcpu;
 use vmpod_vmm::vstate::vm::Vm;
 
-#[test]
-fn vcpu_and_vm_state_round_trip_into_a_fresh_vm() {
+/// A VM of one configured vCPU on the real KVM, and what a second one needs.
+struct Fresh {
+    kvm: Kvm,
+    cpuid: CpuId,
+    mem: GuestMemoryMmap,
+    vm: Vm,
+    vcpu: Vcpu,
+}
+
+fn fresh() -> Fresh {
     common::require_kvm();
     let kvm = Kvm::new().expect("open /dev/kvm");
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .expect("supported CPUID");
     let mem = create_guest_memory(16 << 20).expect("guest memory");
-
     let vm = Vm::new(&kvm, &mem).expect("VM");
     let vcpu = Vcpu::new(vm.fd(), 0).expect("vCPU");
     vcpu.configure(&cpuid, None).expect("configure");
+    Fresh {
+        kvm,
+        cpuid,
+        mem,
+        vm,
+        vcpu,
+    }
+}
+
+#[test]
+fn vcpu_and_vm_state_round_trip_into_a_fresh_vm() {
+    let Fresh {
+        kvm,
+        cpuid,
+        mem,
+        vm,
+        vcpu,
+    } = fresh();
     let mut regs = vcpu.fd().get_regs().unwrap();
     regs.rax = 0x1234_5678_9abc_def0;
     regs.rbx = 42;
@@ -79,15 +105,13 @@ fn vcpu_and_vm_state_round_trip_into_a_fresh_vm() {
 
 #[test]
 fn more_msrs_than_one_kvm_call_carries_are_saved_and_restored_in_chunks() {
-    common::require_kvm();
-    let kvm = Kvm::new().expect("open /dev/kvm");
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .expect("supported CPUID");
-    let mem = create_guest_memory(16 << 20).expect("guest memory");
-    let vm = Vm::new(&kvm, &mem).expect("VM");
-    let vcpu = Vcpu::new(vm.fd(), 0).expect("vCPU");
-    vcpu.configure(&cpuid, None).expect("configure");
+    let Fresh {
+        kvm,
+        cpuid,
+        mem,
+        vm,
+        vcpu,
+    } = fresh();
     let readable = readable_msrs(&kvm, vcpu.fd()).expect("readable MSRs");
     // The readable list, repeated past the 255 entries KVM takes per call: a host with that many
     // MSRs (hardware KVM lists more every few kernels) must not fail the save.

@@ -67,7 +67,11 @@ pub fn ok(args: &[&str]) -> String {
 }
 
 pub fn ok_env(args: &[&str], env: &[(&str, &Path)]) -> String {
-    let out = vmpod_env(args, None, env);
+    succeeded(args, vmpod_env(args, None, env))
+}
+
+/// The stdout of `vmpod ARGS`, which must have exited 0.
+pub fn succeeded(args: &[&str], out: Output) -> String {
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -76,6 +80,19 @@ pub fn ok_env(args: &[&str], env: &[(&str, &Path)]) -> String {
         text(&out.stderr)
     );
     text(&out.stdout)
+}
+
+/// The names in a directory, sorted; none when it is missing.
+pub fn entries(dir: impl AsRef<Path>) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// This test binary's sandboxes: state directories under /run/vmpod and their processes.
@@ -111,14 +128,4 @@ pub fn state_dirs() -> Vec<String> {
 /// Background containers' records (and their name claims).
 pub fn records() -> Vec<String> {
     entries("/run/vmpod/containers")
-}
-
-fn entries(dir: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
