@@ -131,6 +131,8 @@ def charts(out: Path, name, title, labels, panels, size="1100,450"):
         body.append(f"set ylabel '{ylabel}'\nplot " + ", ".join(plots))
     script = "\n".join([
         f"set terminal pngcairo size {size}", f"set output '{out / f'{name}.png'}'",
+        # Case names are shown as written: an underscore is not a subscript.
+        "set termoption noenhanced",
         f"set multiplot layout 1,{len(panels)} title '{title}'",
         "set style data histograms", "set style histogram clustered",
         "set style fill solid 0.8", "set xtics rotate by -30 font ',8'",
