@@ -98,18 +98,24 @@ pub fn restore(
     kvm: &Kvm,
     files: &SnapshotFiles,
     saved: &Snapshot,
-    cpuid: &CpuidTemplate,
+    hidden: Vec<CpuFeature>,
 ) -> Result<Machine, VmmError> {
     let mem = snapshot::map_memory(&files.memory, saved.memory_mib)?;
     let vm = Arc::new(Vm::new(kvm, &mem)?);
     vstate::snapshot::restore_vm(vm.fd(), &saved.vm).map_err(VmmError::State)?;
+    // The saved CPUID is the one restored; only a snapshot made before it was saved asks KVM
+    // for this host's, as a boot does.
+    let template = match saved.vcpus.iter().any(|state| state.cpuid.is_empty()) {
+        true => Some(CpuidTemplate::new(kvm, hidden)?),
+        false => None,
+    };
     let count = saved.vcpus.len() as u8;
     let mut vcpus = Vec::with_capacity(saved.vcpus.len());
     for (index, state) in saved.vcpus.iter().enumerate() {
         let vcpu = Vcpu::new(vm.fd(), index as u8)?;
-        // The saved CPUID is the one restored; this is for snapshots without one.
-        let fallback = cpuid.of(index as u8, count);
-        vstate::snapshot::restore_vcpu(vcpu.fd(), &fallback, state).map_err(VmmError::State)?;
+        let fallback = template.as_ref().map(|t| t.of(index as u8, count));
+        vstate::snapshot::restore_vcpu(vcpu.fd(), fallback.as_ref(), state)
+            .map_err(VmmError::State)?;
         vcpus.push(vcpu);
     }
     Ok(Machine { mem, vm, vcpus })

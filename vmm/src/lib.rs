@@ -71,18 +71,18 @@ pub fn run(
     let cmdline = full_cmdline(&machine, &config.cmdline);
 
     step(started, "KVM opened");
-    let cpuid = build::CpuidTemplate::new(&kvm, hidden)?;
     let restored = match &config.restore {
         Some(files) => Some(snapshot::load(&files.state)?),
         None => None,
     };
     let build::Machine { mem, vm, mut vcpus } = match (&config.restore, &restored) {
         (Some(files), Some(saved)) => {
-            let machine = build::restore(&kvm, files, saved, &cpuid)?;
+            let machine = build::restore(&kvm, files, saved, hidden)?;
             step(started, "VM restored");
             machine
         }
         _ => {
+            let cpuid = build::CpuidTemplate::new(&kvm, hidden)?;
             let machine = build::boot(&kvm, config, &cmdline, &cpuid)?;
             step(started, "guest loaded");
             machine

@@ -69,7 +69,7 @@ fn vcpu_and_vm_state_round_trip_into_a_fresh_vm() {
     let clone_vm = Vm::new(&kvm, &mem).expect("second VM");
     let clone = Vcpu::new(clone_vm.fd(), 0).expect("second vCPU");
     restore_vm(clone_vm.fd(), &saved_vm).expect("restore the VM");
-    restore_vcpu(clone.fd(), &cpuid, &saved).expect("restore the vCPU");
+    restore_vcpu(clone.fd(), Some(&cpuid), &saved).expect("restore the vCPU");
 
     let again = save_vcpu(clone.fd(), &msrs).expect("save the clone");
     assert_eq!(again.regs.rax, 0x1234_5678_9abc_def0);
@@ -122,7 +122,7 @@ fn more_msrs_than_one_kvm_call_carries_are_saved_and_restored_in_chunks() {
     let clone_vm = Vm::new(&kvm, &mem).expect("second VM");
     let clone = Vcpu::new(clone_vm.fd(), 0).expect("second vCPU");
     restore_vm(clone_vm.fd(), &save_vm(vm.fd()).expect("save the VM")).expect("restore VM");
-    restore_vcpu(clone.fd(), &cpuid, &saved).expect("restore 300 MSRs");
+    restore_vcpu(clone.fd(), Some(&cpuid), &saved).expect("restore 300 MSRs");
 }
 
 fn vmm_with_config(

@@ -27,6 +27,8 @@ pub enum StateError {
     },
     #[error("the saved CPUID has {len} entries, more than KVM's {max}")]
     Cpuid { len: usize, max: usize },
+    #[error("the snapshot has no CPUID for a vCPU and none was given")]
+    NoCpuid,
     #[error("an MSR list of {len} entries is longer than KVM's {max} per call")]
     MsrChunk { len: usize, max: usize },
 }
@@ -170,10 +172,14 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, StateE
 /// features it grants; special registers before the LAPIC (the APIC base MSR lives there) and
 /// the LAPIC before the MSRs (TSC deadline needs the LAPIC mode); events last. The saved CPUID
 /// is used; `fallback` only for a snapshot that has none.
-pub fn restore_vcpu(vcpu: &VcpuFd, fallback: &CpuId, state: &VcpuState) -> Result<(), StateError> {
+pub fn restore_vcpu(
+    vcpu: &VcpuFd,
+    fallback: Option<&CpuId>,
+    state: &VcpuState,
+) -> Result<(), StateError> {
     let saved;
     let cpuid = if state.cpuid.is_empty() {
-        fallback
+        fallback.ok_or(StateError::NoCpuid)?
     } else {
         saved = CpuId::from_entries(&state.cpuid).map_err(|_| StateError::Cpuid {
             len: state.cpuid.len(),
