@@ -5,7 +5,9 @@
 //! frame of ours is a [`MuxError`] naming the stream and what is wrong, never a panic, since
 //! each side reads what the other (a guest it must not trust, or a stale host) wrote.
 
-use std::io::{self, Read};
+use std::io;
+#[cfg(test)]
+use std::io::Read;
 
 /// The largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 32 * 1024;
@@ -254,7 +256,9 @@ fn parse_header(header: &[u8; HEADER]) -> Result<(u32, Kind, usize), MuxError> {
     Ok((stream, kind, len))
 }
 
-/// Reads from a blocking stream until the peer's hello; `false` at end of input.
+/// Reads from a blocking stream until the peer's hello; `false` at end of input. (The tests'
+/// blocking reader; the link's drivers feed a `Session`.)
+#[cfg(test)]
 pub fn find_hello(r: &mut impl Read) -> Result<bool, MuxError> {
     let mut scanner = HelloScanner::new();
     let mut byte = [0u8; 1];
@@ -268,6 +272,7 @@ pub fn find_hello(r: &mut impl Read) -> Result<bool, MuxError> {
     }
 }
 
+#[cfg(test)]
 fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match r.read(buf) {
@@ -278,6 +283,7 @@ fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// The next frame from a blocking stream; `None` at a clean end of input between frames.
+#[cfg(test)]
 pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, MuxError> {
     let mut header = [0u8; HEADER];
     let mut got = 0;

@@ -77,12 +77,7 @@ impl Shared {
     /// Writes what the session queued.
     fn flush(&self) -> io::Result<()> {
         let mut link = lock(&self.link);
-        let bytes = {
-            let mut state = lock(&self.state);
-            let bytes = state.session.output().to_vec();
-            state.session.consume_output(bytes.len());
-            bytes
-        };
+        let bytes = lock(&self.state).session.take_output();
         if bytes.is_empty() {
             return Ok(());
         }

@@ -130,11 +130,6 @@ impl Session {
                 if let Err(e) = result {
                     return Err(self.broken(e));
                 }
-                if self.scanner.is_some() {
-                    // A new hello: the rest of the input is the new session's.
-                    let rest = self.decoder.take_pending();
-                    return self.feed(&rest);
-                }
             }
         }
         Ok(())
@@ -164,22 +159,22 @@ impl Session {
     fn restart(&mut self) {
         self.scanner = Some(HelloScanner::new());
         self.decoder.clear();
-        self.out.clear();
-        if !self.streams.is_empty() {
-            self.streams.clear();
-        }
-        self.events
-            .retain(|e| !matches!(e, Event::OpenRequested { .. }));
-        self.events.push_back(Event::Reset);
+        self.forget_session();
     }
 
+    /// Guest: the host's hello came; a fresh session answers it.
     fn start_guest_session(&mut self) {
+        self.forget_session();
+        self.out.extend(hello());
+    }
+
+    /// Nothing of the old session stays: its streams, queued output and unanswered opens.
+    fn forget_session(&mut self) {
         self.out.clear();
         self.streams.clear();
         self.events
             .retain(|e| !matches!(e, Event::OpenRequested { .. }));
         self.events.push_back(Event::Reset);
-        self.out.extend(hello());
     }
 
     fn dispatch(&mut self, frame: Frame) -> Result<(), MuxError> {
@@ -227,6 +222,11 @@ impl Session {
                 // The peer ignored its window: cut this stream off, keep the others.
                 Some(MuxError::WindowOverrun { stream: id })
             }
+            // An empty inbox takes the frame's payload as it is, without a copy.
+            Kind::Data if s.inbox.is_empty() => {
+                s.inbox = frame.payload;
+                None
+            }
             Kind::Data => {
                 s.inbox.extend_from_slice(&frame.payload);
                 None
@@ -272,6 +272,11 @@ impl Session {
     }
 
     /// The first `n` bytes of [`Session::output`] were written to the link.
+    /// Everything queued for the link, taken out (for a writer that sends it all at once).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
     pub fn consume_output(&mut self, n: usize) {
         self.out.drain(..n.min(self.out.len()));
     }
