@@ -86,7 +86,7 @@ case " $cmdline " in
         dd if=/dev/zero bs=64k count=$((mib * 16)) 2>/dev/null | nc 10.77.0.1 5002 >/dev/null &&
             echo "vmpod-init: net upload done" ;;
     *" vmpod.test=fs-bench "*)
-        # The virtio-fs benchmark (scripts/bench_volumes.py): the shared directory brings its
+        # The virtio-fs benchmark (scripts/bench_fs_servers.py): the shared directory brings its
         # own workload, so every server (vmpod-vmm's, virtiofsd, QEMU's 9p) runs the same steps.
         { mount -t virtiofs bench /mnt 2>/dev/null ||
             mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=mmap bench /mnt; } &&

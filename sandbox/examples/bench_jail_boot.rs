@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use vmpod_sandbox::jail::{Jail, Launch};
+use vmpod_vmm::config::{Console, VmConfig};
 
 struct RemovedOnDrop(PathBuf);
 
@@ -47,17 +48,16 @@ fn boot_once(run: u64, jailed: bool, seccomp: bool) -> Result<f64, String> {
     let console_path = state_dir.join("console.log");
     let console = std::fs::File::create(&console_path).map_err(|e| format!("console: {e}"))?;
     let config_path = state_dir.join("vm.json");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"{{"kernel": "/proc/self/fd/{}", "memory_mib": 16, "cmdline": "tiny=wait",
-                "console": "fd:{}", "kvm": "fd:{}"}}"#,
-            kernel.as_raw_fd(),
-            console.as_raw_fd(),
-            kvm.as_raw_fd()
-        ),
-    )
-    .map_err(|e| format!("config: {e}"))?;
+    let vm = VmConfig {
+        kernel: format!("/proc/self/fd/{}", kernel.as_raw_fd()).into(),
+        memory_mib: 16,
+        cmdline: "tiny=wait".into(),
+        console: Console::File(format!("fd:{}", console.as_raw_fd()).into()),
+        kvm: Some(format!("fd:{}", kvm.as_raw_fd()).into()),
+        ..VmConfig::default()
+    };
+    let json = serde_json::to_vec(&vm).map_err(|e| format!("config: {e}"))?;
+    std::fs::write(&config_path, json).map_err(|e| format!("config: {e}"))?;
     let config = open(&config_path, false)?;
     let mut launch = Launch::new(jail.as_ref());
     for fd in [&kernel, &console, &kvm, &config] {

@@ -7,6 +7,7 @@ use crate::jail::Launch;
 use crate::paths;
 use crate::slot_control::LineControl;
 use std::fs::File;
+use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -119,9 +120,20 @@ impl Hypervisor for VmpodVmm {
         let path = vm.state_dir.join("vm.json");
         let json = serde_json::to_vec(&config)
             .map_err(|e| SandboxError::Invalid(format!("vmpod-vmm's config: {e}")))?;
-        std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
-        let config_file =
-            std::fs::File::open(&path).map_err(io(format!("open {}", path.display())))?;
+        // One open: vmpod-vmm reads the descriptor it inherits from the start (its offset is
+        // shared, hence the rewind).
+        let config_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut file| {
+                file.write_all(&json)?;
+                file.rewind()?;
+                Ok(file)
+            })
+            .map_err(io(format!("write {}", path.display())))?;
         launch.fd(config_file.as_raw_fd());
         let child = launch
             .command(

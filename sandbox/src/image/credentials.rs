@@ -82,9 +82,8 @@ mod tests {
 
     #[test]
     fn credentials_come_from_the_docker_configs_auths() {
-        let dir = std::env::temp_dir().join(format!("vmpod-auths-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.json");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
         // "user:pa:ss" in base64.
         std::fs::write(
             &path,
@@ -105,11 +104,10 @@ mod tests {
         ));
         let err = credentials(Some(&path), "bad.example").unwrap_err();
         assert!(err.to_string().contains("not base64"), "{err}");
-        let missing = dir.join("none.json");
+        let missing = dir.path().join("none.json");
         assert!(matches!(
             credentials(Some(&missing), "docker.io").unwrap(),
             RegistryAuth::Anonymous
         ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
