@@ -28,14 +28,13 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import charts, median_of, write_csv
+from benchlib import charts, cpu_seconds, median_of, threads_cpu, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
 BACKEND = ROOT / "target/release/vmpod-vhost-user"
 VMM = ROOT / "target/release/vmpod-vmm"
 QEMU = ROOT / "scripts/qemu-microvm.sh"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DISK_MIB = 256
 # Linux's virtio-blk issues reads of at most this size for sequential dd (max_sectors_kb).
 REQUEST_BYTES = 128 << 10
@@ -45,12 +44,6 @@ NET_MIB = 64
 # Sizes for vmpod-vmm on kvm-pvm, where every guest kernel entry is emulated.
 PVM_DISK_MIB, PVM_VSOCK_MIB, PVM_NET_MIB = 32, 4, 1
 TAP = "vmtap0"
-
-
-def cpu_seconds(pid, tid=None):
-    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
-    fields = open(path).read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def start_backend(sock, *device_args, seccomp=True):
@@ -74,12 +67,7 @@ def qemu(cmdline, console, extra, prefix=()):
 
 def qemu_main_thread_cpu(pid):
     """CPU seconds of QEMU's main loop thread (device emulation without an iothread)."""
-    total = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-        if name.startswith("qemu-system"):
-            total += cpu_seconds(pid, tid)
-    return total
+    return threads_cpu(pid, lambda name: name.startswith("qemu-system"))
 
 
 def console_text(console):

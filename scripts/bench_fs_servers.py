@@ -31,50 +31,25 @@ import time
 from pathlib import Path
 
 from bench_volumes import rates, workload
-from benchlib import charts, write_csv
+from benchlib import charts, cpu_seconds, threads_cpu, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = Path(os.environ.get("VMPOD_GUEST_DIR", ROOT / "build/guest"))
 VMM = ROOT / "target/release/vmpod-vmm"
 QEMU = ROOT / "scripts/qemu-microvm.sh"
 VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 KVM_PVM = Path("/sys/module/kvm_pvm").exists()
 CMDLINE = "console=ttyS0 vmpod.test=fs-bench"
 TAG = "bench"
 
-# The guest's side: the full workload, then a marker, then the metadata pass the host samples.
+# The guest's side: the full workload, then a marker, then the metadata pass the host samples;
+# the VM stays up a second after it, so the host's last sample sees the server still running
+# (QEMU is 9p's server, and it exits with the guest).
 RUN = """echo "fs-bench full $(sh $1/workload.sh $1 data)"
 echo "fs-bench meta-start"
 echo "fs-bench meta $(sh $1/workload.sh $1 meta)"
+sleep 1
 """
-
-
-def thread_cpu(pid, keep):
-    """CPU seconds of the threads of `pid` whose name `keep` accepts; 0 for a process gone."""
-    total = 0.0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return 0.0
-    for tid in tids:
-        try:
-            comm = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-            fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if keep(comm):
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-def process_cpu(pid):
-    """CPU seconds of the whole process, threads that already ended included."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def children(pid):
@@ -119,7 +94,7 @@ class VmmCase(Case):
         return self.vm
 
     def cpu(self):
-        return thread_cpu(self.vm.pid, lambda comm: comm == "virtio-fs")
+        return threads_cpu(self.vm.pid, lambda comm: comm == "virtio-fs")
 
 
 class VirtiofsdCase(Case):
@@ -141,7 +116,7 @@ class VirtiofsdCase(Case):
     def cpu(self):
         # virtiofsd serves from a child in its own namespaces; count the parent as well.
         pids = [self.server.pid, *children(self.server.pid)]
-        return sum(process_cpu(p) for p in pids)
+        return sum(cpu_seconds(p) for p in pids)
 
 
 class NinePCase(Case):
@@ -155,8 +130,8 @@ class NinePCase(Case):
     def cpu(self):
         # QEMU runs the 9p server in its main loop and in worker threads that come and go;
         # its vCPU threads ("CPU 0/TCG") are the guest.
-        vcpus = thread_cpu(self.vm.pid, lambda comm: comm.startswith("CPU "))
-        return process_cpu(self.vm.pid) - vcpus
+        vcpus = threads_cpu(self.vm.pid, lambda comm: comm.startswith("CPU "))
+        return cpu_seconds(self.vm.pid) - vcpus
 
 
 CASES = {

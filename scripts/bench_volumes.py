@@ -20,7 +20,6 @@ Prints a table, writes results/volumes.csv and results/volumes.png.
 """
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -33,7 +32,6 @@ import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VMPOD = ROOT / "target/release/vmpod"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 FILES = 10_000
 MIB = 64
 
@@ -72,14 +70,6 @@ WORKLOAD = workload()
 def qemu_pids():
     out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
-
-
-def cpu_seconds(pid):
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def rates(stamps, mib=MIB, files=FILES):
@@ -126,12 +116,12 @@ def main():
                 print(f"  run {run} {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in measured.items()),
                       file=sys.stderr)
         for _ in range(args.runs):
-            before = sum(cpu_seconds(p) for p in qemu_pids())
+            before = sum(benchlib.cpu_seconds(p) for p in qemu_pids())
             out = subprocess.run([str(VMPOD), "exec", cid, "sh", "/data/workload.sh", "/data",
                                   "meta"], capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"bench: metadata pass: {out.stderr.strip()}")
-            used = sum(cpu_seconds(p) for p in qemu_pids()) - before
+            used = sum(benchlib.cpu_seconds(p) for p in qemu_pids()) - before
             cpu_per_op.append(used * 1e6 / (3 * FILES))
     finally:
         subprocess.run([str(VMPOD), "rm", "-f", cid], capture_output=True)

@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: percentiles and medians, the PSS of a process tree, CSV
-and gnuplot bar charts side by side."""
+"""What the benchmark scripts share: percentiles and medians, CPU time and the PSS of a
+process tree, CSV and gnuplot bar charts side by side."""
 
 import csv
 import os
@@ -53,6 +53,37 @@ def rollup_kib(pid, field):
 
 def pss_kib(pid):
     return rollup_kib(pid, "Pss")
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid, tid=None):
+    """User and system CPU seconds of a process (its ended threads included) or of one of its
+    threads; 0 for one that is gone."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    try:
+        fields = open(path).read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def threads_cpu(pid, keep):
+    """CPU seconds of the threads of `pid` whose name `keep` accepts; 0 for a process gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    total = 0.0
+    for tid in tids:
+        try:
+            comm = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if keep(comm):
+            total += cpu_seconds(pid, tid)
+    return total
 
 
 def threads(pid):
