@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::support::{is_kvm_pvm, repo_root, require_kvm, Scratch};
+use common::support::{die_with_parent, is_kvm_pvm, repo_root, require_kvm, Scratch};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
@@ -58,11 +58,12 @@ fn vm_config(
     )
 }
 
+/// The VMM dies with the test thread that started it, even when another thread's failure
+/// ends the test before this one's `Vmm` is dropped.
 fn spawn_vmm(config: &std::path::Path) -> Vmm {
-    Vmm(Command::new(repo_root().join("target/release/vmpod-vmm"))
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
+    let mut command = Command::new(repo_root().join("target/release/vmpod-vmm"));
+    command.arg("--config").arg(config).stdin(Stdio::null());
+    Vmm(die_with_parent(&mut command)
         .spawn()
         .expect("spawn vmpod-vmm"))
 }
